@@ -8,6 +8,14 @@
 use async_trait::async_trait;
 use flare_search::{IndexEntry, SearchQuery};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SqliteConfig, SqliteStore};
+
 /// A resource's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResourceKey {

@@ -1,0 +1,136 @@
+//! The database schema and its version check.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Bumped whenever the schema below changes incompatibly (stored as `PRAGMA user_version`).
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// Tables:
+/// - `resource`: one row per resource identity with its current version (`rid` is the compact
+///   key the index tables point at; tombstones keep their row with `deleted = 1`).
+/// - `resource_version`: every version ever written (`body` NULL for a tombstone).
+/// - `idx_*`: search index rows of the *current* version of live resources only, replaced on
+///   every write. Each is clustered by `(rid, param, n)` (`n` = position in the version's entry
+///   list) so "does resource X have a value of param P matching ..." is one b-tree probe, and has
+///   one value index led by `(type, param, ...)` for finding candidates.
+/// - `outbox`: messages committed with the writes; AUTOINCREMENT keeps `seq` gap-free and
+///   monotonic even after every row was acknowledged and deleted, and rolled-back savepoints
+///   give their numbers back.
+const SCHEMA: &str = "
+CREATE TABLE resource (
+    rid INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    deleted INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX resource_by_type_id ON resource(type, id);
+
+CREATE TABLE resource_version (
+    vid INTEGER PRIMARY KEY,
+    rid INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    body TEXT
+);
+CREATE UNIQUE INDEX resource_version_by_rid ON resource_version(rid, version);
+CREATE INDEX resource_version_by_time ON resource_version(last_updated);
+
+CREATE TABLE idx_string (
+    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    norm TEXT NOT NULL, exact TEXT NOT NULL,
+    PRIMARY KEY (rid, param, n)
+) WITHOUT ROWID;
+CREATE INDEX idx_string_value ON idx_string(type, param, norm);
+
+CREATE TABLE idx_token (
+    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    system TEXT, code TEXT, text TEXT,
+    PRIMARY KEY (rid, param, n)
+) WITHOUT ROWID;
+CREATE INDEX idx_token_value ON idx_token(type, param, code, system);
+
+CREATE TABLE idx_reference (
+    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    target_type TEXT, target_id TEXT, url TEXT NOT NULL,
+    PRIMARY KEY (rid, param, n)
+) WITHOUT ROWID;
+CREATE INDEX idx_reference_target ON idx_reference(type, param, target_id, target_type);
+CREATE INDEX idx_reference_url ON idx_reference(type, param, url);
+
+CREATE TABLE idx_date (
+    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    low INTEGER NOT NULL, high INTEGER NOT NULL,
+    PRIMARY KEY (rid, param, n)
+) WITHOUT ROWID;
+CREATE INDEX idx_date_value ON idx_date(type, param, high, low);
+
+CREATE TABLE idx_number (
+    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    value REAL, low REAL, high REAL,
+    PRIMARY KEY (rid, param, n)
+) WITHOUT ROWID;
+CREATE INDEX idx_number_value ON idx_number(type, param, value);
+
+CREATE TABLE idx_quantity (
+    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    value REAL, low REAL, high REAL, system TEXT, code TEXT, unit TEXT,
+    PRIMARY KEY (rid, param, n)
+) WITHOUT ROWID;
+CREATE INDEX idx_quantity_value ON idx_quantity(type, param, value);
+
+CREATE TABLE idx_uri (
+    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    PRIMARY KEY (rid, param, n)
+) WITHOUT ROWID;
+CREATE INDEX idx_uri_value ON idx_uri(type, param, uri);
+
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key BLOB,
+    headers BLOB NOT NULL,
+    payload BLOB NOT NULL,
+    timestamp_ms INTEGER NOT NULL
+);
+";
+
+/// Every index table, for clearing a resource's rows and for `:missing`.
+pub(crate) const INDEX_TABLES: [&str; 7] =
+    ["idx_string", "idx_token", "idx_reference", "idx_date", "idx_number", "idx_quantity", "idx_uri"];
+
+/// Creates the schema in an empty database, or checks that an existing one has the version
+/// this code understands.
+pub(crate) fn ensure(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if found != 0 {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {found}, this build of Flare understands version \
+             {SCHEMA_VERSION}; open it with a matching Flare version or point the store at a new file"
+        )));
+    }
+    let has_tables: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%')",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_tables {
+        return Err(StoreError::Database(
+            "the database file already holds tables that are not a Flare store; point the store at a \
+             new file"
+                .to_owned(),
+        ));
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}

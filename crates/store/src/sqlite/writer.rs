@@ -1,0 +1,287 @@
+//! The single writer thread: group commit of queued commits, each in its own savepoint.
+
+use std::sync::Arc;
+
+use flare_search::{IndexEntry, IndexValue};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::schema::INDEX_TABLES;
+use crate::{Commit, Expected, OutboxMessage, StoreError, VersionWrite};
+
+/// Work for the writer thread.
+pub(crate) enum WriteJob {
+    Commit { commit: Commit, reply: oneshot::Sender<Result<(), StoreError>> },
+    AckOutbox { up_to_seq: u64, reply: oneshot::Sender<Result<(), StoreError>> },
+}
+
+impl WriteJob {
+    fn answer(self, result: Result<(), StoreError>) {
+        let reply = match self {
+            WriteJob::Commit { reply, .. } | WriteJob::AckOutbox { reply, .. } => reply,
+        };
+        // The caller may have given up waiting (its future was dropped): nothing to tell it.
+        let _ = reply.send(result);
+    }
+}
+
+pub(crate) struct Writer {
+    pub(crate) conn: Arc<Mutex<Connection>>,
+    pub(crate) jobs: mpsc::Receiver<WriteJob>,
+    pub(crate) max_batch: usize,
+    pub(crate) outbox_changed: Arc<Notify>,
+}
+
+impl Writer {
+    /// Runs until every sender is dropped.
+    pub(crate) fn run(mut self) {
+        let mut batch: Vec<WriteJob> = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.jobs.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut conn = self.conn.lock();
+            let (results, outbox_added) = run_batch(&mut conn, &batch);
+            drop(conn);
+            // Wake the relay before answering: by the time a caller sees its commit succeed,
+            // the relay is already on its way to pick up the messages.
+            if outbox_added {
+                self.outbox_changed.notify_one();
+            }
+            for (job, result) in batch.drain(..).zip(results) {
+                job.answer(result);
+            }
+        }
+    }
+}
+
+/// Runs a batch in one transaction; returns each job's result and whether outbox rows were
+/// added by a successful job.
+fn run_batch(conn: &mut Connection, batch: &[WriteJob]) -> (Vec<Result<(), StoreError>>, bool) {
+    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = StoreError::from(err);
+        return (batch.iter().map(|_| Err(StoreError::Database(err.to_string()))).collect(), false);
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    let mut outbox_added = false;
+    for job in batch {
+        let result = run_in_savepoint(conn, job);
+        if result.is_ok()
+            && let WriteJob::Commit { commit, .. } = job
+        {
+            outbox_added |= !commit.outbox.is_empty();
+        }
+        results.push(result);
+    }
+    if let Err(err) = conn.execute_batch("COMMIT") {
+        let message = StoreError::from(err).to_string();
+        // The transaction is still open after a failed COMMIT; undo it so the next batch starts
+        // clean. Nothing of this batch was written.
+        let _ = conn.execute_batch("ROLLBACK");
+        return (batch.iter().map(|_| Err(StoreError::Database(message.clone()))).collect(), false);
+    }
+    (results, outbox_added)
+}
+
+fn run_in_savepoint(conn: &Connection, job: &WriteJob) -> Result<(), StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let result = match job {
+        WriteJob::Commit { commit, .. } => apply_commit(conn, commit),
+        WriteJob::AckOutbox { up_to_seq, .. } => ack_outbox(conn, *up_to_seq),
+    };
+    match result {
+        Ok(()) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(())
+        }
+        Err(err) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(err)
+        }
+    }
+}
+
+fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
+    // Writes apply in order, each checked against the state left by the ones before it, so a
+    // commit that writes the same resource twice must expect its own first write.
+    for write in &commit.writes {
+        apply_write(conn, write)?;
+    }
+    for message in &commit.outbox {
+        insert_outbox(conn, message)?;
+    }
+    Ok(())
+}
+
+fn apply_write(conn: &Connection, write: &VersionWrite) -> Result<(), StoreError> {
+    let version = &write.version;
+    let key = &version.key;
+    let version_id = to_sql_int(version.version_id, "version id")?;
+    let current: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT rid, version FROM resource WHERE type = ?1 AND id = ?2")?
+        .query_row(params![key.resource_type, key.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let current_version = current.map(|(_, v)| v as u64);
+    let satisfied = match write.expected {
+        Expected::Absent => current.is_none(),
+        Expected::Version(expected) => current_version == Some(expected),
+    };
+    if !satisfied {
+        return Err(StoreError::Conflict { key: key.clone(), expected: write.expected, actual: current_version });
+    }
+    let deleted = version.body.is_none();
+    let rid = match current {
+        Some((rid, _)) => {
+            conn.prepare_cached("UPDATE resource SET version = ?2, last_updated = ?3, deleted = ?4 WHERE rid = ?1")?
+                .execute(params![rid, version_id, version.last_updated_ms, deleted])?;
+            for table in INDEX_TABLES {
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?.execute([rid])?;
+            }
+            rid
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO resource (type, id, version, last_updated, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![key.resource_type, key.id, version_id, version.last_updated_ms, deleted])?;
+            conn.last_insert_rowid()
+        }
+    };
+    conn.prepare_cached("INSERT INTO resource_version (rid, version, last_updated, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![rid, version_id, version.last_updated_ms, version.body])?;
+    if !deleted {
+        for (n, entry) in write.index.iter().enumerate() {
+            insert_index_entry(conn, rid, n as i64, &key.resource_type, entry)?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_index_entry(
+    conn: &Connection,
+    rid: i64,
+    n: i64,
+    resource_type: &str,
+    entry: &IndexEntry,
+) -> Result<(), StoreError> {
+    let param = entry.param.as_str();
+    match &entry.value {
+        IndexValue::String { normalized, exact } => conn
+            .prepare_cached(
+                "INSERT INTO idx_string (rid, param, n, type, norm, exact) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![rid, param, n, resource_type, normalized, exact])?,
+        IndexValue::Token { system, code, text } => conn
+            .prepare_cached(
+                "INSERT INTO idx_token (rid, param, n, type, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![rid, param, n, resource_type, system, code, text])?,
+        IndexValue::Reference { target_type, target_id, url } => conn
+            .prepare_cached(
+                "INSERT INTO idx_reference (rid, param, n, type, target_type, target_id, url) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![rid, param, n, resource_type, target_type, target_id, url])?,
+        IndexValue::Date { low_ms, high_ms } => conn
+            .prepare_cached("INSERT INTO idx_date (rid, param, n, type, low, high) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+            .execute(params![rid, param, n, resource_type, low_ms, high_ms])?,
+        IndexValue::Number { value, low, high } => conn
+            .prepare_cached(
+                "INSERT INTO idx_number (rid, param, n, type, value, low, high) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![rid, param, n, resource_type, value, low, high])?,
+        IndexValue::Quantity { value, low, high, system, code, unit } => conn
+            .prepare_cached(
+                "INSERT INTO idx_quantity (rid, param, n, type, value, low, high, system, code, unit) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![rid, param, n, resource_type, value, low, high, system, code, unit])?,
+        IndexValue::Uri(uri) => conn
+            .prepare_cached("INSERT INTO idx_uri (rid, param, n, type, uri) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![rid, param, n, resource_type, uri])?,
+    };
+    Ok(())
+}
+
+fn insert_outbox(conn: &Connection, message: &OutboxMessage) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO outbox (topic, key, headers, payload, timestamp_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![
+            message.topic,
+            message.key,
+            encode_headers(&message.headers),
+            message.payload,
+            message.timestamp_ms
+        ])?;
+    Ok(())
+}
+
+fn ack_outbox(conn: &Connection, up_to_seq: u64) -> Result<(), StoreError> {
+    // Anything above i64::MAX cannot be a stored seq: acknowledging it acknowledges everything.
+    let up_to = i64::try_from(up_to_seq).unwrap_or(i64::MAX);
+    conn.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?.execute([up_to])?;
+    Ok(())
+}
+
+fn to_sql_int(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Database(format!("{what} {value} does not fit in a signed 64-bit integer")))
+}
+
+/// Headers as one blob: for each header, u32 name length, name bytes, u32 value length, value.
+pub(crate) fn encode_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum());
+    for (name, value) in headers {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// The inverse of [`encode_headers`]; `None` if the blob is not one it wrote.
+pub(crate) fn decode_headers(mut blob: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    fn take<'a>(blob: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let (len, rest) = blob.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (value, rest) = rest.split_at(len);
+        *blob = rest;
+        Some(value)
+    }
+    let mut headers = Vec::new();
+    while !blob.is_empty() {
+        let name = String::from_utf8(take(&mut blob)?.to_vec()).ok()?;
+        let value = take(&mut blob)?.to_vec();
+        headers.push((name, value));
+    }
+    Some(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_including_empty_and_binary_values() {
+        let headers = vec![
+            ("content-type".to_owned(), b"application/fhir+json".to_vec()),
+            ("empty".to_owned(), Vec::new()),
+            ("bin".to_owned(), vec![0, 255, 7]),
+        ];
+        assert_eq!(decode_headers(&encode_headers(&headers)), Some(headers));
+        assert_eq!(decode_headers(&encode_headers(&[])), Some(Vec::new()));
+    }
+
+    #[test]
+    fn truncated_header_blob_is_rejected() {
+        let blob = encode_headers(&[("a".to_owned(), b"value".to_vec())]);
+        assert_eq!(decode_headers(&blob[..blob.len() - 1]), None);
+    }
+}
