@@ -4,6 +4,24 @@
 //!
 //! The types in this file are the contract between this crate and `flare-store`.
 
+mod dates;
+mod error;
+mod extract;
+pub mod matcher;
+pub mod normalize;
+mod numbers;
+mod path;
+mod query;
+mod registry;
+
+pub use dates::{format_ms, parse_date_range};
+pub use error::SearchError;
+pub use flare_fhir::search_params::SearchParamKind;
+pub use matcher::matches;
+pub use numbers::parse_decimal;
+pub use query::{DEFAULT_COUNT, MAX_COUNT, ParsedSearch, encode_query};
+pub use registry::{CapabilityParam, Registry, SearchParam};
+
 /// One extracted index value of one search parameter of a resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexEntry {
@@ -19,7 +37,7 @@ pub enum IndexValue {
     /// `:contains` matching); `exact` is the original text (`:exact`).
     String { normalized: String, exact: String },
     /// A code with its system (`None` when the data has no system). `text` carries the
-    /// display / CodeableConcept.text for `:text`.
+    /// display / CodeableConcept.text for `:text`, folded like `String::normalized`.
     Token { system: Option<String>, code: Option<String>, text: Option<String> },
     /// A reference: `target_type`/`target_id` for relative and resolvable references,
     /// `url` always the reference text as written (absolute or canonical).
