@@ -1,1 +1,84 @@
-fn main() {}
+//! `flare`: the command line of the Flare FHIR event platform.
+
+mod app;
+mod config;
+mod events_cmd;
+mod ingest;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Flare: a FHIR R4 server whose every write is an event on a durable log.
+///
+/// Start with `flare serve`, then open http://127.0.0.1:8080/fhir/metadata. Data lives in
+/// `./flare-data` unless `--data-dir` says otherwise.
+#[derive(Debug, Parser)]
+#[command(name = "flare", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the FHIR server (and the relay that turns writes into log events).
+    ///
+    /// Examples:
+    ///   flare serve
+    ///   flare serve --listen 0.0.0.0:8080 --data-dir /var/lib/flare
+    ///   FLARE_STORE=sqlite::memory: flare serve      # nothing kept on disk but the log
+    Serve(serve::ServeArgs),
+    /// Read the event log: follow a topic, list topics.
+    ///
+    /// Works while `flare serve` runs on the same data directory.
+    Events {
+        #[command(subcommand)]
+        command: events_cmd::EventsCommand,
+    },
+    /// Load FHIR files through the commit path: Bundles, single resources or NDJSON, as JSON
+    /// or XML; folders are walked.
+    ///
+    /// Transaction and batch Bundles are executed; other resources are stored with their ids
+    /// (update-as-create) or get new ones. Writes go straight into the data directory, or to a
+    /// running server with `--url`.
+    ///
+    /// Examples:
+    ///   flare ingest ./bundles/
+    ///   flare ingest --url http://127.0.0.1:8080/fhir patients.ndjson
+    Ingest(ingest::IngestArgs),
+    /// Print an annotated config file with every default.
+    ConfigExample,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLARE_LOG_LEVEL").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Events { command } => events_cmd::run(command).await,
+            Command::Ingest(args) => ingest::run(args).await,
+            Command::ConfigExample => {
+                print!("{}", config::example());
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,85 @@
-//! placeholder
+//! FHIR interactions without HTTP: create, read, update, delete (plain, conditional and
+//! version-aware), history, search, batch and transaction Bundles, and the CapabilityStatement.
+//!
+//! Every write goes through one commit path ([`write`]): the new version, its search index
+//! entries and its change event (an outbox message) are committed to the store in one
+//! transaction. The relay in `flare-events` moves the event onto the log afterwards.
+//!
+//! Architecture invariant: nothing here knows HTTP. The server maps [`FhirError::status`] to a
+//! response; the ingest command and (later) the command topic call the same functions.
+
+mod bundle;
+mod capability;
+mod context;
+mod error;
+mod read;
+mod time_fmt;
+mod write;
+
+use std::sync::Arc;
+
+use flare_events::RoutingConfig;
+use flare_search::Registry;
+use flare_store::Store;
+use serde::{Deserialize, Serialize};
+
+pub use context::RequestContext;
+pub use bundle::{ReturnPreference, parse_etag};
+pub use error::FhirError;
+pub use read::parse_query_string;
+pub use read::{Bundle, ReadOutcome, SearchRequest};
+pub use time_fmt::{format_instant, parse_instant};
+pub use write::{WriteKind, WriteOutcome};
+
+/// Settings of the FHIR service: `[fhir]` in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FhirConfig {
+    /// `metadata.source` of change events. Default: `flare`.
+    pub source: String,
+    /// Page size of searches and history without `_count`. Default: 20.
+    pub default_count: usize,
+    /// The largest `_count` honoured (larger values are clamped). Default: 1000.
+    pub max_count: usize,
+    /// Topic naming of change events.
+    pub events: RoutingConfig,
+}
+
+impl Default for FhirConfig {
+    fn default() -> Self {
+        Self { source: "flare".into(), default_count: 20, max_count: 1000, events: RoutingConfig::default() }
+    }
+}
+
+/// The FHIR service: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Fhir {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    config: FhirConfig,
+    /// Conditional creates and updates search, then write; serialising them on this node keeps
+    /// two concurrent `If-None-Exist` creates from both creating.
+    conditional: tokio::sync::Mutex<()>,
+}
+
+impl Fhir {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, config: FhirConfig) -> Self {
+        Self { inner: Arc::new(Inner { store, registry, config, conditional: tokio::sync::Mutex::new(()) }) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    pub fn config(&self) -> &FhirConfig {
+        &self.inner.config
+    }
+}

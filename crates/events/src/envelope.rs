@@ -1,0 +1,156 @@
+//! The change-event envelope: one event per resource version.
+//!
+//! ```json
+//! {"type":"PatientCreated","data":{…resource…},
+//!  "metadata":{"eventId":"…","timestamp":"…","source":"…","correlationId":"…",
+//!              "resourceType":"Patient","resourceId":"123","versionId":"1","action":"created"}}
+//! ```
+//! Deletes carry no `data`: the metadata names the id and the tombstone version.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Header names Flare puts on every change event.
+pub mod header {
+    pub const CONTENT_TYPE: &str = "content-type";
+    pub const EVENT_ID: &str = "eventId";
+    pub const CORRELATION_ID: &str = "correlationId";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const EVENT_TYPE: &str = "eventType";
+    /// The outbox sequence number the record was relayed from (lets the relay skip what it
+    /// already appended before a crash).
+    pub const OUTBOX_SEQ: &str = "flare-outbox-seq";
+}
+
+/// What happened to the resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Deleted => "deleted",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Action::Created => "Created",
+            Action::Updated => "Updated",
+            Action::Deleted => "Deleted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventMetadata {
+    pub event_id: String,
+    /// RFC 3339, the version's `meta.lastUpdated`.
+    pub timestamp: String,
+    pub source: String,
+    pub correlation_id: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version_id: String,
+    pub action: Action,
+}
+
+/// A change event as it travels on the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// `<ResourceType><Created|Updated|Deleted>`, e.g. `ObservationCreated`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    pub metadata: EventMetadata,
+}
+
+impl ChangeEvent {
+    /// Builds the event for a new version; `resource` is `None` for a delete.
+    pub fn new(metadata: EventMetadata, resource: Option<Value>) -> Self {
+        let event_type = format!("{}{}", metadata.resource_type, metadata.action.suffix());
+        Self { event_type, data: resource, metadata }
+    }
+
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        // Serialising a struct of strings and a JSON value cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The headers that travel with the event (values as bytes, as on Kafka).
+    pub fn headers(&self, traceparent: Option<&str>) -> Vec<(String, Vec<u8>)> {
+        let mut headers = vec![
+            (header::CONTENT_TYPE.to_owned(), b"application/fhir+json".to_vec()),
+            (header::EVENT_ID.to_owned(), self.metadata.event_id.clone().into_bytes()),
+            (header::CORRELATION_ID.to_owned(), self.metadata.correlation_id.clone().into_bytes()),
+            (header::EVENT_TYPE.to_owned(), self.event_type.clone().into_bytes()),
+        ];
+        if let Some(tp) = traceparent {
+            headers.push((header::TRACEPARENT.to_owned(), tp.as_bytes().to_vec()));
+        }
+        headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn metadata(action: Action) -> EventMetadata {
+        EventMetadata {
+            event_id: "e1".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            source: "flare".into(),
+            correlation_id: "c1".into(),
+            resource_type: "Patient".into(),
+            resource_id: "p1".into(),
+            version_id: "2".into(),
+            action,
+        }
+    }
+
+    #[test]
+    fn envelope_has_the_documented_shape() {
+        let event = ChangeEvent::new(metadata(Action::Updated), Some(json!({"resourceType": "Patient"})));
+        let v: Value = serde_json::from_slice(&event.to_json_bytes()).unwrap();
+        assert_eq!(v["type"], "PatientUpdated");
+        assert_eq!(v["data"]["resourceType"], "Patient");
+        assert_eq!(v["metadata"]["eventId"], "e1");
+        assert_eq!(v["metadata"]["correlationId"], "c1");
+        assert_eq!(v["metadata"]["versionId"], "2");
+        assert_eq!(v["metadata"]["action"], "updated");
+        assert_eq!(ChangeEvent::from_json_bytes(&event.to_json_bytes()).unwrap(), event);
+    }
+
+    #[test]
+    fn deletes_carry_no_data() {
+        let event = ChangeEvent::new(metadata(Action::Deleted), None);
+        let v: Value = serde_json::from_slice(&event.to_json_bytes()).unwrap();
+        assert_eq!(v["type"], "PatientDeleted");
+        assert!(v.get("data").is_none());
+    }
+
+    #[test]
+    fn headers_name_the_event_and_trace() {
+        let event = ChangeEvent::new(metadata(Action::Created), None);
+        let headers = event.headers(Some("00-abc-def-01"));
+        let get = |k: &str| headers.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(get(header::CONTENT_TYPE).unwrap(), b"application/fhir+json");
+        assert_eq!(get(header::EVENT_ID).unwrap(), b"e1");
+        assert_eq!(get(header::TRACEPARENT).unwrap(), b"00-abc-def-01");
+    }
+}

@@ -1,0 +1,167 @@
+//! The configuration file, `FLARE_*` environment variables and flags, merged in that order
+//! (flags win).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use flare_log::embedded::EmbeddedLogConfig;
+use flare_server::ServerConfig;
+use flare_service::FhirConfig;
+use flare_store::sqlite::SqliteConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything `flare serve` can be told, as one TOML file. Every field has a default.
+///
+/// ```toml
+/// data_dir = "flare-data"      # where the store and the log live
+/// store = "sqlite"             # sqlite (file in data_dir) | sqlite::memory: | sqlite:///abs/path.db
+/// log = "embedded"             # embedded (folder `log` in data_dir)
+///
+/// [server]
+/// listen = "127.0.0.1:8080"
+///
+/// [fhir.events]
+/// strategy = "resource"        # resource | action | hybrid
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlareConfig {
+    /// Folder for the store and the log. Default `flare-data` (env `FLARE_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// The store backend as a URL. Default `sqlite` (env `FLARE_STORE`).
+    pub store: String,
+    /// The log backend as a URL. Default `embedded` (env `FLARE_LOG`).
+    pub log: String,
+    pub server: ServerConfig,
+    pub fhir: FhirConfig,
+    /// SQLite tuning (`path` comes from `store`).
+    pub sqlite: SqliteConfig,
+    /// Embedded-log tuning (`data_dir` comes from `data_dir`).
+    pub embedded_log: EmbeddedLogConfig,
+}
+
+impl Default for FlareConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("flare-data"),
+            store: "sqlite".into(),
+            log: "embedded".into(),
+            server: ServerConfig::default(),
+            fhir: FhirConfig::default(),
+            sqlite: SqliteConfig::default(),
+            embedded_log: EmbeddedLogConfig::default(),
+        }
+    }
+}
+
+/// Settings that flags and `FLARE_*` variables may override.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// A TOML config file (see `flare config-example`).
+    #[arg(long, short = 'c', env = "FLARE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder for the store and the log [default: flare-data].
+    #[arg(long, env = "FLARE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store backend: `sqlite` (a file in the data dir), `sqlite:///path/file.db`, or
+    /// `sqlite::memory:` (nothing kept) [default: sqlite].
+    #[arg(long, env = "FLARE_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// Log backend: `embedded` (the folder `log` in the data dir) [default: embedded].
+    #[arg(long, env = "FLARE_LOG", value_name = "URL")]
+    pub log: Option<String>,
+}
+
+impl CommonArgs {
+    /// Loads the file (if any) and applies the overrides.
+    pub fn load(&self) -> anyhow::Result<FlareConfig> {
+        let mut config = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FlareConfig::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(store) = &self.store {
+            config.store = store.clone();
+        }
+        if let Some(log) = &self.log {
+            config.log = log.clone();
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FlareConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid Flare config (see `flare config-example`)", path.display()))
+}
+
+/// Where the store lives, from the `store` URL.
+pub fn sqlite_config(config: &FlareConfig) -> anyhow::Result<SqliteConfig> {
+    let mut sqlite = config.sqlite.clone();
+    sqlite.path = match config.store.as_str() {
+        "sqlite" | "sqlite://" => Some(config.data_dir.join("flare.db")),
+        "sqlite::memory:" | "sqlite://:memory:" => None,
+        url if url.starts_with("sqlite://") => Some(PathBuf::from(&url["sqlite://".len()..])),
+        other => bail!(
+            "unsupported store `{other}`: use `sqlite`, `sqlite:///path/to/file.db` or `sqlite::memory:` (PostgreSQL is not available in this build)"
+        ),
+    };
+    Ok(sqlite)
+}
+
+/// The embedded log's settings, from the `log` URL.
+pub fn log_config(config: &FlareConfig) -> anyhow::Result<EmbeddedLogConfig> {
+    match config.log.as_str() {
+        "embedded" | "embedded://" => {
+            let mut log = config.embedded_log.clone();
+            log.data_dir = config.data_dir.join("log");
+            Ok(log)
+        }
+        url if url.starts_with("embedded://") => {
+            let mut log = config.embedded_log.clone();
+            log.data_dir = PathBuf::from(&url["embedded://".len()..]);
+            Ok(log)
+        }
+        other => bail!("unsupported log `{other}`: use `embedded` (Kafka is not available in this build)"),
+    }
+}
+
+/// An annotated example config with every default spelled out.
+pub fn example() -> String {
+    let config = FlareConfig::default();
+    let body = toml::to_string_pretty(&config).unwrap_or_default();
+    format!(
+        "# Flare configuration. Every setting is optional; these are the defaults.\n# Environment variables FLARE_DATA_DIR, FLARE_STORE, FLARE_LOG, FLARE_LISTEN and flags override it.\n\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_back_to_the_defaults() {
+        let parsed: FlareConfig = toml::from_str(&example()).unwrap();
+        assert_eq!(parsed, FlareConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<FlareConfig>("data_dir = \"x\"\nlisten = \"0.0.0.0:1\"").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn store_urls_choose_the_database_file() {
+        let mut config = FlareConfig { data_dir: "/d".into(), ..FlareConfig::default() };
+        assert_eq!(sqlite_config(&config).unwrap().path, Some(PathBuf::from("/d/flare.db")));
+        config.store = "sqlite::memory:".into();
+        assert_eq!(sqlite_config(&config).unwrap().path, None);
+        config.store = "sqlite:///tmp/x.db".into();
+        assert_eq!(sqlite_config(&config).unwrap().path, Some(PathBuf::from("/tmp/x.db")));
+        config.store = "postgres://localhost".into();
+        assert!(sqlite_config(&config).unwrap_err().to_string().contains("unsupported store"));
+    }
+}

