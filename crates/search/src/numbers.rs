@@ -19,8 +19,21 @@ pub fn parse_decimal(text: &str) -> Option<(f64, f64, f64)> {
         return None;
     }
     let decimals = i32::try_from(fraction.len()).ok()? - exponent;
-    let half_step = 0.5 * 10_f64.powi(-decimals);
-    Some((value, value - half_step, value + half_step))
+    // Bounds are built from the digits (mantissa·10 ± 5, one decimal further) and parsed, so
+    // `0.4` gives exactly the f64 of `0.35` as its low bound, the same as a stored `0.35`.
+    let digits = format!("{whole}{fraction}");
+    let negative = mantissa.starts_with('-');
+    let bounds = digits.parse::<i128>().ok().and_then(|magnitude| {
+        let scaled = magnitude.checked_mul(10)?;
+        let (below, above) = (scaled - 5, scaled + 5);
+        let bound = |digits: i128| format!("{digits}e{}", -decimals - 1).parse::<f64>().ok();
+        if negative { Some((-bound(above)?, -bound(below)?)) } else { Some((bound(below)?, bound(above)?)) }
+    });
+    let (low, high) = bounds.unwrap_or_else(|| {
+        let half_step = 0.5 * 10_f64.powi(-decimals);
+        (value - half_step, value + half_step)
+    });
+    Some((value, low, high))
 }
 
 #[cfg(test)]
@@ -41,6 +54,13 @@ mod tests {
         assert!(close(low, 99.5) && close(high, 100.5));
         let (value, low, _) = parse_decimal("-0.25").unwrap();
         assert!(close(value, -0.25) && close(low, -0.255));
+    }
+
+    #[test]
+    fn bounds_equal_the_written_neighbours() {
+        assert_eq!(parse_decimal("0.4").unwrap().1, 0.35);
+        assert_eq!(parse_decimal("-0.4").unwrap().2, -0.35);
+        assert_eq!(parse_decimal("0.40").unwrap().1, 0.395);
     }
 
     #[test]

@@ -24,6 +24,8 @@ enum Step {
     OfType(String),
     /// `where(resolve() is T)`: keep references that point to a `T`.
     ResolvesTo(String),
+    /// `where(child = 'literal')`: keep items whose string child equals the literal.
+    WhereEquals(String, String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,8 +87,18 @@ fn compile_branch(text: &str) -> Option<Branch> {
         let step = if let Some(argument) = call_argument(part, "ofType").or_else(|| call_argument(part, "as")) {
             Step::OfType(identifier(argument)?.to_owned())
         } else if let Some(argument) = call_argument(part, "where") {
-            let target = argument.trim().strip_prefix("resolve()")?.trim().strip_prefix("is ")?;
-            Step::ResolvesTo(identifier(target.trim())?.to_owned())
+            let argument = argument.trim();
+            match argument.strip_prefix("resolve()") {
+                Some(rest) => Step::ResolvesTo(identifier(rest.trim().strip_prefix("is ")?.trim())?.to_owned()),
+                None => {
+                    let (field, literal) = argument.split_once('=')?;
+                    let literal = literal.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+                    if literal.contains(['\'', '\\']) {
+                        return None;
+                    }
+                    Step::WhereEquals(identifier(field.trim())?.to_owned(), literal.to_owned())
+                }
+            }
         } else {
             Step::Child(identifier(part)?.to_owned())
         };
@@ -103,8 +115,14 @@ fn split_steps(text: &str) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let mut depth = 0_i32;
     let mut start = 0;
+    let mut in_string = false;
     for (at, ch) in text.char_indices() {
+        if in_string {
+            in_string = ch != '\'';
+            continue;
+        }
         match ch {
+            '\'' if depth > 0 => in_string = true,
             '(' => depth += 1,
             ')' => depth -= 1,
             '.' if depth == 0 => {
@@ -136,6 +154,11 @@ fn apply<'a>(step: &Step, items: Vec<PathItem<'a>>) -> Vec<PathItem<'a>> {
             Step::Child(name) => children(item, name, &mut out),
             Step::OfType(type_name) => {
                 if item.type_name == type_name || model::is_a(item.type_name, type_name) {
+                    out.push(item);
+                }
+            }
+            Step::WhereEquals(field, literal) => {
+                if item.value.get(field).and_then(Value::as_str) == Some(literal.as_str()) {
                     out.push(item);
                 }
             }
@@ -213,11 +236,15 @@ mod tests {
         assert_eq!(evaluate("Observation.subject.where(resolve() is Patient)", &observation).len(), 1);
         assert_eq!(evaluate("Observation.subject.where(resolve() is Group)", &observation).len(), 0);
         assert_eq!(evaluate("Patient.name | Observation.subject", &observation).len(), 1);
+        let patient = json!({"resourceType": "Patient", "telecom": [{"system": "phone", "value": "1"}, {"system": "email", "value": "2"}]});
+        let phones = evaluate("Patient.telecom.where(system='phone')", &patient);
+        assert_eq!(phones, vec![("ContactPoint".to_owned(), json!({"system": "phone", "value": "1"}))]);
     }
 
     #[test]
     fn rejects_what_it_cannot_evaluate() {
-        assert!(CompiledPath::compile("Patient.telecom.where(system='phone')").is_err());
+        assert!(CompiledPath::compile("Patient.telecom.where(system='phone').exists()").is_err());
+        assert!(CompiledPath::compile("Patient.telecom.where(system='phone' or system='fax')").is_err());
         assert!(CompiledPath::compile("Bundle.entry[0].resource").is_err());
         assert!(CompiledPath::compile("Patient.deceased.exists() and Patient.deceased != false").is_err());
     }
