@@ -25,7 +25,10 @@ pub struct ResourceKey {
 
 impl ResourceKey {
     pub fn new(resource_type: impl Into<String>, id: impl Into<String>) -> Self {
-        Self { resource_type: resource_type.into(), id: id.into() }
+        Self {
+            resource_type: resource_type.into(),
+            id: id.into(),
+        }
     }
 }
 
@@ -133,7 +136,11 @@ pub struct SearchPage {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("version conflict on {key}: expected {expected:?}, found version {actual:?}")]
-    Conflict { key: ResourceKey, expected: Expected, actual: Option<u64> },
+    Conflict {
+        key: ResourceKey,
+        expected: Expected,
+        actual: Option<u64>,
+    },
     #[error("search is not supported: {0}")]
     UnsupportedSearch(String),
     #[error("database error: {0}")]
@@ -148,8 +155,11 @@ pub trait Store: Send + Sync + 'static {
     /// The current version, tombstones included.
     async fn current(&self, key: &ResourceKey) -> Result<Option<StoredVersion>, StoreError>;
     /// One version; `None` if the resource or version never existed.
-    async fn version(&self, key: &ResourceKey, version_id: u64)
-    -> Result<Option<StoredVersion>, StoreError>;
+    async fn version(
+        &self,
+        key: &ResourceKey,
+        version_id: u64,
+    ) -> Result<Option<StoredVersion>, StoreError>;
     /// Applies a commit atomically; on any conflict nothing is written.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
     async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError>;

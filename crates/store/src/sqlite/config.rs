@@ -45,7 +45,10 @@ impl Default for SqliteConfig {
 impl SqliteConfig {
     /// A file-backed configuration with every other setting at its default.
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Self { path: Some(path.into()), ..Self::default() }
+        Self {
+            path: Some(path.into()),
+            ..Self::default()
+        }
     }
 
     /// An in-memory configuration (the default).

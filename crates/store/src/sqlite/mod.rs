@@ -22,7 +22,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 pub use config::{Durability, SqliteConfig};
 
 use crate::{
-    Commit, HistoryPage, HistoryQuery, OutboxEntry, ResourceKey, SearchPage, Store, StoreError, StoredVersion,
+    Commit, HistoryPage, HistoryQuery, OutboxEntry, ResourceKey, SearchPage, Store, StoreError,
+    StoredVersion,
 };
 use search::ParamKindCache;
 use writer::{WriteJob, Writer};
@@ -57,7 +58,10 @@ impl std::fmt::Debug for SqliteStore {
 /// Where reads run.
 enum Readers {
     /// File databases: read-only connections, at most `permits` in use at once.
-    Pool { pool: Arc<ReaderPool>, permits: Semaphore },
+    Pool {
+        pool: Arc<ReaderPool>,
+        permits: Semaphore,
+    },
     /// In-memory databases: the writer's own connection (another connection would see another
     /// database), taken between write batches.
     Shared(Arc<Mutex<Connection>>),
@@ -71,7 +75,10 @@ struct ReaderPool {
 }
 
 impl ReaderPool {
-    fn run<T>(&self, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn run<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let idle_conn = self.idle.lock().pop();
         let conn = match idle_conn {
             Some(conn) => conn,
@@ -104,7 +111,11 @@ impl SqliteStore {
         let readers = match &config.path {
             Some(path) => Readers::Pool {
                 permits: Semaphore::new(config.read_connections.max(1)),
-                pool: Arc::new(ReaderPool { config: config.clone(), path: path.clone(), idle: Mutex::new(Vec::new()) }),
+                pool: Arc::new(ReaderPool {
+                    config: config.clone(),
+                    path: path.clone(),
+                    idle: Mutex::new(Vec::new()),
+                }),
             },
             None => Readers::Shared(conn.clone()),
         };
@@ -119,7 +130,9 @@ impl SqliteStore {
         let writer_thread = std::thread::Builder::new()
             .name("flare-store-writer".to_owned())
             .spawn(move || writer.run())
-            .map_err(|err| StoreError::Database(format!("cannot start the writer thread: {err}")))?;
+            .map_err(|err| {
+                StoreError::Database(format!("cannot start the writer thread: {err}"))
+            })?;
         Ok(Self {
             jobs: Some(sender),
             writer_thread: Some(writer_thread),
@@ -139,10 +152,15 @@ impl SqliteStore {
         .await
     }
 
-    async fn write(&self, job: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> WriteJob) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> WriteJob,
+    ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(StoreError::Closed)?;
-        jobs.send(job(reply)).await.map_err(|_| StoreError::Closed)?;
+        jobs.send(job(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -167,7 +185,8 @@ impl SqliteStore {
                     .map_err(|err| StoreError::Database(format!("a read task failed: {err}")))?;
             }
         };
-        task.await.map_err(|err| StoreError::Database(format!("a read task failed: {err}")))?
+        task.await
+            .map_err(|err| StoreError::Database(format!("a read task failed: {err}")))?
     }
 }
 
@@ -178,7 +197,11 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
     conn.pragma_update(None, "cache_size", -i64::from(config.cache_size_kib))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     if config.path.is_some() {
-        conn.pragma_update(None, "mmap_size", i64::from(config.mmap_size_mib) * 1024 * 1024)?;
+        conn.pragma_update(
+            None,
+            "mmap_size",
+            i64::from(config.mmap_size_mib) * 1024 * 1024,
+        )?;
     }
     if !read_only {
         if config.path.is_some() {
@@ -214,9 +237,14 @@ impl Store for SqliteStore {
         self.read(move |conn| read::current(conn, &key)).await
     }
 
-    async fn version(&self, key: &ResourceKey, version_id: u64) -> Result<Option<StoredVersion>, StoreError> {
+    async fn version(
+        &self,
+        key: &ResourceKey,
+        version_id: u64,
+    ) -> Result<Option<StoredVersion>, StoreError> {
         let key = key.clone();
-        self.read(move |conn| read::version(conn, &key, version_id)).await
+        self.read(move |conn| read::version(conn, &key, version_id))
+            .await
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
@@ -234,15 +262,21 @@ impl Store for SqliteStore {
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let query = query.clone();
         let kinds = self.kinds.clone();
-        self.read(move |conn| search::search(conn, &kinds, &query)).await
+        self.read(move |conn| search::search(conn, &kinds, &query))
+            .await
     }
 
     async fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.read(move |conn| read::outbox_after(conn, after, limit)).await
+        self.read(move |conn| read::outbox_after(conn, after, limit))
+            .await
     }
 
     async fn outbox_ack(&self, seq: u64) -> Result<(), StoreError> {
-        self.write(|reply| WriteJob::AckOutbox { up_to_seq: seq, reply }).await
+        self.write(|reply| WriteJob::AckOutbox {
+            up_to_seq: seq,
+            reply,
+        })
+        .await
     }
 
     async fn outbox_changed(&self) {

@@ -5,21 +5,28 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::writer::decode_headers;
 use crate::{
-    HistoryPage, HistoryQuery, HistoryScope, OutboxEntry, OutboxMessage, ResourceKey, StoreError, StoredVersion,
+    HistoryPage, HistoryQuery, HistoryScope, OutboxEntry, OutboxMessage, ResourceKey, StoreError,
+    StoredVersion,
 };
 
 /// Builds a version from a row `(type, id, version, last_updated, body)` starting at column 0.
 pub(crate) fn version_from_row(row: &Row<'_>) -> rusqlite::Result<StoredVersion> {
     let version: i64 = row.get(2)?;
     Ok(StoredVersion {
-        key: ResourceKey { resource_type: row.get(0)?, id: row.get(1)? },
+        key: ResourceKey {
+            resource_type: row.get(0)?,
+            id: row.get(1)?,
+        },
         version_id: version as u64,
         last_updated_ms: row.get(3)?,
         body: row.get(4)?,
     })
 }
 
-pub(crate) fn current(conn: &Connection, key: &ResourceKey) -> Result<Option<StoredVersion>, StoreError> {
+pub(crate) fn current(
+    conn: &Connection,
+    key: &ResourceKey,
+) -> Result<Option<StoredVersion>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT c.type, c.id, v.version, v.last_updated, v.body FROM resource c \
@@ -30,15 +37,24 @@ pub(crate) fn current(conn: &Connection, key: &ResourceKey) -> Result<Option<Sto
         .optional()?)
 }
 
-pub(crate) fn version(conn: &Connection, key: &ResourceKey, version_id: u64) -> Result<Option<StoredVersion>, StoreError> {
-    let Ok(version_id) = i64::try_from(version_id) else { return Ok(None) };
+pub(crate) fn version(
+    conn: &Connection,
+    key: &ResourceKey,
+    version_id: u64,
+) -> Result<Option<StoredVersion>, StoreError> {
+    let Ok(version_id) = i64::try_from(version_id) else {
+        return Ok(None);
+    };
     Ok(conn
         .prepare_cached(
             "SELECT c.type, c.id, v.version, v.last_updated, v.body FROM resource c \
              JOIN resource_version v ON v.rid = c.rid \
              WHERE c.type = ?1 AND c.id = ?2 AND v.version = ?3",
         )?
-        .query_row(params![key.resource_type, key.id, version_id], version_from_row)
+        .query_row(
+            params![key.resource_type, key.id, version_id],
+            version_from_row,
+        )
         .optional()?)
 }
 
@@ -65,11 +81,16 @@ pub(crate) fn history(conn: &Connection, query: &HistoryQuery) -> Result<History
         conditions.push("v.last_updated < ?");
         values.push(Value::Integer(before));
     }
-    let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
     let from = "FROM resource_version v JOIN resource c ON c.rid = v.rid";
 
-    let total: i64 =
-        conn.prepare_cached(&format!("SELECT count(*) {from} {filter}"))?.query_row(params_from_iter(&values), |row| row.get(0))?;
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) {from} {filter}"))?
+        .query_row(params_from_iter(&values), |row| row.get(0))?;
     let mut versions = Vec::new();
     if query.count > 0 {
         let mut page_values = values.clone();
@@ -86,11 +107,20 @@ pub(crate) fn history(conn: &Connection, query: &HistoryQuery) -> Result<History
             versions.push(row?);
         }
     }
-    Ok(HistoryPage { versions, total: total as u64 })
+    Ok(HistoryPage {
+        versions,
+        total: total as u64,
+    })
 }
 
-pub(crate) fn outbox_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-    let Ok(after) = i64::try_from(after) else { return Ok(Vec::new()) };
+pub(crate) fn outbox_after(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let Ok(after) = i64::try_from(after) else {
+        return Ok(Vec::new());
+    };
     let mut statement = conn.prepare_cached(
         "SELECT seq, topic, key, headers, payload, timestamp_ms FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
@@ -107,9 +137,19 @@ pub(crate) fn outbox_after(conn: &Connection, after: u64, limit: usize) -> Resul
     let mut entries = Vec::new();
     for row in rows {
         let (seq, topic, key, headers, payload, timestamp_ms) = row?;
-        let headers = decode_headers(&headers)
-            .ok_or_else(|| StoreError::Database(format!("outbox entry {seq} has corrupt headers")))?;
-        entries.push(OutboxEntry { seq: seq as u64, message: OutboxMessage { topic, key, headers, payload, timestamp_ms } });
+        let headers = decode_headers(&headers).ok_or_else(|| {
+            StoreError::Database(format!("outbox entry {seq} has corrupt headers"))
+        })?;
+        entries.push(OutboxEntry {
+            seq: seq as u64,
+            message: OutboxMessage {
+                topic,
+                key,
+                headers,
+                payload,
+                timestamp_ms,
+            },
+        });
     }
     Ok(entries)
 }

@@ -100,8 +100,15 @@ CREATE TABLE outbox (
 ";
 
 /// Every index table, for clearing a resource's rows and for `:missing`.
-pub(crate) const INDEX_TABLES: [&str; 7] =
-    ["idx_string", "idx_token", "idx_reference", "idx_date", "idx_number", "idx_quantity", "idx_uri"];
+pub(crate) const INDEX_TABLES: [&str; 7] = [
+    "idx_string",
+    "idx_token",
+    "idx_reference",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_uri",
+];
 
 /// Creates the schema in an empty database, or checks that an existing one has the version
 /// this code understands.

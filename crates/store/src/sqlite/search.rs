@@ -43,7 +43,15 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [Kind::String, Kind::Token, Kind::Reference, Kind::Date, Kind::Number, Kind::Quantity, Kind::Uri];
+    const ALL: [Kind; 7] = [
+        Kind::String,
+        Kind::Token,
+        Kind::Reference,
+        Kind::Date,
+        Kind::Number,
+        Kind::Quantity,
+        Kind::Uri,
+    ];
 
     fn table(self) -> &'static str {
         match self {
@@ -93,7 +101,12 @@ pub(crate) struct ParamKindCache {
 }
 
 impl ParamKindCache {
-    fn lookup(&self, conn: &Connection, resource_type: Option<&str>, param: &str) -> Result<Option<Kind>, StoreError> {
+    fn lookup(
+        &self,
+        conn: &Connection,
+        resource_type: Option<&str>,
+        param: &str,
+    ) -> Result<Option<Kind>, StoreError> {
         let cache_key = (resource_type.map(str::to_owned), param.to_owned());
         if let Some(kind) = self.known.lock().get(&cache_key) {
             return Ok(Some(*kind));
@@ -102,10 +115,14 @@ impl ParamKindCache {
             let table = kind.table();
             let found: bool = match resource_type {
                 Some(resource_type) => conn
-                    .prepare_cached(&format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE type = ?1 AND param = ?2)"))?
+                    .prepare_cached(&format!(
+                        "SELECT EXISTS (SELECT 1 FROM {table} WHERE type = ?1 AND param = ?2)"
+                    ))?
                     .query_row(params![resource_type, param], |row| row.get(0))?,
                 None => conn
-                    .prepare_cached(&format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE param = ?1)"))?
+                    .prepare_cached(&format!(
+                        "SELECT EXISTS (SELECT 1 FROM {table} WHERE param = ?1)"
+                    ))?
                     .query_row(params![param], |row| row.get(0))?,
             };
             if found {
@@ -153,15 +170,24 @@ enum DriverCost {
 fn predicate_cost(predicate: &Predicate) -> DriverCost {
     match predicate {
         Predicate::Token { code: Some(_), .. } => DriverCost::Lookup,
-        Predicate::Reference { target_id: Some(_), .. } | Predicate::Reference { url: Some(_), .. } => {
-            DriverCost::Lookup
+        Predicate::Reference {
+            target_id: Some(_), ..
         }
-        Predicate::Uri { below: false, above: false, .. } => DriverCost::Lookup,
-        Predicate::String { mode: StringMatch::StartsWith, .. } | Predicate::Uri { below: true, .. } => {
-            DriverCost::Range
+        | Predicate::Reference { url: Some(_), .. } => DriverCost::Lookup,
+        Predicate::Uri {
+            below: false,
+            above: false,
+            ..
+        } => DriverCost::Lookup,
+        Predicate::String {
+            mode: StringMatch::StartsWith,
+            ..
         }
+        | Predicate::Uri { below: true, .. } => DriverCost::Range,
         Predicate::Date { prefix, .. } => match prefix {
-            Prefix::Eq | Prefix::Gt | Prefix::Ge | Prefix::Sa | Prefix::Eb | Prefix::Ap => DriverCost::Range,
+            Prefix::Eq | Prefix::Gt | Prefix::Ge | Prefix::Sa | Prefix::Eb | Prefix::Ap => {
+                DriverCost::Range
+            }
             Prefix::Ne | Prefix::Lt | Prefix::Le => DriverCost::Scan,
         },
         Predicate::Number { prefix, .. } | Predicate::Quantity { prefix, .. } => match prefix {
@@ -185,7 +211,12 @@ fn driver_cost(clause: &Clause) -> Option<DriverCost> {
     if !groups.negated.is_empty() || !groups.missing.is_empty() {
         return None;
     }
-    groups.positive.iter().flat_map(|(_, predicates)| predicates).map(|p| predicate_cost(p)).max()
+    groups
+        .positive
+        .iter()
+        .flat_map(|(_, predicates)| predicates)
+        .map(|p| predicate_cost(p))
+        .max()
 }
 
 /// The condition a predicate puts on an index row aliased `row`.
@@ -197,7 +228,11 @@ fn predicate_condition(sql: &mut Sql, row: &str, predicate: &Predicate) -> Strin
             StringMatch::StartsWith => starts_with(sql, &format!("{row}.norm"), value),
             StringMatch::Contains => format!("instr({row}.norm, {}) > 0", sql.bind(value.clone())),
         },
-        Predicate::Token { system, code, negate: _ } => {
+        Predicate::Token {
+            system,
+            code,
+            negate: _,
+        } => {
             let mut parts = Vec::new();
             if let Some(code) = code {
                 parts.push(format!("{row}.code = {}", sql.bind(code.clone())));
@@ -205,7 +240,9 @@ fn predicate_condition(sql: &mut Sql, row: &str, predicate: &Predicate) -> Strin
             match system {
                 None => {}
                 Some(None) => parts.push(format!("{row}.system IS NULL")),
-                Some(Some(system)) => parts.push(format!("{row}.system = {}", sql.bind(system.clone()))),
+                Some(Some(system)) => {
+                    parts.push(format!("{row}.system = {}", sql.bind(system.clone())))
+                }
             }
             all_of(parts)
         }
@@ -213,27 +250,52 @@ fn predicate_condition(sql: &mut Sql, row: &str, predicate: &Predicate) -> Strin
         Predicate::TokenText(text) => starts_with(sql, &format!("{row}.text"), text),
         // A URL (absolute or canonical) matches as written; otherwise the id, and the type
         // when given.
-        Predicate::Reference { target_type, target_id, url } => match (url, target_id) {
+        Predicate::Reference {
+            target_type,
+            target_id,
+            url,
+        } => match (url, target_id) {
             (Some(url), _) => format!("{row}.url = {}", sql.bind(url.clone())),
             (None, Some(id)) => {
                 let mut parts = vec![format!("{row}.target_id = {}", sql.bind(id.clone()))];
                 if let Some(target_type) = target_type {
-                    parts.push(format!("{row}.target_type = {}", sql.bind(target_type.clone())));
+                    parts.push(format!(
+                        "{row}.target_type = {}",
+                        sql.bind(target_type.clone())
+                    ));
                 }
                 all_of(parts)
             }
             (None, None) => "0".to_owned(),
         },
-        Predicate::Date { prefix, low_ms, high_ms } => date_condition(sql, row, *prefix, *low_ms, *high_ms),
-        Predicate::Number { prefix, value, low, high } => number_condition(sql, row, *prefix, *value, *low, *high),
-        Predicate::Quantity { prefix, value, low, high, system, code } => {
+        Predicate::Date {
+            prefix,
+            low_ms,
+            high_ms,
+        } => date_condition(sql, row, *prefix, *low_ms, *high_ms),
+        Predicate::Number {
+            prefix,
+            value,
+            low,
+            high,
+        } => number_condition(sql, row, *prefix, *value, *low, *high),
+        Predicate::Quantity {
+            prefix,
+            value,
+            low,
+            high,
+            system,
+            code,
+        } => {
             let mut parts = vec![number_condition(sql, row, *prefix, *value, *low, *high)];
             match (system, code) {
                 (Some(system), Some(code)) => {
                     parts.push(format!("{row}.system = {}", sql.bind(system.clone())));
                     parts.push(format!("{row}.code = {}", sql.bind(code.clone())));
                 }
-                (Some(system), None) => parts.push(format!("{row}.system = {}", sql.bind(system.clone()))),
+                (Some(system), None) => {
+                    parts.push(format!("{row}.system = {}", sql.bind(system.clone())))
+                }
                 // Without a system, the code may be a UCUM code or the unit as written.
                 (None, Some(code)) => {
                     let code = sql.bind(code.clone());
@@ -243,7 +305,11 @@ fn predicate_condition(sql: &mut Sql, row: &str, predicate: &Predicate) -> Strin
             }
             all_of(parts)
         }
-        Predicate::Uri { value, below, above } => {
+        Predicate::Uri {
+            value,
+            below,
+            above,
+        } => {
             let column = format!("{row}.uri");
             if *below {
                 starts_with(sql, &column, value)
@@ -298,7 +364,14 @@ fn date_condition(sql: &mut Sql, row: &str, prefix: Prefix, lo: i64, hi: i64) ->
 }
 
 /// FHIR number comparisons: `value` as written, [lo, hi) the range its precision implies.
-fn number_condition(sql: &mut Sql, row: &str, prefix: Prefix, value: f64, lo: f64, hi: f64) -> String {
+fn number_condition(
+    sql: &mut Sql,
+    row: &str,
+    prefix: Prefix,
+    value: f64,
+    lo: f64,
+    hi: f64,
+) -> String {
     let column = format!("{row}.value");
     match prefix {
         Prefix::Eq => {
@@ -348,11 +421,19 @@ fn prefix_successor(prefix: &str) -> Option<String> {
 }
 
 fn all_of(parts: Vec<String>) -> String {
-    if parts.is_empty() { "1".to_owned() } else { parts.join(" AND ") }
+    if parts.is_empty() {
+        "1".to_owned()
+    } else {
+        parts.join(" AND ")
+    }
 }
 
 fn any_of(parts: Vec<String>) -> String {
-    if parts.is_empty() { "0".to_owned() } else { format!("({})", parts.join(" OR ")) }
+    if parts.is_empty() {
+        "0".to_owned()
+    } else {
+        format!("({})", parts.join(" OR "))
+    }
 }
 
 /// Predicates of a clause grouped by index table, positive and negated (`:not`) apart.
@@ -363,17 +444,25 @@ struct Groups<'a> {
 }
 
 fn group(predicates: &[Predicate]) -> Groups<'_> {
-    let mut groups = Groups { positive: Vec::new(), negated: Vec::new(), missing: Vec::new() };
+    let mut groups = Groups {
+        positive: Vec::new(),
+        negated: Vec::new(),
+        missing: Vec::new(),
+    };
     // `:not` applies to a clause whose values are all negated tokens (as in
     // `flare_search::matcher`); anywhere else the flag is ignored.
     let all_negated = !predicates.is_empty()
-        && predicates.iter().all(|predicate| matches!(predicate, Predicate::Token { negate: true, .. }));
+        && predicates
+            .iter()
+            .all(|predicate| matches!(predicate, Predicate::Token { negate: true, .. }));
     for predicate in predicates {
         match predicate {
             Predicate::Missing(missing) => groups.missing.push(*missing),
             Predicate::Token { negate: true, .. } if all_negated => groups.negated.push(predicate),
             _ => {
-                let Some(kind) = Kind::of(predicate) else { continue };
+                let Some(kind) = Kind::of(predicate) else {
+                    continue;
+                };
                 match groups.positive.iter_mut().find(|(k, _)| *k == kind) {
                     Some((_, list)) => list.push(predicate),
                     None => groups.positive.push((kind, vec![predicate])),
@@ -385,7 +474,12 @@ fn group(predicates: &[Predicate]) -> Groups<'_> {
 }
 
 /// A boolean SQL expression: the resource whose rid is `rid` matches `clause`.
-fn clause_filter(sql: &mut Sql, clause: &Clause, rid: &str, depth: usize) -> Result<String, StoreError> {
+fn clause_filter(
+    sql: &mut Sql,
+    clause: &Clause,
+    rid: &str,
+    depth: usize,
+) -> Result<String, StoreError> {
     if let Some(chain) = &clause.chain {
         let row = sql.alias("r");
         let param = sql.bind(clause.param.clone());
@@ -404,7 +498,10 @@ fn clause_filter(sql: &mut Sql, clause: &Clause, rid: &str, depth: usize) -> Res
     let mut alternatives = Vec::new();
     for (kind, predicates) in &groups.positive {
         let row = sql.alias("x");
-        let conditions: Vec<String> = predicates.iter().map(|p| predicate_condition(sql, &row, p)).collect();
+        let conditions: Vec<String> = predicates
+            .iter()
+            .map(|p| predicate_condition(sql, &row, p))
+            .collect();
         alternatives.push(format!(
             "EXISTS (SELECT 1 FROM {table} {row} WHERE {row}.rid = {rid} AND {row}.param = {param} AND {any})",
             table = kind.table(),
@@ -415,7 +512,11 @@ fn clause_filter(sql: &mut Sql, clause: &Clause, rid: &str, depth: usize) -> Res
         // `:not=a,b`: no token of the parameter is a or b (resources without the parameter
         // match too).
         let row = sql.alias("x");
-        let conditions: Vec<String> = groups.negated.iter().map(|p| predicate_condition(sql, &row, p)).collect();
+        let conditions: Vec<String> = groups
+            .negated
+            .iter()
+            .map(|p| predicate_condition(sql, &row, p))
+            .collect();
         alternatives.push(format!(
             "NOT EXISTS (SELECT 1 FROM idx_token {row} WHERE {row}.rid = {rid} AND {row}.param = {param} AND {any})",
             any = any_of(conditions)
@@ -424,17 +525,27 @@ fn clause_filter(sql: &mut Sql, clause: &Clause, rid: &str, depth: usize) -> Res
     for missing in &groups.missing {
         let present: Vec<String> = INDEX_TABLES
             .iter()
-            .map(|table| format!("EXISTS (SELECT 1 FROM {table} WHERE rid = {rid} AND param = {param})"))
+            .map(|table| {
+                format!("EXISTS (SELECT 1 FROM {table} WHERE rid = {rid} AND param = {param})")
+            })
             .collect();
         let present = any_of(present);
-        alternatives.push(if *missing { format!("NOT {present}") } else { present });
+        alternatives.push(if *missing {
+            format!("NOT {present}")
+        } else {
+            present
+        });
     }
     Ok(any_of(alternatives))
 }
 
 /// `SELECT id FROM resource ...`: ids of live resources of the chain's target type that match
 /// the chain's inner clause.
-fn chain_targets(sql: &mut Sql, chain: &flare_search::Chain, depth: usize) -> Result<String, StoreError> {
+fn chain_targets(
+    sql: &mut Sql,
+    chain: &flare_search::Chain,
+    depth: usize,
+) -> Result<String, StoreError> {
     if depth >= MAX_CHAIN_DEPTH {
         return Err(StoreError::UnsupportedSearch(format!(
             "chains deeper than {MAX_CHAIN_DEPTH} levels are not supported"
@@ -484,7 +595,10 @@ fn clause_driver(
         let row = sql.alias("x");
         let of_type = type_condition(sql, &row);
         let param = sql.bind(clause.param.clone());
-        let conditions: Vec<String> = predicates.iter().map(|p| predicate_condition(sql, &row, p)).collect();
+        let conditions: Vec<String> = predicates
+            .iter()
+            .map(|p| predicate_condition(sql, &row, p))
+            .collect();
         selects.push(format!(
             "SELECT {row}.rid FROM {table} {row} WHERE {of_type}{row}.param = {param} AND {any}",
             table = kind.table(),
@@ -500,7 +614,11 @@ enum Plan {
     Scan,
 }
 
-pub(crate) fn search(conn: &Connection, kinds: &ParamKindCache, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+pub(crate) fn search(
+    conn: &Connection,
+    kinds: &ParamKindCache,
+    query: &SearchQuery,
+) -> Result<SearchPage, StoreError> {
     let resource_type = query.resource_type.as_deref();
     let driver = choose_driver(conn, query)?;
 
@@ -510,12 +628,18 @@ pub(crate) fn search(conn: &Connection, kinds: &ParamKindCache, query: &SearchQu
         None
     };
     if query.count_only || query.count == 0 {
-        return Ok(SearchPage { matches: Vec::new(), included: Vec::new(), total });
+        return Ok(SearchPage {
+            matches: Vec::new(),
+            included: Vec::new(),
+            total,
+        });
     }
 
     let default_order = query.sort.is_empty();
     let plan = match driver {
-        Some((index, size)) if !default_order || size <= DRIVER_SCAN_THRESHOLD => Plan::Driven { driver: index },
+        Some((index, size)) if !default_order || size <= DRIVER_SCAN_THRESHOLD => {
+            Plan::Driven { driver: index }
+        }
         // A known small total means the driver's extra candidates are filtered out: collecting
         // them is still cheaper than walking the type looking for rare matches.
         Some((index, _)) if total.is_some_and(|total| total as usize <= DRIVER_SCAN_THRESHOLD) => {
@@ -566,15 +690,28 @@ pub(crate) fn search(conn: &Connection, kinds: &ParamKindCache, query: &SearchQu
         }
     }
     let included = includes(conn, query, &rids, &matches)?;
-    Ok(SearchPage { matches, included, total })
+    Ok(SearchPage {
+        matches,
+        included,
+        total,
+    })
 }
 
 /// The drivable clause expected to yield the fewest candidates, with its size (measured up to
 /// just past [`DRIVER_SCAN_THRESHOLD`]).
-fn choose_driver(conn: &Connection, query: &SearchQuery) -> Result<Option<(usize, usize)>, StoreError> {
-    let costs: Vec<(usize, DriverCost)> =
-        query.clauses.iter().enumerate().filter_map(|(index, clause)| Some((index, driver_cost(clause)?))).collect();
-    let Some(cheapest) = costs.iter().map(|(_, cost)| *cost).min() else { return Ok(None) };
+fn choose_driver(
+    conn: &Connection,
+    query: &SearchQuery,
+) -> Result<Option<(usize, usize)>, StoreError> {
+    let costs: Vec<(usize, DriverCost)> = query
+        .clauses
+        .iter()
+        .enumerate()
+        .filter_map(|(index, clause)| Some((index, driver_cost(clause)?)))
+        .collect();
+    let Some(cheapest) = costs.iter().map(|(_, cost)| *cost).min() else {
+        return Ok(None);
+    };
     // Only clauses of the cheapest kind are measured: measuring a scan-kind clause can cost
     // as much as the search.
     let mut best: Option<(usize, usize)> = None;
@@ -589,7 +726,12 @@ fn choose_driver(conn: &Connection, query: &SearchQuery) -> Result<Option<(usize
 
 fn driver_size(conn: &Connection, query: &SearchQuery, index: usize) -> Result<usize, StoreError> {
     let mut sql = Sql::default();
-    let driver = clause_driver(&mut sql, &query.clauses[index], query.resource_type.as_deref(), 0)?;
+    let driver = clause_driver(
+        &mut sql,
+        &query.clauses[index],
+        query.resource_type.as_deref(),
+        0,
+    )?;
     let cap = sql.bind(to_limit(DRIVER_SCAN_THRESHOLD + 1));
     let count: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM ({driver} LIMIT {cap})"))?
@@ -597,12 +739,21 @@ fn driver_size(conn: &Connection, query: &SearchQuery, index: usize) -> Result<u
     Ok(count as usize)
 }
 
-fn count_matches(conn: &Connection, query: &SearchQuery, driver: Option<usize>) -> Result<u64, StoreError> {
+fn count_matches(
+    conn: &Connection,
+    query: &SearchQuery,
+    driver: Option<usize>,
+) -> Result<u64, StoreError> {
     let mut sql = Sql::default();
     let mut conditions = vec!["c.deleted = 0".to_owned()];
     match driver {
         Some(driver) => {
-            let driver_sql = clause_driver(&mut sql, &query.clauses[driver], query.resource_type.as_deref(), 0)?;
+            let driver_sql = clause_driver(
+                &mut sql,
+                &query.clauses[driver],
+                query.resource_type.as_deref(),
+                0,
+            )?;
             conditions.push(format!("c.rid IN ({driver_sql})"));
         }
         None => {
@@ -616,8 +767,13 @@ fn count_matches(conn: &Connection, query: &SearchQuery, driver: Option<usize>) 
             conditions.push(clause_filter(&mut sql, clause, "c.rid", 0)?);
         }
     }
-    let count_sql = format!("SELECT count(*) FROM resource c WHERE {}", conditions.join(" AND "));
-    let total: i64 = conn.prepare_cached(&count_sql)?.query_row(params_from_iter(&sql.values), |row| row.get(0))?;
+    let count_sql = format!(
+        "SELECT count(*) FROM resource c WHERE {}",
+        conditions.join(" AND ")
+    );
+    let total: i64 = conn
+        .prepare_cached(&count_sql)?
+        .query_row(params_from_iter(&sql.values), |row| row.get(0))?;
     Ok(total as u64)
 }
 
@@ -637,7 +793,9 @@ fn order_by(
             "_lastUpdated" => "c.last_updated".to_owned(),
             param => {
                 // A parameter nobody has a value for yet sorts nothing.
-                let Some(kind) = kinds.lookup(conn, resource_type, param)? else { continue };
+                let Some(kind) = kinds.lookup(conn, resource_type, param)? else {
+                    continue;
+                };
                 let row = sql.alias("s");
                 let aggregate = if key.descending { "max" } else { "min" };
                 format!(
@@ -667,7 +825,11 @@ fn live_by_rid(conn: &Connection, rid: i64) -> Result<Option<StoredVersion>, Sto
         .optional()?)
 }
 
-fn live_by_key(conn: &Connection, resource_type: &str, id: &str) -> Result<Option<(i64, StoredVersion)>, StoreError> {
+fn live_by_key(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<(i64, StoredVersion)>, StoreError> {
     let rid: Option<i64> = conn
         .prepare_cached("SELECT rid FROM resource WHERE type = ?1 AND id = ?2 AND deleted = 0")?
         .query_row(params![resource_type, id], |row| row.get(0))
@@ -701,10 +863,16 @@ fn includes(
                  WHERE rid = ?1 AND (?2 OR param = ?3) AND target_type IS NOT NULL AND target_id IS NOT NULL",
             )?;
             let targets: Vec<(String, String)> = statement
-                .query_map(params![rid, any_param, include.param], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .query_map(params![rid, any_param, include.param], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
                 .collect::<Result<_, _>>()?;
             for (target_type, target_id) in targets {
-                if include.target_type.as_ref().is_some_and(|wanted| *wanted != target_type) {
+                if include
+                    .target_type
+                    .as_ref()
+                    .is_some_and(|wanted| *wanted != target_type)
+                {
                     continue;
                 }
                 if let Some((target_rid, version)) = live_by_key(conn, &target_type, &target_id)?
@@ -717,7 +885,11 @@ fn includes(
     }
     for include in &query.revincludes {
         for found in matches {
-            if include.target_type.as_ref().is_some_and(|wanted| *wanted != found.key.resource_type) {
+            if include
+                .target_type
+                .as_ref()
+                .is_some_and(|wanted| *wanted != found.key.resource_type)
+            {
                 continue;
             }
             let sources: Vec<i64> = if include.param == "*" {
@@ -725,7 +897,10 @@ fn includes(
                     "SELECT DISTINCT rid FROM idx_reference WHERE type = ?1 AND target_id = ?2 AND target_type = ?3",
                 )?;
                 statement
-                    .query_map(params![include.source_type, found.key.id, found.key.resource_type], |row| row.get(0))?
+                    .query_map(
+                        params![include.source_type, found.key.id, found.key.resource_type],
+                        |row| row.get(0),
+                    )?
                     .collect::<Result<_, _>>()?
             } else {
                 let mut statement = conn.prepare_cached(
@@ -734,7 +909,12 @@ fn includes(
                 )?;
                 statement
                     .query_map(
-                        params![include.source_type, include.param, found.key.id, found.key.resource_type],
+                        params![
+                            include.source_type,
+                            include.param,
+                            found.key.id,
+                            found.key.resource_type
+                        ],
                         |row| row.get(0),
                     )?
                     .collect::<Result<_, _>>()?
@@ -764,7 +944,10 @@ mod tests {
         assert_eq!(prefix_successor("\u{10FFFF}"), None);
         let successor = prefix_successor("smi").unwrap_or_default();
         for candidate in ["smi", "smith", "smi\u{10FFFF}x"] {
-            assert!(candidate >= "smi" && candidate < successor.as_str(), "{candidate}");
+            assert!(
+                candidate >= "smi" && candidate < successor.as_str(),
+                "{candidate}"
+            );
         }
         assert!("smj" >= successor.as_str());
     }
@@ -774,13 +957,25 @@ mod tests {
         let not = Clause {
             param: "code".into(),
             chain: None,
-            predicates: vec![Predicate::Token { system: None, code: Some("x".into()), negate: true }],
+            predicates: vec![Predicate::Token {
+                system: None,
+                code: Some("x".into()),
+                negate: true,
+            }],
         };
-        let missing = Clause { param: "code".into(), chain: None, predicates: vec![Predicate::Missing(false)] };
+        let missing = Clause {
+            param: "code".into(),
+            chain: None,
+            predicates: vec![Predicate::Missing(false)],
+        };
         let code = Clause {
             param: "code".into(),
             chain: None,
-            predicates: vec![Predicate::Token { system: None, code: Some("x".into()), negate: false }],
+            predicates: vec![Predicate::Token {
+                system: None,
+                code: Some("x".into()),
+                negate: false,
+            }],
         };
         assert_eq!(driver_cost(&not), None);
         assert_eq!(driver_cost(&missing), None);

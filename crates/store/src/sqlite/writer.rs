@@ -12,8 +12,14 @@ use crate::{Commit, Expected, OutboxMessage, StoreError, VersionWrite};
 
 /// Work for the writer thread.
 pub(crate) enum WriteJob {
-    Commit { commit: Commit, reply: oneshot::Sender<Result<(), StoreError>> },
-    AckOutbox { up_to_seq: u64, reply: oneshot::Sender<Result<(), StoreError>> },
+    Commit {
+        commit: Commit,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    AckOutbox {
+        up_to_seq: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl WriteJob {
@@ -65,7 +71,13 @@ impl Writer {
 fn run_batch(conn: &mut Connection, batch: &[WriteJob]) -> (Vec<Result<(), StoreError>>, bool) {
     if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = StoreError::from(err);
-        return (batch.iter().map(|_| Err(StoreError::Database(err.to_string()))).collect(), false);
+        return (
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Database(err.to_string())))
+                .collect(),
+            false,
+        );
     }
     let mut results = Vec::with_capacity(batch.len());
     let mut outbox_added = false;
@@ -83,7 +95,13 @@ fn run_batch(conn: &mut Connection, batch: &[WriteJob]) -> (Vec<Result<(), Store
         // The transaction is still open after a failed COMMIT; undo it so the next batch starts
         // clean. Nothing of this batch was written.
         let _ = conn.execute_batch("ROLLBACK");
-        return (batch.iter().map(|_| Err(StoreError::Database(message.clone()))).collect(), false);
+        return (
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Database(message.clone())))
+                .collect(),
+            false,
+        );
     }
     (results, outbox_added)
 }
@@ -124,7 +142,9 @@ fn apply_write(conn: &Connection, write: &VersionWrite) -> Result<(), StoreError
     let version_id = to_sql_int(version.version_id, "version id")?;
     let current: Option<(i64, i64)> = conn
         .prepare_cached("SELECT rid, version FROM resource WHERE type = ?1 AND id = ?2")?
-        .query_row(params![key.resource_type, key.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_row(params![key.resource_type, key.id], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
         .optional()?;
     let current_version = current.map(|(_, v)| v as u64);
     let satisfied = match write.expected {
@@ -132,15 +152,22 @@ fn apply_write(conn: &Connection, write: &VersionWrite) -> Result<(), StoreError
         Expected::Version(expected) => current_version == Some(expected),
     };
     if !satisfied {
-        return Err(StoreError::Conflict { key: key.clone(), expected: write.expected, actual: current_version });
+        return Err(StoreError::Conflict {
+            key: key.clone(),
+            expected: write.expected,
+            actual: current_version,
+        });
     }
     let deleted = version.body.is_none();
     let rid = match current {
         Some((rid, _)) => {
-            conn.prepare_cached("UPDATE resource SET version = ?2, last_updated = ?3, deleted = ?4 WHERE rid = ?1")?
-                .execute(params![rid, version_id, version.last_updated_ms, deleted])?;
+            conn.prepare_cached(
+                "UPDATE resource SET version = ?2, last_updated = ?3, deleted = ?4 WHERE rid = ?1",
+            )?
+            .execute(params![rid, version_id, version.last_updated_ms, deleted])?;
             for table in INDEX_TABLES {
-                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?.execute([rid])?;
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?
+                    .execute([rid])?;
             }
             rid
         }
@@ -152,8 +179,15 @@ fn apply_write(conn: &Connection, write: &VersionWrite) -> Result<(), StoreError
             conn.last_insert_rowid()
         }
     };
-    conn.prepare_cached("INSERT INTO resource_version (rid, version, last_updated, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![rid, version_id, version.last_updated_ms, version.body])?;
+    conn.prepare_cached(
+        "INSERT INTO resource_version (rid, version, last_updated, body) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        rid,
+        version_id,
+        version.last_updated_ms,
+        version.body
+    ])?;
     if !deleted {
         for (n, entry) in write.index.iter().enumerate() {
             insert_index_entry(conn, rid, n as i64, &key.resource_type, entry)?;
@@ -223,12 +257,17 @@ fn insert_outbox(conn: &Connection, message: &OutboxMessage) -> Result<(), Store
 fn ack_outbox(conn: &Connection, up_to_seq: u64) -> Result<(), StoreError> {
     // Anything above i64::MAX cannot be a stored seq: acknowledging it acknowledges everything.
     let up_to = i64::try_from(up_to_seq).unwrap_or(i64::MAX);
-    conn.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?.execute([up_to])?;
+    conn.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?
+        .execute([up_to])?;
     Ok(())
 }
 
 fn to_sql_int(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Database(format!("{what} {value} does not fit in a signed 64-bit integer")))
+    i64::try_from(value).map_err(|_| {
+        StoreError::Database(format!(
+            "{what} {value} does not fit in a signed 64-bit integer"
+        ))
+    })
 }
 
 /// Headers as one blob: for each header, u32 name length, name bytes, u32 value length, value.

@@ -1,0 +1,25 @@
+//! The conformance suite against the SQLite backend, in memory and on disk.
+
+use std::sync::Arc;
+
+use flare_store::{SqliteConfig, SqliteStore, Store};
+
+async fn memory_store() -> (Arc<dyn Store>, ()) {
+    let store = SqliteStore::open(SqliteConfig::in_memory()).expect("open in-memory store");
+    (Arc::new(store), ())
+}
+
+async fn file_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(SqliteConfig::file(dir.path().join("flare.db")))
+        .expect("open file store");
+    (Arc::new(store), dir)
+}
+
+mod memory {
+    flare_store::conformance_tests!(super::memory_store);
+}
+
+mod file {
+    flare_store::conformance_tests!(super::file_store);
+}
