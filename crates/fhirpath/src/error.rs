@@ -18,8 +18,8 @@ pub enum ParseError {
     UnknownFunction { name: String, position: usize },
     #[error("function '{name}' at position {position} takes {expected} argument(s), got {got}")]
     Arity { name: String, expected: &'static str, got: usize, position: usize },
-    #[error("unknown unit '{unit}' at position {position}")]
-    BadUnit { unit: String, position: usize },
+    #[error("unknown type '{name}' at position {position}")]
+    UnknownType { name: String, position: usize },
 }
 
 /// Evaluation failed: the expression is valid but cannot be applied to this input.

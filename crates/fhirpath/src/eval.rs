@@ -35,7 +35,7 @@ pub(crate) fn eval<'a>(expr: &'a Expr, ctx: Ctx<'_, 'a>, input: &[Item<'a>]) -> 
         Expr::Index => Ok(ctx.index.map(|i| vec![Item::integer(i as i64)]).unwrap_or_default()),
         Expr::Total => Ok(ctx.total.map(<[Item<'a>]>::to_vec).unwrap_or_default()),
         Expr::Variable { name, pos } => variable(name, *pos, ctx),
-        Expr::Identifier { name, .. } => {
+        Expr::Identifier { name, pos } => {
             // A leading type name filters the context (`Patient.name`); anything else is a child.
             if name.starts_with(|c: char| c.is_ascii_uppercase()) {
                 let matching: Items<'a> = input.iter().filter(|item| item_is(item, None, name)).cloned().collect();
@@ -43,19 +43,11 @@ pub(crate) fn eval<'a>(expr: &'a Expr, ctx: Ctx<'_, 'a>, input: &[Item<'a>]) -> 
                     return Ok(matching);
                 }
             }
-            let mut out = Vec::new();
-            for item in input {
-                navigate(item, name, &mut out);
-            }
-            Ok(out)
+            navigate_all(input, name, *pos)
         }
-        Expr::Member { target, name, .. } => {
+        Expr::Member { target, name, pos } => {
             let targets = eval(target, ctx, input)?;
-            let mut out = Vec::with_capacity(targets.len());
-            for item in &targets {
-                navigate(item, name, &mut out);
-            }
-            Ok(out)
+            navigate_all(&targets, name, *pos)
         }
         Expr::Indexer { target, index, pos } => {
             let targets = eval(target, ctx, input)?;
@@ -87,7 +79,7 @@ pub(crate) fn eval<'a>(expr: &'a Expr, ctx: Ctx<'_, 'a>, input: &[Item<'a>]) -> 
         }
         Expr::As { operand, spec, .. } => {
             let items = eval(operand, ctx, input)?;
-            Ok(items.into_iter().filter(|item| item_is(item, spec.namespace.as_deref(), &spec.name)).collect())
+            Ok(items.into_iter().filter(|item| item_as(item, spec.namespace.as_deref(), &spec.name)).collect())
         }
         Expr::TypeName(spec) => Err(EvalError::Invalid {
             operation: "type name".into(),
@@ -351,21 +343,34 @@ pub(crate) fn union<'a>(l: Items<'a>, r: Items<'a>) -> Items<'a> {
 
 /// `is` semantics: the item's type is the named type or derives from it.
 pub(crate) fn item_is(item: &Item<'_>, namespace: Option<&str>, name: &str) -> bool {
+    item_is_with(item, namespace, name, true)
+}
+
+/// `as`/`ofType` semantics: like `is`, except that primitive specialisations do not match their
+/// base (`code` is not `as(string)`).
+pub(crate) fn item_as(item: &Item<'_>, namespace: Option<&str>, name: &str) -> bool {
+    item_is_with(item, namespace, name, false)
+}
+
+fn item_is_with(item: &Item<'_>, namespace: Option<&str>, name: &str, primitive_inheritance: bool) -> bool {
     let system = !item.is_fhir_typed();
     match namespace {
         Some("System") => system && item.bare_type_name() == name,
-        Some("FHIR") => !system && fhir_type_is(&item.type_name, name),
+        Some("FHIR") => !system && fhir_type_is(&item.type_name, name, primitive_inheritance),
         _ => {
             if system {
                 item.bare_type_name() == name
             } else {
-                fhir_type_is(&item.type_name, name)
+                fhir_type_is(&item.type_name, name, primitive_inheritance)
             }
         }
     }
 }
 
-fn fhir_type_is(type_name: &str, ancestor: &str) -> bool {
+fn fhir_type_is(type_name: &str, ancestor: &str, primitive_inheritance: bool) -> bool {
+    if !primitive_inheritance && model().is_primitive(type_name) {
+        return type_name == ancestor;
+    }
     let mut current = Some(type_name);
     let mut depth = 0;
     while let Some(name) = current {
@@ -438,6 +443,35 @@ fn owned_value(value: ItemValue<'_>) -> ItemValue<'static> {
         ItemValue::Temporal(t) => ItemValue::Temporal(t),
         ItemValue::Quantity(q) => ItemValue::Quantity(q),
         ItemValue::Element(_) | ItemValue::Absent => ItemValue::Absent,
+    }
+}
+
+/// Appends the children called `name` of the items. An error when the model knows the types of
+/// all the items and none of them has such an element (a misspelt path, or a choice element
+/// named with its type suffix); mixed collections (`descendants()`) navigate leniently.
+pub(crate) fn navigate_all<'a>(items: &[Item<'a>], name: &str, pos: usize) -> Result<Items<'a>, EvalError> {
+    let mut out = Vec::with_capacity(items.len());
+    let types = model();
+    let mut undeclared: Option<&str> = None;
+    let mut declared = false;
+    for item in items {
+        if let ItemValue::Element(_) = item.value {
+            let parent: &str = &item.type_name;
+            if parent != "Element" && types.knows(parent) && types.child(parent, name).is_none() {
+                undeclared = Some(parent);
+            } else {
+                declared = true;
+            }
+        } else {
+            declared = true;
+        }
+        navigate(item, name, &mut out);
+    }
+    match undeclared {
+        Some(parent) if !declared => {
+            Err(EvalError::UnknownElement { name: name.to_string(), parent: parent.to_string(), position: pos })
+        }
+        _ => Ok(out),
     }
 }
 
@@ -572,6 +606,6 @@ pub(crate) fn type_info(item: &Item<'_>) -> (&'static str, String) {
     }
 }
 
-pub(crate) fn type_spec_matches(item: &Item<'_>, spec: &TypeSpec) -> bool {
-    item_is(item, spec.namespace.as_deref(), &spec.name)
+pub(crate) fn type_spec_matches(item: &Item<'_>, spec: &TypeSpec, cast: bool) -> bool {
+    if cast { item_as(item, spec.namespace.as_deref(), &spec.name) } else { item_is(item, spec.namespace.as_deref(), &spec.name) }
 }

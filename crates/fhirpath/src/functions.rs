@@ -105,11 +105,11 @@ pub(crate) fn call<'a>(
         }
         Func::OfType | Func::As => {
             let Expr::TypeName(spec) = &args[0] else { return Err(mismatch(name, "a non-type argument", pos)) };
-            Ok(focus.into_iter().filter(|item| type_spec_matches(item, spec)).collect())
+            Ok(focus.into_iter().filter(|item| type_spec_matches(item, spec, true)).collect())
         }
         Func::Is => {
             let Expr::TypeName(spec) = &args[0] else { return Err(mismatch(name, "a non-type argument", pos)) };
-            Ok(single_focus()?.map(|item| Item::boolean(type_spec_matches(item, spec))).into_iter().collect())
+            Ok(single_focus()?.map(|item| Item::boolean(type_spec_matches(item, spec, false))).into_iter().collect())
         }
         Func::Single => Ok(single_focus()?.cloned().into_iter().collect()),
         Func::First => Ok(focus.into_iter().take(1).collect()),
@@ -149,7 +149,7 @@ pub(crate) fn call<'a>(
             // The criterion is evaluated with the focus as `$this` when a target is given.
             let this = focus.first();
             let inner = match (this, focus.len()) {
-                (Some(item), 1) => with_this(ctx, item, 0),
+                (Some(item), 1) => Ctx { this: Some(item), ..ctx },
                 (_, 0 | 1) => ctx,
                 _ => return Err(EvalError::NotSingleton { operation: name.into(), count: focus.len(), position: pos }),
             };
@@ -217,6 +217,7 @@ pub(crate) fn call<'a>(
         | Func::Lower
         | Func::Replace
         | Func::Matches
+        | Func::MatchesFull
         | Func::ReplaceMatches
         | Func::Length
         | Func::ToChars
@@ -328,6 +329,14 @@ pub(crate) fn call<'a>(
             Ok(total)
         }
         Func::HtmlChecks => bool_result(true),
+        Func::Comparable => {
+            let (Some(left), other) = (single_focus()?, arg(0)?) else { return Ok(Vec::new()) };
+            let Some(right) = singleton(&other, name, pos)? else { return Ok(Vec::new()) };
+            match (&left.value, &right.value) {
+                (ItemValue::Quantity(a), ItemValue::Quantity(b)) => bool_result(crate::value::comparable(a, b).is_some()),
+                _ => Err(mismatch(name, "a non-quantity", pos)),
+            }
+        }
         Func::MemberOf
         | Func::ConformsTo
         | Func::Encode
@@ -451,11 +460,14 @@ fn string_function<'a>(
                 Item::string(text.replace(pattern, substitution))
             }
         }
-        Func::Matches => {
-            let regex = ctx.regexes.get(arg_str(0)?, true, pos)?;
+        Func::Matches | Func::MatchesFull => {
+            let regex = ctx.regexes.get(arg_str(0)?, func == Func::MatchesFull, pos)?;
             Item::boolean(regex.is_match(text))
         }
         Func::ReplaceMatches => {
+            if arg_str(0)?.is_empty() {
+                return Ok(vec![item.clone()]);
+            }
             let regex = ctx.regexes.get(arg_str(0)?, false, pos)?;
             Item::string(regex.replace_all(text, arg_str(1)?).into_owned())
         }
@@ -610,6 +622,7 @@ fn convert<'a>(func: Func, item: &Item<'a>, unit: Option<&str>) -> Option<Item<'
             ItemValue::Integer(i) => i.to_string(),
             ItemValue::Decimal(d) => d.to_string(),
             ItemValue::Temporal(t) => t.to_string(),
+            ItemValue::Quantity(q) if is_calendar_unit(&q.unit) => format!("{} {}", q.value, q.unit),
             ItemValue::Quantity(q) => format!("{} '{}'", q.value, q.unit),
             _ => return None,
         })),
@@ -667,11 +680,7 @@ fn parse_quantity_string(s: &str) -> Option<Quantity> {
         "1".to_string()
     } else if let Some(quoted) = unit.strip_prefix('\'').and_then(|u| u.strip_suffix('\'')) {
         quoted.to_string()
-    } else if matches!(
-        unit,
-        "year" | "years" | "month" | "months" | "week" | "weeks" | "day" | "days" | "hour" | "hours" | "minute"
-            | "minutes" | "second" | "seconds" | "millisecond" | "milliseconds"
-    ) {
+    } else if is_calendar_unit(unit) {
         unit.to_string()
     } else {
         return None;
@@ -721,8 +730,8 @@ impl crate::RegexCache {
         if let Some((_, _, regex)) = entries.iter().find(|(p, a, _)| p == pattern && *a == anchored) {
             return Ok(regex.clone());
         }
-        // `matches` tests the whole string; `(?s)` lets `.` cross line ends as in other engines.
-        let source = if anchored { format!("(?s)^(?:{pattern})$") } else { pattern.to_string() };
+        // `matchesFull` tests the whole string; `(?s)` lets `.` cross line ends as in other engines.
+        let source = if anchored { format!("(?s)^(?:{pattern})$") } else { format!("(?s){pattern}") };
         let regex = Arc::new(
             Regex::new(&source).map_err(|e| EvalError::BadRegex { message: e.to_string(), position: pos })?,
         );
@@ -731,4 +740,12 @@ impl crate::RegexCache {
         }
         Ok(regex)
     }
+}
+
+fn is_calendar_unit(unit: &str) -> bool {
+    matches!(
+        unit,
+        "year" | "years" | "month" | "months" | "week" | "weeks" | "day" | "days" | "hour" | "hours" | "minute"
+            | "minutes" | "second" | "seconds" | "millisecond" | "milliseconds"
+    )
 }

@@ -15,6 +15,11 @@ pub(crate) trait TypeModel: Sync {
     fn json_key_type(&self, parent: &str, key: &str) -> Option<&'static str>;
     fn is_resource_type(&self, name: &str) -> bool;
     fn base_of(&self, type_name: &str) -> Option<&'static str>;
+    fn is_primitive(&self, type_name: &str) -> bool;
+    /// Whether `name` is a FHIR type name (primitive, complex, resource, abstract).
+    fn is_type(&self, name: &str) -> bool;
+    /// Whether the model lists the elements of `parent` (so an unknown child is an error).
+    fn knows(&self, parent: &str) -> bool;
 }
 
 /// The R4 model of `flare-fhir`.
@@ -38,6 +43,15 @@ impl TypeModel for FhirModel {
     }
     fn base_of(&self, type_name: &str) -> Option<&'static str> {
         flare_fhir::model::base_of(type_name)
+    }
+    fn is_primitive(&self, type_name: &str) -> bool {
+        flare_fhir::model::is_primitive(type_name)
+    }
+    fn is_type(&self, name: &str) -> bool {
+        flare_fhir::model::is_type(name)
+    }
+    fn knows(&self, parent: &str) -> bool {
+        flare_fhir::model::elements(parent).is_some()
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
         (S::Decimal(x), S::Integer(y)) => x == Decimal::from(y),
         (S::Decimal(x), S::Decimal(y)) => x == y,
         (S::String(x), S::String(y)) => x == y,
+        // A time of day is never equal to a date.
+        (S::Temporal(x), S::Temporal(y)) if (x.kind == TemporalKind::Time) != (y.kind == TemporalKind::Time) => false,
         (S::Temporal(x), S::Temporal(y)) => return x.compare(&y).map(|o| o == Ordering::Equal),
         (S::String(x), S::Temporal(y)) | (S::Temporal(y), S::String(x)) => {
             let x = temporal_from_str(x, &y)?;

@@ -59,8 +59,8 @@ pub(crate) enum Expr {
     Total,
     Variable { name: String, pos: usize },
     /// A name at the start of a path: a type filter (`Patient`) or a child of the context.
-    Identifier { name: String },
-    Member { target: Box<Expr>, name: String },
+    Identifier { name: String, pos: usize },
+    Member { target: Box<Expr>, name: String, pos: usize },
     Call { target: Option<Box<Expr>>, func: Func, args: Vec<Expr>, pos: usize },
     Indexer { target: Box<Expr>, index: Box<Expr>, pos: usize },
     Negate { operand: Box<Expr>, pos: usize },
@@ -106,7 +106,8 @@ functions! {
     IndexOf = "indexOf" [1, 1], Substring = "substring" [1, 2], StartsWith = "startsWith" [1, 1],
     EndsWith = "endsWith" [1, 1], Contains = "contains" [1, 1], Upper = "upper" [0, 0],
     Lower = "lower" [0, 0], Replace = "replace" [2, 2], Matches = "matches" [1, 1],
-    ReplaceMatches = "replaceMatches" [2, 2], Length = "length" [0, 0], ToChars = "toChars" [0, 0],
+    ReplaceMatches = "replaceMatches" [2, 2], MatchesFull = "matchesFull" [1, 1],
+    Comparable = "comparable" [1, 1], Length = "length" [0, 0], ToChars = "toChars" [0, 0],
     Split = "split" [1, 1], Join = "join" [0, 1], Trim = "trim" [0, 0],
     Abs = "abs" [0, 0], Ceiling = "ceiling" [0, 0], Exp = "exp" [0, 0], Floor = "floor" [0, 0],
     Ln = "ln" [0, 0], Log = "log" [1, 1], Power = "power" [1, 1], Round = "round" [0, 1],
@@ -232,6 +233,12 @@ impl Parser {
     }
 
     fn type_spec(&mut self) -> Result<TypeSpec, ParseError> {
+        let pos = self.pos();
+        let spec = self.type_spec_unchecked()?;
+        check_type(spec, pos)
+    }
+
+    fn type_spec_unchecked(&mut self) -> Result<TypeSpec, ParseError> {
         let first = self.identifier("type name")?;
         if self.peek() == &Tok::Sym(".") {
             if let Tok::Ident { .. } = self.tokens.get(self.at + 1).map(|t| &t.tok).unwrap_or(&Tok::End) {
@@ -286,7 +293,7 @@ impl Parser {
                     if self.peek() == &Tok::Sym("(") {
                         expr = self.call(Some(expr), name, pos)?;
                     } else {
-                        expr = Expr::Member { target: Box::new(expr), name };
+                        expr = Expr::Member { target: Box::new(expr), name, pos };
                     }
                 }
                 Tok::Sym("[") => {
@@ -336,7 +343,7 @@ impl Parser {
                 found: "an expression".into(),
                 position: pos,
             })?;
-            args[0] = Expr::TypeName(spec);
+            args[0] = Expr::TypeName(check_type(spec, pos)?);
         }
         Ok(Expr::Call { target: target.map(Box::new), func, args, pos })
     }
@@ -377,7 +384,7 @@ impl Parser {
                 if self.peek() == &Tok::Sym("(") && !quoted {
                     return self.call(None, name, pos);
                 }
-                Ok(Expr::Identifier { name })
+                Ok(Expr::Identifier { name, pos })
             }
             other => {
                 self.at -= 1;
@@ -412,9 +419,9 @@ impl Parser {
 
 fn type_spec_of(expr: &Expr) -> Option<TypeSpec> {
     match expr {
-        Expr::Identifier { name } => Some(TypeSpec { namespace: None, name: name.clone() }),
-        Expr::Member { target, name } => match target.as_ref() {
-            Expr::Identifier { name: ns } => Some(TypeSpec { namespace: Some(ns.clone()), name: name.clone() }),
+        Expr::Identifier { name, .. } => Some(TypeSpec { namespace: None, name: name.clone() }),
+        Expr::Member { target, name, .. } => match target.as_ref() {
+            Expr::Identifier { name: ns, .. } => Some(TypeSpec { namespace: Some(ns.clone()), name: name.clone() }),
             _ => None,
         },
         _ => None,
@@ -432,4 +439,20 @@ fn describe(tok: &Tok) -> String {
         Tok::Sym(s) => format!("'{s}'"),
         Tok::End => "end of expression".into(),
     }
+}
+
+const SYSTEM_TYPES: [&str; 9] = ["Any", "Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity"];
+
+/// Rejects type names that are neither System nor FHIR types (`as(string1)`).
+fn check_type(spec: TypeSpec, pos: usize) -> Result<TypeSpec, ParseError> {
+    let system_type = SYSTEM_TYPES.contains(&spec.name.as_str());
+    let fhir = crate::model::model().is_type(&spec.name);
+    let known = match spec.namespace.as_deref() {
+        // Unknown System names are simply never matched (`is(System.Patient)`).
+        Some("System") => true,
+        Some("FHIR") => fhir,
+        Some(_) => false,
+        None => system_type || fhir,
+    };
+    if known { Ok(spec) } else { Err(ParseError::UnknownType { name: spec.name, position: pos }) }
 }

@@ -149,6 +149,13 @@ impl Temporal {
         if (self.kind == TemporalKind::Time) != (other.kind == TemporalKind::Time) {
             return None;
         }
+        // With an offset on one side only, the instant of the other is unknown.
+        if self.offset_minutes.is_some() != other.offset_minutes.is_some()
+            && self.precision >= Precision::Hour
+            && other.precision >= Precision::Hour
+        {
+            return None;
+        }
         let (a, b) = (self.normalized(), other.normalized());
         let first = if self.kind == TemporalKind::Time { 3 } else { 0 };
         let (pa, pb) = (coarse(self.precision), coarse(other.precision));

@@ -234,8 +234,7 @@ pub(crate) fn canonical_unit(unit: &str) -> &str {
         "minute" | "minutes" => "min",
         "second" | "seconds" => "s",
         "millisecond" | "milliseconds" => "ms",
-        "year" | "years" => "a",
-        "month" | "months" => "mo",
+        // Calendar years and months have no fixed length: not comparable with `a`/`mo`.
         other => other,
     }
 }
