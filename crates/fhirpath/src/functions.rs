@@ -337,16 +337,45 @@ pub(crate) fn call<'a>(
                 _ => Err(mismatch(name, "a non-quantity", pos)),
             }
         }
-        Func::MemberOf
-        | Func::ConformsTo
-        | Func::Encode
-        | Func::Decode
-        | Func::Escape
-        | Func::Unescape
-        | Func::LowBoundary
-        | Func::HighBoundary
-        | Func::Precision
-        | Func::Sort => Err(EvalError::Invalid {
+        Func::Encode | Func::Decode | Func::Escape | Func::Unescape => {
+            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            let text = string_of(item, name, pos)?;
+            let Some(format) = string_arg(&arg(0)?, name, pos)? else { return Ok(Vec::new()) };
+            let converted = match func {
+                Func::Encode => crate::codec::encode(text, &format),
+                Func::Decode => crate::codec::decode(text, &format),
+                Func::Escape => crate::codec::escape(text, &format),
+                _ => crate::codec::unescape(text, &format),
+            };
+            Ok(converted.map(Item::string).into_iter().collect())
+        }
+        Func::LowBoundary | Func::HighBoundary | Func::Precision => {
+            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            let digits = integer_arg(&arg(0)?, name, pos)?;
+            let result = if func == Func::Precision {
+                crate::boundary::precision(&item.value).map(Item::integer)
+            } else {
+                crate::boundary::boundary(&item.value, digits, func == Func::HighBoundary).map(Item::system)
+            };
+            Ok(result.into_iter().collect())
+        }
+        Func::Sort => sort(focus, args, pos, ctx),
+        Func::ConformsTo => {
+            // Only the base definitions of core types can be checked without a profile registry.
+            let Some(url) = string_arg(&arg(0)?, name, pos)? else { return Ok(Vec::new()) };
+            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            match url.strip_prefix("http://hl7.org/fhir/StructureDefinition/") {
+                Some(type_name) if crate::model::model().is_type(type_name) => {
+                    bool_result(crate::eval::item_is(item, Some("FHIR"), type_name))
+                }
+                _ => Err(EvalError::Invalid {
+                    operation: name.into(),
+                    message: format!("profile '{url}' is not known"),
+                    position: pos,
+                }),
+            }
+        }
+        Func::MemberOf => Err(EvalError::Invalid {
             operation: name.into(),
             message: "this function is not supported".into(),
             position: pos,
@@ -748,4 +777,55 @@ fn is_calendar_unit(unit: &str) -> bool {
         "year" | "years" | "month" | "months" | "week" | "weeks" | "day" | "days" | "hour" | "hours" | "minute"
             | "minutes" | "second" | "seconds" | "millisecond" | "milliseconds"
     )
+}
+
+/// `sort(key, -key…)`: stable, by each key in turn; a leading `-` sorts that key descending.
+fn sort<'a>(focus: Items<'a>, args: &'a [Expr], pos: usize, ctx: Ctx<'_, 'a>) -> Result<Items<'a>, EvalError> {
+    let keys: Vec<(&'a Expr, bool)> = args
+        .iter()
+        .map(|arg| match arg {
+            Expr::Negate { operand, .. } => (operand.as_ref(), true),
+            other => (other, false),
+        })
+        .collect();
+    let mut keyed = Vec::with_capacity(focus.len());
+    for (i, item) in focus.iter().enumerate() {
+        let mut values = Vec::with_capacity(keys.len().max(1));
+        if keys.is_empty() {
+            values.push(Some(item.clone()));
+        }
+        for (key, _) in &keys {
+            let result = eval(key, with_this(ctx, item, i), std::slice::from_ref(item))?;
+            values.push(singleton(&result, "sort", pos)?.cloned());
+        }
+        keyed.push((values, item.clone()));
+    }
+    let mut failure = None;
+    keyed.sort_by(|(a, _), (b, _)| {
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            let descending = keys.get(k).is_some_and(|(_, d)| *d);
+            // Items without a key come first in either direction.
+            let ordering = match (x, y) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => return std::cmp::Ordering::Less,
+                (Some(_), None) => return std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => match ops::compare(x, y) {
+                    Ok(o) => o.unwrap_or(std::cmp::Ordering::Equal),
+                    Err(detail) => {
+                        failure.get_or_insert(detail);
+                        std::cmp::Ordering::Equal
+                    }
+                },
+            };
+            let ordering = if descending { ordering.reverse() } else { ordering };
+            if ordering != std::cmp::Ordering::Equal {
+                return ordering;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+    if let Some(detail) = failure {
+        return Err(mismatch("sort", &detail, pos));
+    }
+    Ok(keyed.into_iter().map(|(_, item)| item).collect())
 }

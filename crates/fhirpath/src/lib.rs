@@ -13,6 +13,8 @@
 //! Items borrow from the resource and the expression; types come from the `flare-fhir` model so
 //! that `is`, `as`, `ofType` and `resolve() is Patient` work.
 
+mod boundary;
+mod codec;
 mod error;
 mod eval;
 mod functions;

@@ -241,6 +241,11 @@ impl Temporal {
         Some(out.truncated())
     }
 
+    /// Zeroes the components beyond the precision.
+    pub(crate) fn truncate_to_precision(self) -> Temporal {
+        self.truncated()
+    }
+
     /// Zeroes the components beyond the precision (after arithmetic).
     fn truncated(mut self) -> Temporal {
         let p = self.precision;
