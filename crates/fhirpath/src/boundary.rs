@@ -27,11 +27,19 @@ fn temporal_digits(kind: TemporalKind, precision: Precision) -> i64 {
         Precision::Second => 14,
         Precision::Millisecond => 17,
     };
-    if kind == TemporalKind::Time { date_digits - 8 } else { date_digits }
+    if kind == TemporalKind::Time {
+        date_digits - 8
+    } else {
+        date_digits
+    }
 }
 
 fn precision_of_digits(kind: TemporalKind, digits: i64) -> Option<Precision> {
-    let digits = if kind == TemporalKind::Time { digits + 8 } else { digits };
+    let digits = if kind == TemporalKind::Time {
+        digits + 8
+    } else {
+        digits
+    };
     let precision = match digits {
         4 => Precision::Year,
         6 => Precision::Month,
@@ -50,9 +58,15 @@ fn precision_of_digits(kind: TemporalKind, digits: i64) -> Option<Precision> {
     allowed.then_some(precision)
 }
 
-pub(crate) fn boundary(value: &ItemValue<'_>, digits: Option<i64>, high: bool) -> Option<ItemValue<'static>> {
+pub(crate) fn boundary(
+    value: &ItemValue<'_>,
+    digits: Option<i64>,
+    high: bool,
+) -> Option<ItemValue<'static>> {
     match value {
-        ItemValue::Integer(i) => decimal_boundary(Decimal::from(*i), digits, high).map(ItemValue::Decimal),
+        ItemValue::Integer(i) => {
+            decimal_boundary(Decimal::from(*i), digits, high).map(ItemValue::Decimal)
+        }
         ItemValue::Decimal(d) => decimal_boundary(*d, digits, high).map(ItemValue::Decimal),
         ItemValue::Quantity(q) => decimal_boundary(q.value, digits, high)
             .map(|v| ItemValue::Quantity(Quantity::new(v, q.unit.clone()))),
@@ -62,10 +76,16 @@ pub(crate) fn boundary(value: &ItemValue<'_>, digits: Option<i64>, high: bool) -
 }
 
 fn decimal_boundary(value: Decimal, digits: Option<i64>, high: bool) -> Option<Decimal> {
-    let digits = u32::try_from(digits.unwrap_or(8)).ok().filter(|d| *d <= 28)?;
+    let digits = u32::try_from(digits.unwrap_or(8))
+        .ok()
+        .filter(|d| *d <= 28)?;
     // Half a unit of the last given digit either side of the value.
     let half = Decimal::new(5, value.scale().checked_add(1)?);
-    let edge = if high { value.checked_add(half)? } else { value.checked_sub(half)? };
+    let edge = if high {
+        value.checked_add(half)?
+    } else {
+        value.checked_sub(half)?
+    };
     let factor = Decimal::from_i128_with_scale(10i128.checked_pow(digits)?, 0);
     let scaled = edge.checked_mul(factor)?;
     let rounded = if high { scaled.ceil() } else { scaled.floor() };
@@ -93,7 +113,11 @@ fn temporal_boundary(t: &Temporal, digits: Option<i64>, high: bool) -> Option<Te
         out.month = if high { 12 } else { 1 };
     }
     if given < Precision::Day {
-        out.day = if high { days_in_month(out.year, out.month as u32) as u8 } else { 1 };
+        out.day = if high {
+            days_in_month(out.year, out.month as u32) as u8
+        } else {
+            1
+        };
     }
     if given < Precision::Hour {
         out.hour = if high { 23 } else { 0 };
@@ -108,7 +132,8 @@ fn temporal_boundary(t: &Temporal, digits: Option<i64>, high: bool) -> Option<Te
         out.millis = if high { 999 } else { 0 };
     }
     // An unknown offset spans the earliest and latest zones.
-    if t.kind == TemporalKind::DateTime && out.offset_minutes.is_none() && target >= Precision::Hour {
+    if t.kind == TemporalKind::DateTime && out.offset_minutes.is_none() && target >= Precision::Hour
+    {
         out.offset_minutes = Some(if high { -12 * 60 } else { 14 * 60 });
     }
     out.precision = target;
@@ -125,10 +150,30 @@ mod tests {
 
     #[test]
     fn decimal_boundaries_span_half_a_unit_of_the_last_digit() {
-        assert_eq!(decimal_boundary(dec("1.587"), None, false).unwrap().to_string(), "1.58650000");
-        assert_eq!(decimal_boundary(dec("1.587"), Some(2), true).unwrap().to_string(), "1.59");
-        assert_eq!(decimal_boundary(dec("-1.587"), Some(2), false).unwrap().to_string(), "-1.59");
-        assert_eq!(decimal_boundary(dec("120"), Some(2), false).unwrap().to_string(), "119.50");
+        assert_eq!(
+            decimal_boundary(dec("1.587"), None, false)
+                .unwrap()
+                .to_string(),
+            "1.58650000"
+        );
+        assert_eq!(
+            decimal_boundary(dec("1.587"), Some(2), true)
+                .unwrap()
+                .to_string(),
+            "1.59"
+        );
+        assert_eq!(
+            decimal_boundary(dec("-1.587"), Some(2), false)
+                .unwrap()
+                .to_string(),
+            "-1.59"
+        );
+        assert_eq!(
+            decimal_boundary(dec("120"), Some(2), false)
+                .unwrap()
+                .to_string(),
+            "119.50"
+        );
         assert!(decimal_boundary(dec("1.587"), Some(-1), false).is_none());
     }
 }

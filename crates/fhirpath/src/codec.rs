@@ -32,12 +32,15 @@ pub(crate) fn encode(text: &str, format: &str) -> Option<String> {
 pub(crate) fn decode(text: &str, format: &str) -> Option<String> {
     let bytes = match format {
         "hex" => {
-            if text.len() % 2 != 0 {
+            if !text.len().is_multiple_of(2) {
                 return None;
             }
             (0..text.len())
                 .step_by(2)
-                .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .map(|i| {
+                    text.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
                 .collect::<Option<Vec<u8>>>()?
         }
         "base64" | "urlbase64" => {
@@ -130,9 +133,16 @@ mod tests {
         for text in ["", "t", "te", "tes", "test", "subjects?_d"] {
             for format in ["base64", "urlbase64", "hex"] {
                 let encoded = encode(text, format).unwrap();
-                assert_eq!(decode(&encoded, format).as_deref(), Some(text), "{format} {encoded}");
+                assert_eq!(
+                    decode(&encoded, format).as_deref(),
+                    Some(text),
+                    "{format} {encoded}"
+                );
             }
         }
-        assert_eq!(encode("subjects?_d", "urlbase64").unwrap(), "c3ViamVjdHM_X2Q=");
+        assert_eq!(
+            encode("subjects?_d", "urlbase64").unwrap(),
+            "c3ViamVjdHM_X2Q="
+        );
     }
 }

@@ -27,18 +27,32 @@ pub(crate) struct Ctx<'c, 'a> {
     pub regexes: &'c crate::RegexCache,
 }
 
-pub(crate) fn eval<'a>(expr: &'a Expr, ctx: Ctx<'_, 'a>, input: &[Item<'a>]) -> Result<Items<'a>, EvalError> {
+pub(crate) fn eval<'a>(
+    expr: &'a Expr,
+    ctx: Ctx<'_, 'a>,
+    input: &[Item<'a>],
+) -> Result<Items<'a>, EvalError> {
     match expr {
         Expr::Empty => Ok(Vec::new()),
         Expr::Literal(lit) => Ok(vec![literal(lit)]),
-        Expr::This => Ok(ctx.this.map(|t| vec![t.clone()]).unwrap_or_else(|| input.to_vec())),
-        Expr::Index => Ok(ctx.index.map(|i| vec![Item::integer(i as i64)]).unwrap_or_default()),
+        Expr::This => Ok(ctx
+            .this
+            .map(|t| vec![t.clone()])
+            .unwrap_or_else(|| input.to_vec())),
+        Expr::Index => Ok(ctx
+            .index
+            .map(|i| vec![Item::integer(i as i64)])
+            .unwrap_or_default()),
         Expr::Total => Ok(ctx.total.map(<[Item<'a>]>::to_vec).unwrap_or_default()),
         Expr::Variable { name, pos } => variable(name, *pos, ctx),
         Expr::Identifier { name, pos } => {
             // A leading type name filters the context (`Patient.name`); anything else is a child.
             if name.starts_with(|c: char| c.is_ascii_uppercase()) {
-                let matching: Items<'a> = input.iter().filter(|item| item_is(item, None, name)).cloned().collect();
+                let matching: Items<'a> = input
+                    .iter()
+                    .filter(|item| item_is(item, None, name))
+                    .cloned()
+                    .collect();
                 if !matching.is_empty() || model().is_resource_type(name) {
                     return Ok(matching);
                 }
@@ -52,15 +66,23 @@ pub(crate) fn eval<'a>(expr: &'a Expr, ctx: Ctx<'_, 'a>, input: &[Item<'a>]) -> 
         Expr::Indexer { target, index, pos } => {
             let targets = eval(target, ctx, input)?;
             let index_items = eval(index, ctx, input)?;
-            let Some(index_item) = singleton(&index_items, "indexer", *pos)? else { return Ok(Vec::new()) };
+            let Some(index_item) = singleton(&index_items, "indexer", *pos)? else {
+                return Ok(Vec::new());
+            };
             let ItemValue::Integer(i) = index_item.value else {
                 return Err(mismatch("indexer", "a non-integer index", *pos));
             };
-            Ok(usize::try_from(i).ok().and_then(|i| targets.into_iter().nth(i)).into_iter().collect())
+            Ok(usize::try_from(i)
+                .ok()
+                .and_then(|i| targets.into_iter().nth(i))
+                .into_iter()
+                .collect())
         }
         Expr::Negate { operand, pos } => {
             let items = eval(operand, ctx, input)?;
-            let Some(item) = singleton(&items, "unary minus", *pos)? else { return Ok(Vec::new()) };
+            let Some(item) = singleton(&items, "unary minus", *pos)? else {
+                return Ok(Vec::new());
+            };
             let value = match &item.value {
                 ItemValue::Integer(i) => ItemValue::Integer(-i),
                 ItemValue::Decimal(d) => ItemValue::Decimal(-d),
@@ -71,22 +93,41 @@ pub(crate) fn eval<'a>(expr: &'a Expr, ctx: Ctx<'_, 'a>, input: &[Item<'a>]) -> 
             };
             Ok(vec![Item::system(value)])
         }
-        Expr::Binary { op, left, right, pos } => binary(*op, left, right, *pos, ctx, input),
+        Expr::Binary {
+            op,
+            left,
+            right,
+            pos,
+        } => binary(*op, left, right, *pos, ctx, input),
         Expr::Is { operand, spec, pos } => {
             let items = eval(operand, ctx, input)?;
-            let Some(item) = singleton(&items, "is", *pos)? else { return Ok(Vec::new()) };
-            Ok(vec![Item::boolean(item_is(item, spec.namespace.as_deref(), &spec.name))])
+            let Some(item) = singleton(&items, "is", *pos)? else {
+                return Ok(Vec::new());
+            };
+            Ok(vec![Item::boolean(item_is(
+                item,
+                spec.namespace.as_deref(),
+                &spec.name,
+            ))])
         }
         Expr::As { operand, spec, .. } => {
             let items = eval(operand, ctx, input)?;
-            Ok(items.into_iter().filter(|item| item_as(item, spec.namespace.as_deref(), &spec.name)).collect())
+            Ok(items
+                .into_iter()
+                .filter(|item| item_as(item, spec.namespace.as_deref(), &spec.name))
+                .collect())
         }
         Expr::TypeName(spec) => Err(EvalError::Invalid {
             operation: "type name".into(),
             message: format!("'{}' is only valid as a type argument", spec.name),
             position: 0,
         }),
-        Expr::Call { target, func, args, pos } => {
+        Expr::Call {
+            target,
+            func,
+            args,
+            pos,
+        } => {
             let focus = match target {
                 Some(t) => eval(t, ctx, input)?,
                 None => input.to_vec(),
@@ -120,18 +161,29 @@ fn variable<'a>(name: &str, pos: usize, ctx: Ctx<'_, 'a>) -> Result<Items<'a>, E
                 return Ok(items.to_vec());
             }
             if let Some(id) = name.strip_prefix("vs-") {
-                return Ok(vec![Item::string(format!("http://hl7.org/fhir/ValueSet/{id}"))]);
+                return Ok(vec![Item::string(format!(
+                    "http://hl7.org/fhir/ValueSet/{id}"
+                ))]);
             }
             if let Some(id) = name.strip_prefix("ext-") {
-                return Ok(vec![Item::string(format!("http://hl7.org/fhir/StructureDefinition/{id}"))]);
+                return Ok(vec![Item::string(format!(
+                    "http://hl7.org/fhir/StructureDefinition/{id}"
+                ))]);
             }
-            Err(EvalError::UnknownVariable { name: name.to_string(), position: pos })
+            Err(EvalError::UnknownVariable {
+                name: name.to_string(),
+                position: pos,
+            })
         }
     }
 }
 
 pub(crate) fn mismatch(operation: &str, detail: &str, pos: usize) -> EvalError {
-    EvalError::TypeMismatch { operation: operation.to_string(), detail: detail.to_string(), position: pos }
+    EvalError::TypeMismatch {
+        operation: operation.to_string(),
+        detail: detail.to_string(),
+        position: pos,
+    }
 }
 
 /// The single item of a collection; `None` when empty; an error for more than one.
@@ -143,12 +195,20 @@ pub(crate) fn singleton<'i, 'a>(
     match items {
         [] => Ok(None),
         [one] => Ok(Some(one)),
-        _ => Err(EvalError::NotSingleton { operation: operation.to_string(), count: items.len(), position: pos }),
+        _ => Err(EvalError::NotSingleton {
+            operation: operation.to_string(),
+            count: items.len(),
+            position: pos,
+        }),
     }
 }
 
 /// A collection read as a boolean: empty is unknown, a single non-boolean item is true.
-pub(crate) fn as_boolean(items: &[Item<'_>], operation: &str, pos: usize) -> Result<Option<bool>, EvalError> {
+pub(crate) fn as_boolean(
+    items: &[Item<'_>],
+    operation: &str,
+    pos: usize,
+) -> Result<Option<bool>, EvalError> {
     match singleton(items, operation, pos)? {
         None => Ok(None),
         Some(item) => Ok(Some(item.as_bool().unwrap_or(true))),
@@ -210,7 +270,10 @@ fn binary<'a>(
                 return Ok(Vec::new());
             }
             let result = collections_equal(&l, &r);
-            Ok(result.map(|b| Item::boolean(b == (op == BinOp::Eq))).into_iter().collect())
+            Ok(result
+                .map(|b| Item::boolean(b == (op == BinOp::Eq)))
+                .into_iter()
+                .collect())
         }
         BinOp::Equiv | BinOp::NotEquiv => {
             let result = collections_equivalent(&l, &r);
@@ -235,8 +298,12 @@ fn binary<'a>(
         }
         BinOp::In | BinOp::Contains => {
             let (element, collection) = if op == BinOp::In { (&l, &r) } else { (&r, &l) };
-            let Some(element) = singleton(element, name, pos)? else { return Ok(Vec::new()) };
-            let found = collection.iter().any(|c| ops::equal(element, c) == Some(true));
+            let Some(element) = singleton(element, name, pos)? else {
+                return Ok(Vec::new());
+            };
+            let found = collection
+                .iter()
+                .any(|c| ops::equal(element, c) == Some(true));
             Ok(vec![Item::boolean(found)])
         }
         BinOp::Concat => {
@@ -263,7 +330,8 @@ fn binary<'a>(
             let (Some(a), Some(b)) = (singleton(&l, name, pos)?, singleton(&r, name, pos)?) else {
                 return Ok(Vec::new());
             };
-            let result = ops::arithmetic(arith, a, b).map_err(|detail| mismatch(name, &detail, pos))?;
+            let result =
+                ops::arithmetic(arith, a, b).map_err(|detail| mismatch(name, &detail, pos))?;
             Ok(result.into_iter().collect())
         }
     }
@@ -323,10 +391,11 @@ pub(crate) fn contains_item(items: &[Item<'_>], item: &Item<'_>) -> bool {
 }
 
 fn same_item(a: &Item<'_>, b: &Item<'_>) -> bool {
-    if let (ItemValue::Element(Node::Borrowed(x)), ItemValue::Element(Node::Borrowed(y))) = (&a.value, &b.value) {
-        if std::ptr::eq(*x, *y) {
-            return true;
-        }
+    if let (ItemValue::Element(Node::Borrowed(x)), ItemValue::Element(Node::Borrowed(y))) =
+        (&a.value, &b.value)
+        && std::ptr::eq(*x, *y)
+    {
+        return true;
     }
     ops::equal(a, b) == Some(true)
 }
@@ -352,7 +421,12 @@ pub(crate) fn item_as(item: &Item<'_>, namespace: Option<&str>, name: &str) -> b
     item_is_with(item, namespace, name, false)
 }
 
-fn item_is_with(item: &Item<'_>, namespace: Option<&str>, name: &str, primitive_inheritance: bool) -> bool {
+fn item_is_with(
+    item: &Item<'_>,
+    namespace: Option<&str>,
+    name: &str,
+    primitive_inheritance: bool,
+) -> bool {
     let system = !item.is_fhir_typed();
     match namespace {
         Some("System") => system && item.bare_type_name() == name,
@@ -412,7 +486,11 @@ fn index_node<'a>(parent: &Node<'a>, index: usize) -> Option<Node<'a>> {
 }
 
 /// Builds the item for a JSON node of a known or guessed type.
-pub(crate) fn make_item<'a>(node: Node<'a>, type_name: Option<&str>, extras: Option<Node<'a>>) -> Item<'a> {
+pub(crate) fn make_item<'a>(
+    node: Node<'a>,
+    type_name: Option<&str>,
+    extras: Option<Node<'a>>,
+) -> Item<'a> {
     if node.json().is_object() {
         let type_name: Cow<'a, str> = match &node {
             Node::Borrowed(json) => match json.get("resourceType").and_then(Json::as_str) {
@@ -424,14 +502,24 @@ pub(crate) fn make_item<'a>(node: Node<'a>, type_name: Option<&str>, extras: Opt
                 None => Cow::Owned(type_name.unwrap_or("Element").to_string()),
             },
         };
-        return Item { value: ItemValue::Element(node), type_name, primitive_extras: extras };
+        return Item {
+            value: ItemValue::Element(node),
+            type_name,
+            primitive_extras: extras,
+        };
     }
-    let type_name = type_name.unwrap_or_else(|| guessed_type(node.json())).to_string();
+    let type_name = type_name
+        .unwrap_or_else(|| guessed_type(node.json()))
+        .to_string();
     let value = match &node {
         Node::Borrowed(json) => primitive_value(json, &type_name),
         Node::Shared(json) => owned_value(primitive_value(json, &type_name)),
     };
-    Item { value, type_name: Cow::Owned(type_name), primitive_extras: extras }
+    Item {
+        value,
+        type_name: Cow::Owned(type_name),
+        primitive_extras: extras,
+    }
 }
 
 fn owned_value(value: ItemValue<'_>) -> ItemValue<'static> {
@@ -449,7 +537,11 @@ fn owned_value(value: ItemValue<'_>) -> ItemValue<'static> {
 /// Appends the children called `name` of the items. An error when the model knows the types of
 /// all the items and none of them has such an element (a misspelt path, or a choice element
 /// named with its type suffix); mixed collections (`descendants()`) navigate leniently.
-pub(crate) fn navigate_all<'a>(items: &[Item<'a>], name: &str, pos: usize) -> Result<Items<'a>, EvalError> {
+pub(crate) fn navigate_all<'a>(
+    items: &[Item<'a>],
+    name: &str,
+    pos: usize,
+) -> Result<Items<'a>, EvalError> {
     let mut out = Vec::with_capacity(items.len());
     let types = model();
     let mut undeclared: Option<&str> = None;
@@ -468,9 +560,11 @@ pub(crate) fn navigate_all<'a>(items: &[Item<'a>], name: &str, pos: usize) -> Re
         navigate(item, name, &mut out);
     }
     match undeclared {
-        Some(parent) if !declared => {
-            Err(EvalError::UnknownElement { name: name.to_string(), parent: parent.to_string(), position: pos })
-        }
+        Some(parent) if !declared => Err(EvalError::UnknownElement {
+            name: name.to_string(),
+            parent: parent.to_string(),
+            position: pos,
+        }),
         _ => Ok(out),
     }
 }
@@ -486,7 +580,9 @@ pub(crate) fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Items<'a>) {
         }
         _ => return,
     };
-    let Json::Object(object) = node.json() else { return };
+    let Json::Object(object) = node.json() else {
+        return;
+    };
     let parent: &str = &item.type_name;
     let types = model();
     match types.child(parent, name) {
@@ -515,10 +611,18 @@ pub(crate) fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Items<'a>) {
 }
 
 fn is_choice_key(key: &str, name: &str) -> bool {
-    key.len() > name.len() && key.starts_with(name) && key.as_bytes()[name.len()].is_ascii_uppercase()
+    key.len() > name.len()
+        && key.starts_with(name)
+        && key.as_bytes()[name.len()].is_ascii_uppercase()
 }
 
-fn push_key<'a>(node: &Node<'a>, key: &str, type_name: Option<&str>, parent: &str, out: &mut Items<'a>) {
+fn push_key<'a>(
+    node: &Node<'a>,
+    key: &str,
+    type_name: Option<&str>,
+    parent: &str,
+    out: &mut Items<'a>,
+) {
     let value = child_node(node, key);
     let extras_key = format!("_{key}");
     let extras = child_node(node, &extras_key);
@@ -530,8 +634,13 @@ fn push_key<'a>(node: &Node<'a>, key: &str, type_name: Option<&str>, parent: &st
         (Some(value), extras) if value.json().is_array() => {
             let len = value.json().as_array().map_or(0, Vec::len);
             for i in 0..len {
-                let Some(element) = index_node(&value, i) else { continue };
-                let extra = extras.as_ref().and_then(|e| index_node(e, i)).filter(|e| !e.json().is_null());
+                let Some(element) = index_node(&value, i) else {
+                    continue;
+                };
+                let extra = extras
+                    .as_ref()
+                    .and_then(|e| index_node(e, i))
+                    .filter(|e| !e.json().is_null());
                 out.push(make_item(element, type_name, extra));
             }
         }
@@ -566,17 +675,19 @@ pub(crate) fn children<'a>(item: &Item<'a>, out: &mut Items<'a>) {
     let node = match &item.value {
         ItemValue::Element(node) => node.clone(),
         _ => {
-            if let Some(extras) = &item.primitive_extras {
-                if let Json::Object(object) = extras.json() {
-                    for key in object.keys() {
-                        push_key(extras, key, None, "Element", out);
-                    }
+            if let Some(extras) = &item.primitive_extras
+                && let Json::Object(object) = extras.json()
+            {
+                for key in object.keys() {
+                    push_key(extras, key, None, "Element", out);
                 }
             }
             return;
         }
     };
-    let Json::Object(object) = node.json() else { return };
+    let Json::Object(object) = node.json() else {
+        return;
+    };
     let parent: &str = &item.type_name;
     for key in object.keys() {
         if key == "resourceType" {
@@ -599,7 +710,11 @@ pub(crate) fn type_info(item: &Item<'_>) -> (&'static str, String) {
     if item.is_fhir_typed() {
         let name: &str = &item.type_name;
         // Backbone paths report their declared base.
-        let name = if name.contains('.') { model().base_of(name).unwrap_or("BackboneElement") } else { name };
+        let name = if name.contains('.') {
+            model().base_of(name).unwrap_or("BackboneElement")
+        } else {
+            name
+        };
         ("FHIR", name.to_string())
     } else {
         ("System", item.bare_type_name().to_string())
@@ -607,5 +722,9 @@ pub(crate) fn type_info(item: &Item<'_>) -> (&'static str, String) {
 }
 
 pub(crate) fn type_spec_matches(item: &Item<'_>, spec: &TypeSpec, cast: bool) -> bool {
-    if cast { item_as(item, spec.namespace.as_deref(), &spec.name) } else { item_is(item, spec.namespace.as_deref(), &spec.name) }
+    if cast {
+        item_as(item, spec.namespace.as_deref(), &spec.name)
+    } else {
+        item_is(item, spec.namespace.as_deref(), &spec.name)
+    }
 }

@@ -10,8 +10,8 @@ use serde_json::Value as Json;
 
 use crate::error::EvalError;
 use crate::eval::{
-    Ctx, Items, as_boolean, children, contains_item, eval, make_item, mismatch, navigate, singleton, type_info,
-    type_spec_matches, union,
+    Ctx, Items, as_boolean, children, contains_item, eval, make_item, mismatch, navigate,
+    singleton, type_info, type_spec_matches, union,
 };
 use crate::ops;
 use crate::parser::{Expr, Func};
@@ -48,7 +48,11 @@ pub(crate) fn call<'a>(
         }
         Func::All => {
             for (i, item) in focus.iter().enumerate() {
-                let result = eval(&args[0], with_this(ctx, item, i), std::slice::from_ref(item))?;
+                let result = eval(
+                    &args[0],
+                    with_this(ctx, item, i),
+                    std::slice::from_ref(item),
+                )?;
                 if as_boolean(&result, name, pos)? != Some(true) {
                     return bool_result(false);
                 }
@@ -58,7 +62,10 @@ pub(crate) fn call<'a>(
         Func::AllTrue | Func::AnyTrue | Func::AllFalse | Func::AnyFalse => {
             let mut values = Vec::with_capacity(focus.len());
             for item in &focus {
-                values.push(item.as_bool().ok_or_else(|| mismatch(name, item.bare_type_name(), pos))?);
+                values.push(
+                    item.as_bool()
+                        .ok_or_else(|| mismatch(name, item.bare_type_name(), pos))?,
+                );
             }
             bool_result(match func {
                 Func::AllTrue => values.iter().all(|b| *b),
@@ -69,7 +76,11 @@ pub(crate) fn call<'a>(
         }
         Func::SubsetOf | Func::SupersetOf => {
             let other = arg(0)?;
-            let (small, big) = if func == Func::SubsetOf { (&focus, &other) } else { (&other, &focus) };
+            let (small, big) = if func == Func::SubsetOf {
+                (&focus, &other)
+            } else {
+                (&other, &focus)
+            };
             bool_result(small.iter().all(|item| contains_item(big, item)))
         }
         Func::Count => Ok(vec![Item::integer(focus.len() as i64)]),
@@ -82,7 +93,11 @@ pub(crate) fn call<'a>(
         Func::Select => {
             let mut out = Vec::new();
             for (i, item) in focus.iter().enumerate() {
-                out.extend(eval(&args[0], with_this(ctx, item, i), std::slice::from_ref(item))?);
+                out.extend(eval(
+                    &args[0],
+                    with_this(ctx, item, i),
+                    std::slice::from_ref(item),
+                )?);
             }
             Ok(out)
         }
@@ -92,7 +107,11 @@ pub(crate) fn call<'a>(
             while !queue.is_empty() {
                 let mut next = Vec::new();
                 for (i, item) in queue.iter().enumerate() {
-                    for produced in eval(&args[0], with_this(ctx, item, i), std::slice::from_ref(item))? {
+                    for produced in eval(
+                        &args[0],
+                        with_this(ctx, item, i),
+                        std::slice::from_ref(item),
+                    )? {
                         if !contains_item(&out, &produced) {
                             out.push(produced.clone());
                             next.push(produced);
@@ -104,12 +123,22 @@ pub(crate) fn call<'a>(
             Ok(out)
         }
         Func::OfType | Func::As => {
-            let Expr::TypeName(spec) = &args[0] else { return Err(mismatch(name, "a non-type argument", pos)) };
-            Ok(focus.into_iter().filter(|item| type_spec_matches(item, spec, true)).collect())
+            let Expr::TypeName(spec) = &args[0] else {
+                return Err(mismatch(name, "a non-type argument", pos));
+            };
+            Ok(focus
+                .into_iter()
+                .filter(|item| type_spec_matches(item, spec, true))
+                .collect())
         }
         Func::Is => {
-            let Expr::TypeName(spec) = &args[0] else { return Err(mismatch(name, "a non-type argument", pos)) };
-            Ok(single_focus()?.map(|item| Item::boolean(type_spec_matches(item, spec, false))).into_iter().collect())
+            let Expr::TypeName(spec) = &args[0] else {
+                return Err(mismatch(name, "a non-type argument", pos));
+            };
+            Ok(single_focus()?
+                .map(|item| Item::boolean(type_spec_matches(item, spec, false)))
+                .into_iter()
+                .collect())
         }
         Func::Single => Ok(single_focus()?.cloned().into_iter().collect()),
         Func::First => Ok(focus.into_iter().take(1).collect()),
@@ -117,7 +146,9 @@ pub(crate) fn call<'a>(
         Func::Tail => Ok(focus.into_iter().skip(1).collect()),
         Func::Skip | Func::Take => {
             let count = integer_arg(&arg(0)?, name, pos)?;
-            let Some(count) = count else { return Ok(Vec::new()) };
+            let Some(count) = count else {
+                return Ok(Vec::new());
+            };
             let count = usize::try_from(count.max(0)).unwrap_or(0);
             Ok(if func == Func::Skip {
                 focus.into_iter().skip(count).collect()
@@ -137,7 +168,10 @@ pub(crate) fn call<'a>(
         }
         Func::Exclude => {
             let other = arg(0)?;
-            Ok(focus.into_iter().filter(|item| !contains_item(&other, item)).collect())
+            Ok(focus
+                .into_iter()
+                .filter(|item| !contains_item(&other, item))
+                .collect())
         }
         Func::Union => Ok(union(focus, arg(0)?)),
         Func::Combine => {
@@ -149,15 +183,27 @@ pub(crate) fn call<'a>(
             // The criterion is evaluated with the focus as `$this` when a target is given.
             let this = focus.first();
             let inner = match (this, focus.len()) {
-                (Some(item), 1) => Ctx { this: Some(item), ..ctx },
+                (Some(item), 1) => Ctx {
+                    this: Some(item),
+                    ..ctx
+                },
                 (_, 0 | 1) => ctx,
-                _ => return Err(EvalError::NotSingleton { operation: name.into(), count: focus.len(), position: pos }),
+                _ => {
+                    return Err(EvalError::NotSingleton {
+                        operation: name.into(),
+                        count: focus.len(),
+                        position: pos,
+                    });
+                }
             };
             let scope: &[Item<'a>] = if focus.len() == 1 { &focus } else { input };
             let criterion = eval(&args[0], inner, scope)?;
             let truth = match singleton(&criterion, name, pos)? {
                 None => None,
-                Some(item) => Some(item.as_bool().ok_or_else(|| mismatch(name, "a non-boolean criterion", pos))?),
+                Some(item) => Some(
+                    item.as_bool()
+                        .ok_or_else(|| mismatch(name, "a non-boolean criterion", pos))?,
+                ),
             };
             if truth == Some(true) {
                 eval(&args[1], inner, scope)
@@ -176,7 +222,9 @@ pub(crate) fn call<'a>(
         | Func::ToDateTime
         | Func::ToTime
         | Func::ToQuantity => {
-            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            let Some(item) = single_focus()? else {
+                return Ok(Vec::new());
+            };
             let unit = match func {
                 Func::ToQuantity => string_arg(&arg(0)?, name, pos)?,
                 _ => None,
@@ -191,7 +239,9 @@ pub(crate) fn call<'a>(
         | Func::ConvertsToDateTime
         | Func::ConvertsToTime
         | Func::ConvertsToQuantity => {
-            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            let Some(item) = single_focus()? else {
+                return Ok(Vec::new());
+            };
             let target = match func {
                 Func::ConvertsToBoolean => Func::ToBoolean,
                 Func::ConvertsToInteger => Func::ToInteger,
@@ -288,14 +338,21 @@ pub(crate) fn call<'a>(
         }
         Func::Extension => {
             let url = string_arg(&arg(0)?, name, pos)?;
-            let Some(url) = url else { return Ok(Vec::new()) };
+            let Some(url) = url else {
+                return Ok(Vec::new());
+            };
             let mut extensions = Vec::new();
             for item in &focus {
                 navigate(item, "extension", &mut extensions);
             }
             Ok(extensions
                 .into_iter()
-                .filter(|ext| ext.as_json().and_then(|j| j.get("url")).and_then(Json::as_str) == Some(url.as_str()))
+                .filter(|ext| {
+                    ext.as_json()
+                        .and_then(|j| j.get("url"))
+                        .and_then(Json::as_str)
+                        == Some(url.as_str())
+                })
                 .collect())
         }
         Func::HasValue => {
@@ -315,7 +372,11 @@ pub(crate) fn call<'a>(
             .map(|item| {
                 let (namespace, type_name) = type_info(item);
                 let json = serde_json::json!({ "namespace": namespace, "name": type_name });
-                Item { value: ItemValue::Element(Node::Shared(Arc::new(json))), type_name: Cow::Borrowed("TypeInfo"), primitive_extras: None }
+                Item {
+                    value: ItemValue::Element(Node::Shared(Arc::new(json))),
+                    type_name: Cow::Borrowed("TypeInfo"),
+                    primitive_extras: None,
+                }
             })
             .collect()),
         Func::Aggregate => {
@@ -330,17 +391,27 @@ pub(crate) fn call<'a>(
         }
         Func::HtmlChecks => bool_result(true),
         Func::Comparable => {
-            let (Some(left), other) = (single_focus()?, arg(0)?) else { return Ok(Vec::new()) };
-            let Some(right) = singleton(&other, name, pos)? else { return Ok(Vec::new()) };
+            let (Some(left), other) = (single_focus()?, arg(0)?) else {
+                return Ok(Vec::new());
+            };
+            let Some(right) = singleton(&other, name, pos)? else {
+                return Ok(Vec::new());
+            };
             match (&left.value, &right.value) {
-                (ItemValue::Quantity(a), ItemValue::Quantity(b)) => bool_result(crate::value::comparable(a, b).is_some()),
+                (ItemValue::Quantity(a), ItemValue::Quantity(b)) => {
+                    bool_result(crate::value::comparable(a, b).is_some())
+                }
                 _ => Err(mismatch(name, "a non-quantity", pos)),
             }
         }
         Func::Encode | Func::Decode | Func::Escape | Func::Unescape => {
-            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            let Some(item) = single_focus()? else {
+                return Ok(Vec::new());
+            };
             let text = string_of(item, name, pos)?;
-            let Some(format) = string_arg(&arg(0)?, name, pos)? else { return Ok(Vec::new()) };
+            let Some(format) = string_arg(&arg(0)?, name, pos)? else {
+                return Ok(Vec::new());
+            };
             let converted = match func {
                 Func::Encode => crate::codec::encode(text, &format),
                 Func::Decode => crate::codec::decode(text, &format),
@@ -350,20 +421,27 @@ pub(crate) fn call<'a>(
             Ok(converted.map(Item::string).into_iter().collect())
         }
         Func::LowBoundary | Func::HighBoundary | Func::Precision => {
-            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            let Some(item) = single_focus()? else {
+                return Ok(Vec::new());
+            };
             let digits = integer_arg(&arg(0)?, name, pos)?;
             let result = if func == Func::Precision {
                 crate::boundary::precision(&item.value).map(Item::integer)
             } else {
-                crate::boundary::boundary(&item.value, digits, func == Func::HighBoundary).map(Item::system)
+                crate::boundary::boundary(&item.value, digits, func == Func::HighBoundary)
+                    .map(Item::system)
             };
             Ok(result.into_iter().collect())
         }
         Func::Sort => sort(focus, args, pos, ctx),
         Func::ConformsTo => {
             // Only the base definitions of core types can be checked without a profile registry.
-            let Some(url) = string_arg(&arg(0)?, name, pos)? else { return Ok(Vec::new()) };
-            let Some(item) = single_focus()? else { return Ok(Vec::new()) };
+            let Some(url) = string_arg(&arg(0)?, name, pos)? else {
+                return Ok(Vec::new());
+            };
+            let Some(item) = single_focus()? else {
+                return Ok(Vec::new());
+            };
             match url.strip_prefix("http://hl7.org/fhir/StructureDefinition/") {
                 Some(type_name) if crate::model::model().is_type(type_name) => {
                     bool_result(crate::eval::item_is(item, Some("FHIR"), type_name))
@@ -384,13 +462,27 @@ pub(crate) fn call<'a>(
 }
 
 fn with_this<'c, 'a>(ctx: Ctx<'c, 'a>, item: &'c Item<'a>, index: usize) -> Ctx<'c, 'a> {
-    Ctx { this: Some(item), index: Some(index), ..ctx }
+    Ctx {
+        this: Some(item),
+        index: Some(index),
+        ..ctx
+    }
 }
 
-fn filter<'a>(focus: &[Item<'a>], criteria: &'a Expr, ctx: Ctx<'_, 'a>, pos: usize, name: &str) -> Result<Items<'a>, EvalError> {
+fn filter<'a>(
+    focus: &[Item<'a>],
+    criteria: &'a Expr,
+    ctx: Ctx<'_, 'a>,
+    pos: usize,
+    name: &str,
+) -> Result<Items<'a>, EvalError> {
     let mut out = Vec::new();
     for (i, item) in focus.iter().enumerate() {
-        let result = eval(criteria, with_this(ctx, item, i), std::slice::from_ref(item))?;
+        let result = eval(
+            criteria,
+            with_this(ctx, item, i),
+            std::slice::from_ref(item),
+        )?;
         if as_boolean(&result, name, pos)? == Some(true) {
             out.push(item.clone());
         }
@@ -431,7 +523,9 @@ fn string_function<'a>(
     input: &[Item<'a>],
 ) -> Result<Items<'a>, EvalError> {
     let name = func.name();
-    let Some(item) = singleton(focus, name, pos)? else { return Ok(Vec::new()) };
+    let Some(item) = singleton(focus, name, pos)? else {
+        return Ok(Vec::new());
+    };
     let text = match &item.value {
         ItemValue::String(s) => s.as_ref(),
         // Functions on strings accept any primitive by its string form in practice; keep strict.
@@ -462,13 +556,22 @@ fn string_function<'a>(
         }
         Func::Substring => {
             let start = arg_int(0)?;
-            let length = if string_args.len() > 1 { Some(arg_int(1)?) } else { None };
+            let length = if string_args.len() > 1 {
+                Some(arg_int(1)?)
+            } else {
+                None
+            };
             let count = text.chars().count() as i64;
             if start < 0 || start >= count {
                 return Ok(Vec::new());
             }
             let take = length.unwrap_or(count).max(0) as usize;
-            Item::string(text.chars().skip(start as usize).take(take).collect::<String>())
+            Item::string(
+                text.chars()
+                    .skip(start as usize)
+                    .take(take)
+                    .collect::<String>(),
+            )
         }
         Func::StartsWith => Item::boolean(text.starts_with(arg_str(0)?)),
         Func::EndsWith => Item::boolean(text.ends_with(arg_str(0)?)),
@@ -490,7 +593,9 @@ fn string_function<'a>(
             }
         }
         Func::Matches | Func::MatchesFull => {
-            let regex = ctx.regexes.get(arg_str(0)?, func == Func::MatchesFull, pos)?;
+            let regex = ctx
+                .regexes
+                .get(arg_str(0)?, func == Func::MatchesFull, pos)?;
             Item::boolean(regex.is_match(text))
         }
         Func::ReplaceMatches => {
@@ -506,7 +611,10 @@ fn string_function<'a>(
         }
         Func::Split => {
             let separator = arg_str(0)?;
-            return Ok(text.split(separator).map(|part| Item::string(part.to_string())).collect());
+            return Ok(text
+                .split(separator)
+                .map(|part| Item::string(part.to_string()))
+                .collect());
         }
         _ => Item::string(text.trim().to_string()),
     };
@@ -520,19 +628,27 @@ fn math_function<'a>(
     arg: &dyn Fn(usize) -> Result<Items<'a>, EvalError>,
 ) -> Result<Items<'a>, EvalError> {
     let name = func.name();
-    let Some(item) = singleton(focus, name, pos)? else { return Ok(Vec::new()) };
+    let Some(item) = singleton(focus, name, pos)? else {
+        return Ok(Vec::new());
+    };
     let number = match &item.value {
         ItemValue::Integer(i) => Decimal::from(*i),
         ItemValue::Decimal(d) => *d,
         ItemValue::Quantity(q) if func == Func::Abs => {
-            return Ok(vec![Item::system(ItemValue::Quantity(Quantity::new(q.value.abs(), q.unit.clone())))]);
+            return Ok(vec![Item::system(ItemValue::Quantity(Quantity::new(
+                q.value.abs(),
+                q.unit.clone(),
+            )))]);
         }
         _ => return Err(mismatch(name, item.bare_type_name(), pos)),
     };
     let is_integer = matches!(item.value, ItemValue::Integer(_));
     let from_f64 = |f: f64| -> Items<'a> {
         if f.is_finite() {
-            Decimal::from_f64(f).map(|d| Item::system(ItemValue::Decimal(d.normalize()))).into_iter().collect()
+            Decimal::from_f64(f)
+                .map(|d| Item::system(ItemValue::Decimal(d.normalize())))
+                .into_iter()
+                .collect()
         } else {
             Vec::new()
         }
@@ -554,17 +670,27 @@ fn math_function<'a>(
         Func::Ln => from_f64(as_f64.ln()),
         Func::Sqrt => from_f64(as_f64.sqrt()),
         Func::Log => {
-            let Some(base) = number_arg(&arg(0)?, name, pos)? else { return Ok(Vec::new()) };
+            let Some(base) = number_arg(&arg(0)?, name, pos)? else {
+                return Ok(Vec::new());
+            };
             from_f64(as_f64.ln() / base.to_f64().unwrap_or(f64::NAN).ln())
         }
         Func::Power => {
             let exponent_items = arg(0)?;
-            let Some(exponent) = number_arg(&exponent_items, name, pos)? else { return Ok(Vec::new()) };
-            let integer_exponent = matches!(exponent_items.first().map(|i| &i.value), Some(ItemValue::Integer(_)));
+            let Some(exponent) = number_arg(&exponent_items, name, pos)? else {
+                return Ok(Vec::new());
+            };
+            let integer_exponent = matches!(
+                exponent_items.first().map(|i| &i.value),
+                Some(ItemValue::Integer(_))
+            );
             if is_integer && integer_exponent && exponent >= Decimal::ZERO {
                 let base = number.to_i64().unwrap_or(0);
                 let exp = exponent.to_u32().unwrap_or(u32::MAX);
-                base.checked_pow(exp).map(Item::integer).into_iter().collect()
+                base.checked_pow(exp)
+                    .map(Item::integer)
+                    .into_iter()
+                    .collect()
             } else {
                 from_f64(as_f64.powf(exponent.to_f64().unwrap_or(f64::NAN)))
             }
@@ -575,8 +701,10 @@ fn math_function<'a>(
                 Some(d) => d as u32,
                 None => 0,
             };
-            let rounded =
-                number.round_dp_with_strategy(digits, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            let rounded = number.round_dp_with_strategy(
+                digits,
+                rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+            );
             vec![Item::system(ItemValue::Decimal(rounded))]
         }
     })
@@ -635,9 +763,14 @@ fn convert<'a>(func: Func, item: &Item<'a>, unit: Option<&str>) -> Option<Item<'
             ItemValue::String(s) => {
                 let body = s.strip_prefix(['+', '-']).unwrap_or(s);
                 let valid = !body.is_empty()
-                    && body.split_once('.').map_or(body.bytes().all(|b| b.is_ascii_digit()), |(w, f)| {
-                        !w.is_empty() && !f.is_empty() && (w.bytes().chain(f.bytes())).all(|b| b.is_ascii_digit())
-                    });
+                    && body.split_once('.').map_or(
+                        body.bytes().all(|b| b.is_ascii_digit()),
+                        |(w, f)| {
+                            !w.is_empty()
+                                && !f.is_empty()
+                                && (w.bytes().chain(f.bytes())).all(|b| b.is_ascii_digit())
+                        },
+                    );
                 if !valid {
                     return None;
                 }
@@ -651,7 +784,9 @@ fn convert<'a>(func: Func, item: &Item<'a>, unit: Option<&str>) -> Option<Item<'
             ItemValue::Integer(i) => i.to_string(),
             ItemValue::Decimal(d) => d.to_string(),
             ItemValue::Temporal(t) => t.to_string(),
-            ItemValue::Quantity(q) if is_calendar_unit(&q.unit) => format!("{} {}", q.value, q.unit),
+            ItemValue::Quantity(q) if is_calendar_unit(&q.unit) => {
+                format!("{} {}", q.value, q.unit)
+            }
             ItemValue::Quantity(q) => format!("{} '{}'", q.value, q.unit),
             _ => return None,
         })),
@@ -661,8 +796,12 @@ fn convert<'a>(func: Func, item: &Item<'a>, unit: Option<&str>) -> Option<Item<'
             _ => return None,
         }),
         Func::ToDateTime => ItemValue::Temporal(match value {
-            ItemValue::Temporal(t) if t.kind != TemporalKind::Time => t.with_kind(TemporalKind::DateTime),
-            ItemValue::String(s) => Temporal::parse_fhir_date_time(s)?.with_kind(TemporalKind::DateTime),
+            ItemValue::Temporal(t) if t.kind != TemporalKind::Time => {
+                t.with_kind(TemporalKind::DateTime)
+            }
+            ItemValue::String(s) => {
+                Temporal::parse_fhir_date_time(s)?.with_kind(TemporalKind::DateTime)
+            }
             _ => return None,
         }),
         Func::ToTime => ItemValue::Temporal(match value {
@@ -674,7 +813,9 @@ fn convert<'a>(func: Func, item: &Item<'a>, unit: Option<&str>) -> Option<Item<'
             let quantity = match value {
                 ItemValue::Integer(i) => Quantity::new(Decimal::from(*i), "1"),
                 ItemValue::Decimal(d) => Quantity::new(*d, "1"),
-                ItemValue::Boolean(b) => Quantity::new(if *b { Decimal::ONE } else { Decimal::ZERO }, "1"),
+                ItemValue::Boolean(b) => {
+                    Quantity::new(if *b { Decimal::ONE } else { Decimal::ZERO }, "1")
+                }
                 ItemValue::Quantity(q) => q.clone(),
                 ItemValue::String(s) => parse_quantity_string(s)?,
                 ItemValue::Element(_) => match ops::scalar(item) {
@@ -725,11 +866,14 @@ fn resolve<'a>(item: &Item<'a>, ctx: Ctx<'_, 'a>) -> Option<Item<'a>> {
         _ => return None,
     };
     if let Some(resolver) = &ctx.env.resolver {
-        return resolver(&reference).map(|json| make_item(Node::Shared(Arc::new(json)), None, None));
+        return resolver(&reference)
+            .map(|json| make_item(Node::Shared(Arc::new(json)), None, None));
     }
     if let Some(id) = reference.strip_prefix('#') {
         let contained = ctx.resource.as_json()?.get("contained")?.as_array()?;
-        let index = contained.iter().position(|r| r.get("id").and_then(Json::as_str) == Some(id))?;
+        let index = contained
+            .iter()
+            .position(|r| r.get("id").and_then(Json::as_str) == Some(id))?;
         let mut out = Vec::new();
         navigate(ctx.resource, "contained", &mut out);
         return out.into_iter().nth(index);
@@ -754,16 +898,33 @@ pub(crate) struct RegexCacheInner {
 }
 
 impl crate::RegexCache {
-    pub(crate) fn get(&self, pattern: &str, anchored: bool, pos: usize) -> Result<Arc<Regex>, EvalError> {
-        let mut entries = self.0.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, _, regex)) = entries.iter().find(|(p, a, _)| p == pattern && *a == anchored) {
+    pub(crate) fn get(
+        &self,
+        pattern: &str,
+        anchored: bool,
+        pos: usize,
+    ) -> Result<Arc<Regex>, EvalError> {
+        let mut entries = self
+            .0
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, _, regex)) = entries
+            .iter()
+            .find(|(p, a, _)| p == pattern && *a == anchored)
+        {
             return Ok(regex.clone());
         }
         // `matchesFull` tests the whole string; `(?s)` lets `.` cross line ends as in other engines.
-        let source = if anchored { format!("(?s)^(?:{pattern})$") } else { format!("(?s){pattern}") };
-        let regex = Arc::new(
-            Regex::new(&source).map_err(|e| EvalError::BadRegex { message: e.to_string(), position: pos })?,
-        );
+        let source = if anchored {
+            format!("(?s)^(?:{pattern})$")
+        } else {
+            format!("(?s){pattern}")
+        };
+        let regex = Arc::new(Regex::new(&source).map_err(|e| EvalError::BadRegex {
+            message: e.to_string(),
+            position: pos,
+        })?);
         if entries.len() < 64 {
             entries.push((pattern.to_string(), anchored, regex.clone()));
         }
@@ -774,13 +935,32 @@ impl crate::RegexCache {
 fn is_calendar_unit(unit: &str) -> bool {
     matches!(
         unit,
-        "year" | "years" | "month" | "months" | "week" | "weeks" | "day" | "days" | "hour" | "hours" | "minute"
-            | "minutes" | "second" | "seconds" | "millisecond" | "milliseconds"
+        "year"
+            | "years"
+            | "month"
+            | "months"
+            | "week"
+            | "weeks"
+            | "day"
+            | "days"
+            | "hour"
+            | "hours"
+            | "minute"
+            | "minutes"
+            | "second"
+            | "seconds"
+            | "millisecond"
+            | "milliseconds"
     )
 }
 
 /// `sort(key, -key…)`: stable, by each key in turn; a leading `-` sorts that key descending.
-fn sort<'a>(focus: Items<'a>, args: &'a [Expr], pos: usize, ctx: Ctx<'_, 'a>) -> Result<Items<'a>, EvalError> {
+fn sort<'a>(
+    focus: Items<'a>,
+    args: &'a [Expr],
+    pos: usize,
+    ctx: Ctx<'_, 'a>,
+) -> Result<Items<'a>, EvalError> {
     let keys: Vec<(&'a Expr, bool)> = args
         .iter()
         .map(|arg| match arg {
@@ -817,7 +997,11 @@ fn sort<'a>(focus: Items<'a>, args: &'a [Expr], pos: usize, ctx: Ctx<'_, 'a>) ->
                     }
                 },
             };
-            let ordering = if descending { ordering.reverse() } else { ordering };
+            let ordering = if descending {
+                ordering.reverse()
+            } else {
+                ordering
+            };
             if ordering != std::cmp::Ordering::Equal {
                 return ordering;
             }

@@ -5,7 +5,10 @@ use crate::error::ParseError;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Tok {
     /// An identifier or keyword; `quoted` for backtick-delimited names, which are never keywords.
-    Ident { name: String, quoted: bool },
+    Ident {
+        name: String,
+        quoted: bool,
+    },
     Str(String),
     /// The literal text of a number (kept as text so decimals keep their precision).
     Number(String),
@@ -26,8 +29,8 @@ pub(crate) struct Token {
 }
 
 const SYMBOLS: [&str; 22] = [
-    "<=", ">=", "!=", "!~", ".", "[", "]", "(", ")", ",", "+", "-", "*", "/", "&", "|", "=", "~", "<",
-    ">", "{", "}",
+    "<=", ">=", "!=", "!~", ".", "[", "]", "(", ")", ",", "+", "-", "*", "/", "&", "|", "=", "~",
+    "<", ">", "{", "}",
 ];
 
 pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
@@ -52,7 +55,12 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
                     i += 2 + end + 2;
                     continue;
                 }
-                None => return Err(ParseError::Unterminated { what: "comment", position: i }),
+                None => {
+                    return Err(ParseError::Unterminated {
+                        what: "comment",
+                        position: i,
+                    });
+                }
             }
         }
         let start = i;
@@ -65,7 +73,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
             b'`' => {
                 let (text, next) = read_quoted(src, i, b'`')?;
                 i = next;
-                Tok::Ident { name: text, quoted: true }
+                Tok::Ident {
+                    name: text,
+                    quoted: true,
+                }
             }
             b'%' => {
                 i += 1;
@@ -78,7 +89,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
                     _ => {
                         let end = ident_end(bytes, i);
                         if end == i {
-                            return Err(ParseError::UnexpectedChar { ch: '%', position: start });
+                            return Err(ParseError::UnexpectedChar {
+                                ch: '%',
+                                position: start,
+                            });
                         }
                         let name = src[i..end].to_string();
                         i = end;
@@ -96,7 +110,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
                 i += 1;
                 let end = datetime_end(bytes, i);
                 if end == i {
-                    return Err(ParseError::UnexpectedChar { ch: '@', position: start });
+                    return Err(ParseError::UnexpectedChar {
+                        ch: '@',
+                        position: start,
+                    });
                 }
                 let text = src[i..end].to_string();
                 i = end;
@@ -126,7 +143,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
                 let end = ident_end(bytes, i);
                 let name = src[i..end].to_string();
                 i = end;
-                Tok::Ident { name, quoted: false }
+                Tok::Ident {
+                    name,
+                    quoted: false,
+                }
             }
             _ => {
                 let Some(sym) = SYMBOLS.iter().find(|s| src[i..].starts_with(**s)) else {
@@ -139,7 +159,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
         };
         out.push(Token { tok, pos: start });
     }
-    out.push(Token { tok: Tok::End, pos: src.len() });
+    out.push(Token {
+        tok: Tok::End,
+        pos: src.len(),
+    });
     Ok(out)
 }
 
@@ -172,14 +195,20 @@ fn read_quoted(src: &str, start: usize, quote: u8) -> Result<(String, usize), Pa
     let mut i = start + 1;
     loop {
         let Some(&b) = bytes.get(i) else {
-            return Err(ParseError::Unterminated { what: "string", position: start });
+            return Err(ParseError::Unterminated {
+                what: "string",
+                position: start,
+            });
         };
         if b == quote {
             return Ok((out, i + 1));
         }
         if b == b'\\' {
             let Some(&esc) = bytes.get(i + 1) else {
-                return Err(ParseError::Unterminated { what: "string", position: start });
+                return Err(ParseError::Unterminated {
+                    what: "string",
+                    position: start,
+                });
             };
             i += 2;
             match esc {
@@ -188,9 +217,14 @@ fn read_quoted(src: &str, start: usize, quote: u8) -> Result<(String, usize), Pa
                 b't' => out.push('\t'),
                 b'f' => out.push('\u{c}'),
                 b'u' => {
-                    let hex = src.get(i..i + 4).ok_or(ParseError::BadEscape { position: i - 2 })?;
-                    let code = u32::from_str_radix(hex, 16).map_err(|_| ParseError::BadEscape { position: i - 2 })?;
-                    out.push(char::from_u32(code).ok_or(ParseError::BadEscape { position: i - 2 })?);
+                    let hex = src
+                        .get(i..i + 4)
+                        .ok_or(ParseError::BadEscape { position: i - 2 })?;
+                    let code = u32::from_str_radix(hex, 16)
+                        .map_err(|_| ParseError::BadEscape { position: i - 2 })?;
+                    out.push(
+                        char::from_u32(code).ok_or(ParseError::BadEscape { position: i - 2 })?,
+                    );
                     i += 4;
                 }
                 b'\\' | b'/' | b'\'' | b'"' | b'`' => out.push(esc as char),

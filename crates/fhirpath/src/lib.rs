@@ -48,7 +48,9 @@ pub(crate) struct RegexCache(functions::RegexCacheInner);
 
 impl fmt::Debug for Expression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Expression").field("text", &self.text).finish()
+        f.debug_struct("Expression")
+            .field("text", &self.text)
+            .finish()
     }
 }
 
@@ -56,7 +58,11 @@ impl Expression {
     /// Parses an expression; unknown functions and wrong argument counts are parse errors.
     pub fn parse(text: &str) -> Result<Expression, ParseError> {
         let root = parser::parse(text)?;
-        Ok(Expression { text: text.to_string(), root, regexes: RegexCache::default() })
+        Ok(Expression {
+            text: text.to_string(),
+            root,
+            regexes: RegexCache::default(),
+        })
     }
 
     /// The expression text as given.
@@ -65,7 +71,11 @@ impl Expression {
     }
 
     /// Evaluates the expression with `resource` as the context (`%resource`, `%context`).
-    pub fn evaluate<'a>(&'a self, resource: &'a Json, env: &Env<'a>) -> Result<Vec<Item<'a>>, EvalError> {
+    pub fn evaluate<'a>(
+        &'a self,
+        resource: &'a Json,
+        env: &Env<'a>,
+    ) -> Result<Vec<Item<'a>>, EvalError> {
         let root = eval::make_item(Node::Borrowed(resource), None, None);
         self.evaluate_items(&root, &root, env)
     }
@@ -91,7 +101,11 @@ impl Expression {
 
     /// Evaluates and reads the result as a boolean: `None` when empty; a single non-boolean item
     /// counts as true (FHIRPath singleton evaluation).
-    pub fn evaluate_bool<'a>(&'a self, resource: &'a Json, env: &Env<'a>) -> Result<Option<bool>, EvalError> {
+    pub fn evaluate_bool<'a>(
+        &'a self,
+        resource: &'a Json,
+        env: &Env<'a>,
+    ) -> Result<Option<bool>, EvalError> {
         let items = self.evaluate(resource, env)?;
         eval::as_boolean(&items, "boolean result", 0)
     }
@@ -129,7 +143,10 @@ impl<'a> Env<'a> {
 
     /// Binds `%name` to a resource or element (typed by its `resourceType` when it has one).
     pub fn with_resource(mut self, name: &str, json: &'a Json) -> Self {
-        self.variables.insert(name.to_string(), vec![eval::make_item(Node::Borrowed(json), None, None)]);
+        self.variables.insert(
+            name.to_string(),
+            vec![eval::make_item(Node::Borrowed(json), None, None)],
+        );
         self
     }
 
@@ -147,7 +164,10 @@ impl<'a> Env<'a> {
 
     /// Resolves references in `resolve()`. Without one, `resolve()` yields a contained resource
     /// for `#id` and otherwise a stub `{"resourceType": T, "id": id}` for `T/id` references.
-    pub fn with_resolver(mut self, resolver: impl Fn(&str) -> Option<Json> + Send + Sync + 'a) -> Self {
+    pub fn with_resolver(
+        mut self,
+        resolver: impl Fn(&str) -> Option<Json> + Send + Sync + 'a,
+    ) -> Self {
         self.resolver = Some(Arc::new(Box::new(resolver)));
         self
     }
@@ -219,6 +239,8 @@ impl ExpressionCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Expression>>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -33,7 +33,10 @@ impl TypeModel for FhirModel {
             None if !info.choice => info.types.first().map(String::as_str),
             None => None,
         };
-        Some(ChildInfo { choice: info.choice, type_name })
+        Some(ChildInfo {
+            choice: info.choice,
+            type_name,
+        })
     }
     fn json_key_type(&self, parent: &str, key: &str) -> Option<&'static str> {
         flare_fhir::model::resolve_json_key(parent, key).map(|(_, t)| t)
@@ -62,8 +65,25 @@ pub(crate) fn model() -> &'static dyn TypeModel {
 /// The FHIR type named by a choice suffix (`Quantity`, `DateTime` → `dateTime`).
 pub(crate) fn type_from_suffix(suffix: &str) -> String {
     const PRIMITIVES: [&str; 20] = [
-        "Boolean", "Integer", "Decimal", "String", "Uri", "Url", "Canonical", "Code", "Id", "Oid", "Uuid",
-        "Markdown", "Base64Binary", "Date", "DateTime", "Instant", "Time", "PositiveInt", "UnsignedInt",
+        "Boolean",
+        "Integer",
+        "Decimal",
+        "String",
+        "Uri",
+        "Url",
+        "Canonical",
+        "Code",
+        "Id",
+        "Oid",
+        "Uuid",
+        "Markdown",
+        "Base64Binary",
+        "Date",
+        "DateTime",
+        "Instant",
+        "Time",
+        "PositiveInt",
+        "UnsignedInt",
         "Integer64",
     ];
     if PRIMITIVES.contains(&suffix) {

@@ -8,8 +8,8 @@ use rust_decimal::prelude::ToPrimitive;
 
 use crate::temporal::{Temporal, TemporalKind};
 use crate::value::{
-    Item, ItemValue, Quantity, canonical_unit, comparable, compare_quantities, convert_quantity, json_equal,
-    quantity_of_element,
+    Item, ItemValue, Quantity, canonical_unit, comparable, compare_quantities, convert_quantity,
+    json_equal, quantity_of_element,
 };
 
 /// A view of an item as a comparable system value.
@@ -34,10 +34,10 @@ pub(crate) fn scalar<'i>(item: &'i Item<'_>) -> Scalar<'i> {
         ItemValue::Quantity(q) => Scalar::Quantity(q.clone()),
         ItemValue::Element(node) => {
             let json = node.json();
-            if is_quantity_type(&item.type_name) {
-                if let Some(q) = quantity_of_element(json) {
-                    return Scalar::Quantity(q);
-                }
+            if is_quantity_type(&item.type_name)
+                && let Some(q) = quantity_of_element(json)
+            {
+                return Scalar::Quantity(q);
             }
             Scalar::Element(json)
         }
@@ -71,13 +71,19 @@ pub(crate) fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
         (S::Decimal(x), S::Decimal(y)) => x == y,
         (S::String(x), S::String(y)) => x == y,
         // A time of day is never equal to a date.
-        (S::Temporal(x), S::Temporal(y)) if (x.kind == TemporalKind::Time) != (y.kind == TemporalKind::Time) => false,
+        (S::Temporal(x), S::Temporal(y))
+            if (x.kind == TemporalKind::Time) != (y.kind == TemporalKind::Time) =>
+        {
+            false
+        }
         (S::Temporal(x), S::Temporal(y)) => return x.compare(&y).map(|o| o == Ordering::Equal),
         (S::String(x), S::Temporal(y)) | (S::Temporal(y), S::String(x)) => {
             let x = temporal_from_str(x, &y)?;
             return x.compare(&y).map(|o| o == Ordering::Equal);
         }
-        (S::Quantity(x), S::Quantity(y)) => return compare_quantities(&x, &y).map(|o| o == Ordering::Equal),
+        (S::Quantity(x), S::Quantity(y)) => {
+            return compare_quantities(&x, &y).map(|o| o == Ordering::Equal);
+        }
         (S::Element(x), S::Element(y)) => json_equal(x, y),
         (S::Absent, S::Absent) => true,
         _ => false,
@@ -93,7 +99,9 @@ pub(crate) fn equivalent(a: &Item<'_>, b: &Item<'_>) -> bool {
         (S::Integer(x), S::Decimal(y)) => decimal_equivalent(Decimal::from(x), y),
         (S::Decimal(x), S::Integer(y)) => decimal_equivalent(x, Decimal::from(y)),
         (S::Decimal(x), S::Decimal(y)) => decimal_equivalent(x, y),
-        (S::Temporal(x), S::Temporal(y)) => x.same_precision(&y) && x.compare(&y) == Some(Ordering::Equal),
+        (S::Temporal(x), S::Temporal(y)) => {
+            x.same_precision(&y) && x.compare(&y) == Some(Ordering::Equal)
+        }
         (S::Quantity(x), S::Quantity(y)) => match comparable(&x, &y) {
             Some((p, q)) => decimal_equivalent(p, q),
             None => false,
@@ -103,7 +111,10 @@ pub(crate) fn equivalent(a: &Item<'_>, b: &Item<'_>) -> bool {
 }
 
 fn normalize_ws(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// Decimals are equivalent when equal at the precision of the less precise one.
@@ -141,7 +152,11 @@ pub(crate) enum Arith {
 }
 
 /// Arithmetic on two singletons: `Ok(None)` for an empty result (division by zero, overflow).
-pub(crate) fn arithmetic<'a>(op: Arith, a: &Item<'a>, b: &Item<'a>) -> Result<Option<Item<'a>>, String> {
+pub(crate) fn arithmetic<'a>(
+    op: Arith,
+    a: &Item<'a>,
+    b: &Item<'a>,
+) -> Result<Option<Item<'a>>, String> {
     use Scalar as S;
     let mismatch = || format!("{} and {}", a.bare_type_name(), b.bare_type_name());
     let result = match (scalar(a), scalar(b)) {
@@ -156,9 +171,12 @@ pub(crate) fn arithmetic<'a>(op: Arith, a: &Item<'a>, b: &Item<'a>) -> Result<Op
         (S::Integer(x), S::Decimal(y)) => decimal_op(op, Decimal::from(x), y),
         (S::Decimal(x), S::Integer(y)) => decimal_op(op, x, Decimal::from(y)),
         (S::Decimal(x), S::Decimal(y)) => decimal_op(op, x, y),
-        (S::String(x), S::String(y)) if op == Arith::Add => Some(ItemValue::String(Cow::Owned(format!("{x}{y}")))),
+        (S::String(x), S::String(y)) if op == Arith::Add => {
+            Some(ItemValue::String(Cow::Owned(format!("{x}{y}"))))
+        }
         (S::Temporal(t), S::Quantity(q)) if matches!(op, Arith::Add | Arith::Sub) => {
-            return temporal_add(&t, &q, op == Arith::Sub).map(|t| t.map(|t| Item::system(ItemValue::Temporal(t))));
+            return temporal_add(&t, &q, op == Arith::Sub)
+                .map(|t| t.map(|t| Item::system(ItemValue::Temporal(t))));
         }
         (S::Quantity(x), S::Quantity(y)) => match op {
             Arith::Add | Arith::Sub => {
@@ -177,23 +195,36 @@ pub(crate) fn arithmetic<'a>(op: Arith, a: &Item<'a>, b: &Item<'a>) -> Result<Op
                 if y.value.is_zero() {
                     None
                 } else if canonical_unit(&x.unit) == canonical_unit(&y.unit) {
-                    x.value.checked_div(y.value).map(|v| ItemValue::Quantity(Quantity::new(v.normalize(), "1")))
+                    x.value
+                        .checked_div(y.value)
+                        .map(|v| ItemValue::Quantity(Quantity::new(v.normalize(), "1")))
                 } else {
                     x.value.checked_div(y.value).map(|v| {
-                        ItemValue::Quantity(Quantity::new(v.normalize(), combine_units(&x.unit, &y.unit, '/')))
+                        ItemValue::Quantity(Quantity::new(
+                            v.normalize(),
+                            combine_units(&x.unit, &y.unit, '/'),
+                        ))
                     })
                 }
             }
             _ => return Err(mismatch()),
         },
-        (S::Quantity(x), S::Integer(_) | S::Decimal(_)) if matches!(op, Arith::Mul | Arith::Div) => {
+        (S::Quantity(x), S::Integer(_) | S::Decimal(_))
+            if matches!(op, Arith::Mul | Arith::Div) =>
+        {
             let factor = number_of(b).ok_or_else(mismatch)?;
-            let value = if op == Arith::Mul { x.value.checked_mul(factor) } else { x.value.checked_div(factor) };
+            let value = if op == Arith::Mul {
+                x.value.checked_mul(factor)
+            } else {
+                x.value.checked_div(factor)
+            };
             value.map(|v| ItemValue::Quantity(Quantity::new(v, x.unit)))
         }
         (S::Integer(_) | S::Decimal(_), S::Quantity(y)) if op == Arith::Mul => {
             let factor = number_of(a).ok_or_else(mismatch)?;
-            y.value.checked_mul(factor).map(|v| ItemValue::Quantity(Quantity::new(v, y.unit)))
+            y.value
+                .checked_mul(factor)
+                .map(|v| ItemValue::Quantity(Quantity::new(v, y.unit)))
         }
         _ => return Err(mismatch()),
     };
@@ -232,7 +263,9 @@ fn decimal_op(op: Arith, x: Decimal, y: Decimal) -> Option<ItemValue<'static>> {
             if y.is_zero() {
                 None
             } else {
-                x.checked_div(y).and_then(|d| d.trunc().to_i64()).map(ItemValue::Integer)
+                x.checked_div(y)
+                    .and_then(|d| d.trunc().to_i64())
+                    .map(ItemValue::Integer)
             }
         }
         Arith::Mod => {
@@ -249,7 +282,10 @@ fn temporal_add(t: &Temporal, q: &Quantity, subtract: bool) -> Result<Option<Tem
     let unit = q.unit.as_str();
     let value = if subtract { -q.value } else { q.value };
     let whole = value.trunc().to_i64().ok_or("duration out of range")?;
-    let fraction_millis = ((value - value.trunc()) * Decimal::from(1000)).trunc().to_i64().unwrap_or(0);
+    let fraction_millis = ((value - value.trunc()) * Decimal::from(1000))
+        .trunc()
+        .to_i64()
+        .unwrap_or(0);
     if matches!(unit, "a" | "mo") {
         // UCUM years and months are not calendar durations.
         return Err(format!("a date and the UCUM duration '{unit}'"));

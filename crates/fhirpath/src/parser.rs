@@ -57,16 +57,50 @@ pub(crate) enum Expr {
     This,
     Index,
     Total,
-    Variable { name: String, pos: usize },
+    Variable {
+        name: String,
+        pos: usize,
+    },
     /// A name at the start of a path: a type filter (`Patient`) or a child of the context.
-    Identifier { name: String, pos: usize },
-    Member { target: Box<Expr>, name: String, pos: usize },
-    Call { target: Option<Box<Expr>>, func: Func, args: Vec<Expr>, pos: usize },
-    Indexer { target: Box<Expr>, index: Box<Expr>, pos: usize },
-    Negate { operand: Box<Expr>, pos: usize },
-    Binary { op: BinOp, left: Box<Expr>, right: Box<Expr>, pos: usize },
-    Is { operand: Box<Expr>, spec: TypeSpec, pos: usize },
-    As { operand: Box<Expr>, spec: TypeSpec },
+    Identifier {
+        name: String,
+        pos: usize,
+    },
+    Member {
+        target: Box<Expr>,
+        name: String,
+        pos: usize,
+    },
+    Call {
+        target: Option<Box<Expr>>,
+        func: Func,
+        args: Vec<Expr>,
+        pos: usize,
+    },
+    Indexer {
+        target: Box<Expr>,
+        index: Box<Expr>,
+        pos: usize,
+    },
+    Negate {
+        operand: Box<Expr>,
+        pos: usize,
+    },
+    Binary {
+        op: BinOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+        pos: usize,
+    },
+    Is {
+        operand: Box<Expr>,
+        spec: TypeSpec,
+        pos: usize,
+    },
+    As {
+        operand: Box<Expr>,
+        spec: TypeSpec,
+    },
     /// The argument of `ofType`, `is()`, `as()`.
     TypeName(TypeSpec),
 }
@@ -124,8 +158,22 @@ functions! {
 }
 
 const CALENDAR_UNITS: [&str; 16] = [
-    "year", "years", "month", "months", "week", "weeks", "day", "days", "hour", "hours", "minute",
-    "minutes", "second", "seconds", "millisecond", "milliseconds",
+    "year",
+    "years",
+    "month",
+    "months",
+    "week",
+    "weeks",
+    "day",
+    "days",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "second",
+    "seconds",
+    "millisecond",
+    "milliseconds",
 ];
 
 pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
@@ -164,7 +212,10 @@ fn infix(tok: &Tok) -> Option<(BinOpOrType, u8)> {
             "!~" => (BinOpOrType::Op(NotEquiv), 5),
             _ => return None,
         },
-        Tok::Ident { name, quoted: false } => match name.as_str() {
+        Tok::Ident {
+            name,
+            quoted: false,
+        } => match name.as_str() {
             "div" => (BinOpOrType::Op(IntDiv), 10),
             "mod" => (BinOpOrType::Op(Mod), 10),
             "is" => (BinOpOrType::Is, 8),
@@ -201,7 +252,11 @@ impl Parser {
         t
     }
     fn unexpected(&self, expected: &'static str) -> ParseError {
-        ParseError::Expected { expected, found: describe(self.peek()), position: self.pos() }
+        ParseError::Expected {
+            expected,
+            found: describe(self.peek()),
+            position: self.pos(),
+        }
     }
     fn expect_sym(&mut self, sym: &'static str) -> Result<(), ParseError> {
         if self.peek() == &Tok::Sym(sym) {
@@ -221,11 +276,23 @@ impl Parser {
             let pos = self.pos();
             self.at += 1;
             left = match op {
-                BinOpOrType::Is => Expr::Is { operand: Box::new(left), spec: self.type_spec()?, pos },
-                BinOpOrType::As => Expr::As { operand: Box::new(left), spec: self.type_spec()? },
+                BinOpOrType::Is => Expr::Is {
+                    operand: Box::new(left),
+                    spec: self.type_spec()?,
+                    pos,
+                },
+                BinOpOrType::As => Expr::As {
+                    operand: Box::new(left),
+                    spec: self.type_spec()?,
+                },
                 BinOpOrType::Op(op) => {
                     let right = self.expression(bp + 1)?;
-                    Expr::Binary { op, left: Box::new(left), right: Box::new(right), pos }
+                    Expr::Binary {
+                        op,
+                        left: Box::new(left),
+                        right: Box::new(right),
+                        pos,
+                    }
                 }
             };
         }
@@ -240,14 +307,22 @@ impl Parser {
 
     fn type_spec_unchecked(&mut self) -> Result<TypeSpec, ParseError> {
         let first = self.identifier("type name")?;
-        if self.peek() == &Tok::Sym(".") {
-            if let Tok::Ident { .. } = self.tokens.get(self.at + 1).map(|t| &t.tok).unwrap_or(&Tok::End) {
-                self.at += 1;
-                let name = self.identifier("type name")?;
-                return Ok(TypeSpec { namespace: Some(first), name });
-            }
+        let next_is_name = matches!(
+            self.tokens.get(self.at + 1).map(|t| &t.tok),
+            Some(Tok::Ident { .. })
+        );
+        if self.peek() == &Tok::Sym(".") && next_is_name {
+            self.at += 1;
+            let name = self.identifier("type name")?;
+            return Ok(TypeSpec {
+                namespace: Some(first),
+                name,
+            });
         }
-        Ok(TypeSpec { namespace: None, name: first })
+        Ok(TypeSpec {
+            namespace: None,
+            name: first,
+        })
     }
 
     fn identifier(&mut self, expected: &'static str) -> Result<String, ParseError> {
@@ -269,7 +344,10 @@ impl Parser {
                 Ok(match operand {
                     Expr::Literal(Literal::Integer(i)) => Expr::Literal(Literal::Integer(-i)),
                     Expr::Literal(Literal::Decimal(d)) => Expr::Literal(Literal::Decimal(-d)),
-                    other => Expr::Negate { operand: Box::new(other), pos },
+                    other => Expr::Negate {
+                        operand: Box::new(other),
+                        pos,
+                    },
                 })
             }
             Tok::Sym("+") => {
@@ -293,7 +371,11 @@ impl Parser {
                     if self.peek() == &Tok::Sym("(") {
                         expr = self.call(Some(expr), name, pos)?;
                     } else {
-                        expr = Expr::Member { target: Box::new(expr), name, pos };
+                        expr = Expr::Member {
+                            target: Box::new(expr),
+                            name,
+                            pos,
+                        };
                     }
                 }
                 Tok::Sym("[") => {
@@ -301,7 +383,11 @@ impl Parser {
                     self.at += 1;
                     let index = self.expression(0)?;
                     self.expect_sym("]")?;
-                    expr = Expr::Indexer { target: Box::new(expr), index: Box::new(index), pos };
+                    expr = Expr::Indexer {
+                        target: Box::new(expr),
+                        index: Box::new(index),
+                        pos,
+                    };
                 }
                 _ => return Ok(expr),
             }
@@ -323,7 +409,10 @@ impl Parser {
         }
         self.expect_sym(")")?;
         let Some((func, min, max)) = Func::lookup(&name) else {
-            return Err(ParseError::UnknownFunction { name, position: pos });
+            return Err(ParseError::UnknownFunction {
+                name,
+                position: pos,
+            });
         };
         if args.len() < min || args.len() > max {
             let expected = match (min, max) {
@@ -335,7 +424,12 @@ impl Parser {
                 (2, 3) => "2 or 3",
                 _ => "a different number of",
             };
-            return Err(ParseError::Arity { name, expected, got: args.len(), position: pos });
+            return Err(ParseError::Arity {
+                name,
+                expected,
+                got: args.len(),
+                position: pos,
+            });
         }
         if matches!(func, Func::OfType | Func::Is | Func::As) {
             let spec = type_spec_of(&args[0]).ok_or_else(|| ParseError::Expected {
@@ -345,7 +439,12 @@ impl Parser {
             })?;
             args[0] = Expr::TypeName(check_type(spec, pos)?);
         }
-        Ok(Expr::Call { target: target.map(Box::new), func, args, pos })
+        Ok(Expr::Call {
+            target: target.map(Box::new),
+            func,
+            args,
+            pos,
+        })
     }
 
     fn term(&mut self) -> Result<Expr, ParseError> {
@@ -375,7 +474,10 @@ impl Parser {
                 "this" => Ok(Expr::This),
                 "index" => Ok(Expr::Index),
                 "total" => Ok(Expr::Total),
-                _ => Err(ParseError::UnexpectedChar { ch: '$', position: pos }),
+                _ => Err(ParseError::UnexpectedChar {
+                    ch: '$',
+                    position: pos,
+                }),
             },
             Tok::Ident { name, quoted } => {
                 if !quoted && (name == "true" || name == "false") {
@@ -395,7 +497,11 @@ impl Parser {
     }
 
     fn number(&mut self, text: String, pos: usize) -> Result<Expr, ParseError> {
-        let bad = || ParseError::BadLiteral { what: "number", text: text.clone(), position: pos };
+        let bad = || ParseError::BadLiteral {
+            what: "number",
+            text: text.clone(),
+            position: pos,
+        };
         let value: Decimal = text.parse().map_err(|_| bad())?;
         // A number followed by a unit is a quantity literal.
         match self.peek().clone() {
@@ -403,7 +509,10 @@ impl Parser {
                 self.at += 1;
                 return Ok(Expr::Literal(Literal::Quantity(Quantity::new(value, unit))));
             }
-            Tok::Ident { name, quoted: false } if CALENDAR_UNITS.contains(&name.as_str()) => {
+            Tok::Ident {
+                name,
+                quoted: false,
+            } if CALENDAR_UNITS.contains(&name.as_str()) => {
                 self.at += 1;
                 return Ok(Expr::Literal(Literal::Quantity(Quantity::new(value, name))));
             }
@@ -412,16 +521,24 @@ impl Parser {
         if text.contains('.') {
             Ok(Expr::Literal(Literal::Decimal(value)))
         } else {
-            Ok(Expr::Literal(Literal::Integer(text.parse().map_err(|_| bad())?)))
+            Ok(Expr::Literal(Literal::Integer(
+                text.parse().map_err(|_| bad())?,
+            )))
         }
     }
 }
 
 fn type_spec_of(expr: &Expr) -> Option<TypeSpec> {
     match expr {
-        Expr::Identifier { name, .. } => Some(TypeSpec { namespace: None, name: name.clone() }),
+        Expr::Identifier { name, .. } => Some(TypeSpec {
+            namespace: None,
+            name: name.clone(),
+        }),
         Expr::Member { target, name, .. } => match target.as_ref() {
-            Expr::Identifier { name: ns, .. } => Some(TypeSpec { namespace: Some(ns.clone()), name: name.clone() }),
+            Expr::Identifier { name: ns, .. } => Some(TypeSpec {
+                namespace: Some(ns.clone()),
+                name: name.clone(),
+            }),
             _ => None,
         },
         _ => None,
@@ -441,7 +558,9 @@ fn describe(tok: &Tok) -> String {
     }
 }
 
-const SYSTEM_TYPES: [&str; 9] = ["Any", "Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity"];
+const SYSTEM_TYPES: [&str; 9] = [
+    "Any", "Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity",
+];
 
 /// Rejects type names that are neither System nor FHIR types (`as(string1)`).
 fn check_type(spec: TypeSpec, pos: usize) -> Result<TypeSpec, ParseError> {
@@ -454,5 +573,12 @@ fn check_type(spec: TypeSpec, pos: usize) -> Result<TypeSpec, ParseError> {
         Some(_) => false,
         None => system_type || fhir,
     };
-    if known { Ok(spec) } else { Err(ParseError::UnknownType { name: spec.name, position: pos }) }
+    if known {
+        Ok(spec)
+    } else {
+        Err(ParseError::UnknownType {
+            name: spec.name,
+            position: pos,
+        })
+    }
 }

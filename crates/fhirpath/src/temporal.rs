@@ -108,7 +108,9 @@ impl Temporal {
     /// Minutes since the epoch (and the second/millisecond remainder) of the value in UTC,
     /// normalising the offset only when the value has an hour.
     fn normalized(&self) -> Temporal {
-        let Some(offset) = self.offset_minutes else { return *self };
+        let Some(offset) = self.offset_minutes else {
+            return *self;
+        };
         if self.precision < Precision::Hour || offset == 0 {
             return *self;
         }
@@ -139,7 +141,10 @@ impl Temporal {
             (Precision::Day, self.day as i64),
             (Precision::Hour, self.hour as i64),
             (Precision::Minute, self.minute as i64),
-            (Precision::Second, self.second as i64 * 1000 + self.millis as i64),
+            (
+                Precision::Second,
+                self.second as i64 * 1000 + self.millis as i64,
+            ),
         ]
     }
 
@@ -157,7 +162,11 @@ impl Temporal {
             return None;
         }
         let (a, b) = (self.normalized(), other.normalized());
-        let first = if self.kind == TemporalKind::Time { 3 } else { 0 };
+        let first = if self.kind == TemporalKind::Time {
+            3
+        } else {
+            0
+        };
         let (pa, pb) = (coarse(self.precision), coarse(other.precision));
         for (ca, cb) in a.components()[first..].iter().zip(&b.components()[first..]) {
             let level = ca.0;
@@ -282,7 +291,11 @@ impl Temporal {
 
 /// Seconds and milliseconds compare as one precision.
 fn coarse(p: Precision) -> Precision {
-    if p == Precision::Millisecond { Precision::Second } else { p }
+    if p == Precision::Millisecond {
+        Precision::Second
+    } else {
+        p
+    }
 }
 
 fn parse_number(text: &str, digits: usize) -> Option<u32> {
@@ -474,11 +487,20 @@ mod tests {
 
     #[test]
     fn literal_round_trips_at_its_precision() {
-        for text in ["2015", "2015-02", "2015-02-04", "2015-02-04T14:34:28.123+10:00", "2015-02-04T14Z"] {
+        for text in [
+            "2015",
+            "2015-02",
+            "2015-02-04",
+            "2015-02-04T14:34:28.123+10:00",
+            "2015-02-04T14Z",
+        ] {
             let value = Temporal::parse_literal(text).unwrap();
             assert_eq!(value.to_string(), text);
         }
-        assert_eq!(Temporal::parse_literal("T14:34").unwrap().to_string(), "14:34");
+        assert_eq!(
+            Temporal::parse_literal("T14:34").unwrap().to_string(),
+            "14:34"
+        );
         assert!(Temporal::parse_literal("2015-13").is_none());
         assert!(Temporal::parse_literal("2015-02-30").is_none());
     }

@@ -35,7 +35,10 @@ pub struct Quantity {
 
 impl Quantity {
     pub fn new(value: Decimal, unit: impl Into<String>) -> Self {
-        Quantity { value, unit: unit.into() }
+        Quantity {
+            value,
+            unit: unit.into(),
+        }
     }
 }
 
@@ -81,7 +84,11 @@ impl<'a> Item<'a> {
             ItemValue::Quantity(_) => "System.Quantity",
             ItemValue::Element(_) | ItemValue::Absent => "System.Any",
         };
-        Item { value, type_name: Cow::Borrowed(type_name), primitive_extras: None }
+        Item {
+            value,
+            type_name: Cow::Borrowed(type_name),
+            primitive_extras: None,
+        }
     }
 
     pub fn boolean(b: bool) -> Item<'a> {
@@ -142,7 +149,9 @@ impl<'a> Item<'a> {
 
     /// The item's type name without its namespace.
     pub fn bare_type_name(&self) -> &str {
-        self.type_name.strip_prefix("System.").unwrap_or(&self.type_name)
+        self.type_name
+            .strip_prefix("System.")
+            .unwrap_or(&self.type_name)
     }
 }
 
@@ -152,18 +161,22 @@ pub(crate) fn primitive_value<'a>(json: &'a Json, fhir_type: &str) -> ItemValue<
         Json::Bool(b) => ItemValue::Boolean(*b),
         Json::Number(n) => {
             let text = n.to_string();
-            let integral = matches!(fhir_type, "integer" | "positiveInt" | "unsignedInt" | "integer64")
-                || (fhir_type != "decimal" && !text.contains(['.', 'e', 'E']));
-            if integral {
-                if let Ok(i) = text.parse::<i64>() {
-                    return ItemValue::Integer(i);
-                }
+            let integral = matches!(
+                fhir_type,
+                "integer" | "positiveInt" | "unsignedInt" | "integer64"
+            ) || (fhir_type != "decimal" && !text.contains(['.', 'e', 'E']));
+            if integral && let Ok(i) = text.parse::<i64>() {
+                return ItemValue::Integer(i);
             }
-            parse_decimal(&text).map(ItemValue::Decimal).unwrap_or(ItemValue::Absent)
+            parse_decimal(&text)
+                .map(ItemValue::Decimal)
+                .unwrap_or(ItemValue::Absent)
         }
         Json::String(s) => match fhir_type {
             "date" | "dateTime" | "instant" => match Temporal::parse_fhir_date_time(s) {
-                Some(t) if fhir_type == "date" => ItemValue::Temporal(t.with_kind(TemporalKind::Date)),
+                Some(t) if fhir_type == "date" => {
+                    ItemValue::Temporal(t.with_kind(TemporalKind::Date))
+                }
                 Some(t) => ItemValue::Temporal(t.with_kind(TemporalKind::DateTime)),
                 None => ItemValue::String(Cow::Borrowed(s)),
             },
@@ -179,20 +192,28 @@ pub(crate) fn primitive_value<'a>(json: &'a Json, fhir_type: &str) -> ItemValue<
 }
 
 pub(crate) fn parse_decimal(text: &str) -> Option<Decimal> {
-    text.parse::<Decimal>().ok().or_else(|| Decimal::from_scientific(text).ok())
+    text.parse::<Decimal>()
+        .ok()
+        .or_else(|| Decimal::from_scientific(text).ok())
 }
 
 /// Equality of the JSON of two elements, ignoring key order.
 pub(crate) fn json_equal(a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| json_equal(v, w)),
-        (Json::Number(x), Json::Number(y)) => match (parse_decimal(&x.to_string()), parse_decimal(&y.to_string())) {
-            (Some(p), Some(q)) => p == q,
-            _ => x == y,
-        },
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| json_equal(v, w))
+        }
+        (Json::Number(x), Json::Number(y)) => {
+            match (parse_decimal(&x.to_string()), parse_decimal(&y.to_string())) {
+                (Some(p), Some(q)) => p == q,
+                _ => x == y,
+            }
+        }
         _ => a == b,
     }
 }
@@ -276,7 +297,10 @@ pub(crate) fn convert_quantity(q: &Quantity, unit: &str) -> Option<Quantity> {
     if da != db {
         return None;
     }
-    Some(Quantity::new((q.value.checked_mul(fa)?.checked_div(fb)?).normalize(), unit))
+    Some(Quantity::new(
+        (q.value.checked_mul(fa)?.checked_div(fb)?).normalize(),
+        unit,
+    ))
 }
 
 /// The value of a FHIR `Quantity` element as a system quantity.
@@ -287,7 +311,11 @@ pub(crate) fn quantity_of_element(json: &Json) -> Option<Quantity> {
     };
     let unit = json
         .get("code")
-        .filter(|_| json.get("system").and_then(Json::as_str).is_none_or(|s| s == "http://unitsofmeasure.org"))
+        .filter(|_| {
+            json.get("system")
+                .and_then(Json::as_str)
+                .is_none_or(|s| s == "http://unitsofmeasure.org")
+        })
         .or_else(|| json.get("unit"))
         .and_then(Json::as_str)
         .unwrap_or("1");

@@ -27,9 +27,18 @@ fn every_search_parameter_expression_parses() {
     assert!(all.len() > 1000, "only {} expressions", all.len());
     let failures: Vec<String> = all
         .iter()
-        .filter_map(|(url, text)| Expression::parse(text).err().map(|e| format!("{url}: `{text}`: {e}")))
+        .filter_map(|(url, text)| {
+            Expression::parse(text)
+                .err()
+                .map(|e| format!("{url}: `{text}`: {e}"))
+        })
         .collect();
-    assert!(failures.is_empty(), "{} expressions do not parse:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} expressions do not parse:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -37,7 +46,9 @@ fn search_parameter_expressions_evaluate_on_minimal_resources_of_their_base_type
     let cache = ExpressionCache::new();
     let mut failures = Vec::new();
     for def in search_params::all() {
-        let Some(text) = &def.expression else { continue };
+        let Some(text) = &def.expression else {
+            continue;
+        };
         let expr = cache.get(text).expect("parses");
         for base in &def.base {
             let resource = json!({"resourceType": base, "id": "x"});
@@ -46,7 +57,12 @@ fn search_parameter_expressions_evaluate_on_minimal_resources_of_their_base_type
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -64,21 +80,41 @@ fn typical_search_expressions_extract_the_expected_values() {
         ]
     });
     let env = Env::new();
-    let eval = |text: &str| Expression::parse(text).unwrap().evaluate(&observation, &env).map(|items| items.len());
+    let eval = |text: &str| {
+        Expression::parse(text)
+            .unwrap()
+            .evaluate(&observation, &env)
+            .map(|items| items.len())
+    };
 
     let expr = Expression::parse("Observation.subject.where(resolve() is Patient)").unwrap();
     let subjects = expr.evaluate(&observation, &env).unwrap();
     assert_eq!(subjects.len(), 1);
-    assert_eq!(subjects[0].as_json().and_then(|j| j.get("reference")), Some(&json!("Patient/123")));
-    assert_eq!(eval("Observation.subject.where(resolve() is Group)").unwrap(), 0);
+    assert_eq!(
+        subjects[0].as_json().and_then(|j| j.get("reference")),
+        Some(&json!("Patient/123"))
+    );
+    assert_eq!(
+        eval("Observation.subject.where(resolve() is Group)").unwrap(),
+        0
+    );
 
     let expr = Expression::parse("(Observation.value as Quantity)").unwrap();
     let values = expr.evaluate(&observation, &env).unwrap();
     assert_eq!(values.len(), 1);
     assert_eq!(values[0].type_name, "Quantity");
-    assert_eq!(eval("(Observation.value as CodeableConcept).text").unwrap(), 0);
-    assert_eq!(eval("Observation.component.value.ofType(Quantity)").unwrap(), 2);
-    assert_eq!(eval("Observation.code | Observation.component.code").unwrap(), 3);
+    assert_eq!(
+        eval("(Observation.value as CodeableConcept).text").unwrap(),
+        0
+    );
+    assert_eq!(
+        eval("Observation.component.value.ofType(Quantity)").unwrap(),
+        2
+    );
+    assert_eq!(
+        eval("Observation.code | Observation.component.code").unwrap(),
+        3
+    );
 
     let expr = Expression::parse("Observation.effective").unwrap();
     let effective = expr.evaluate(&observation, &env).unwrap();
@@ -90,15 +126,20 @@ fn typical_search_expressions_extract_the_expected_values() {
 fn user_variables_and_resolver_are_visible_to_expressions() {
     let previous = json!({"resourceType": "Encounter", "status": "planned"});
     let current = json!({"resourceType": "Encounter", "status": "in-progress", "subject": {"reference": "Patient/p1"}});
-    let env = Env::new().with_resource("previous", &previous).with_resource("current", &current);
-    let expr = Expression::parse("%previous.status = 'planned' and %current.status = 'in-progress'").unwrap();
+    let env = Env::new()
+        .with_resource("previous", &previous)
+        .with_resource("current", &current);
+    let expr =
+        Expression::parse("%previous.status = 'planned' and %current.status = 'in-progress'")
+            .unwrap();
     assert_eq!(expr.evaluate_bool(&current, &env).unwrap(), Some(true));
 
     let unknown = Expression::parse("%missing.status").unwrap();
     assert!(unknown.evaluate(&current, &Env::new()).is_err());
 
     let patient = json!({"resourceType": "Patient", "id": "p1", "gender": "female"});
-    let env = Env::new().with_resolver(move |reference| (reference == "Patient/p1").then(|| patient.clone()));
+    let env = Env::new()
+        .with_resolver(move |reference| (reference == "Patient/p1").then(|| patient.clone()));
     let expr = Expression::parse("subject.resolve().gender").unwrap();
     let genders = expr.evaluate(&current, &env).unwrap();
     assert_eq!(genders.len(), 1);
@@ -109,24 +150,39 @@ fn user_variables_and_resolver_are_visible_to_expressions() {
 /// expression. Not asserted beyond parse-ability, as examples may legitimately contain odd data.
 #[test]
 fn search_parameters_over_example_directory() {
-    let Some(dir) = std::env::var_os("FHIRPATH_EXAMPLES_DIR") else { return };
+    let Some(dir) = std::env::var_os("FHIRPATH_EXAMPLES_DIR") else {
+        return;
+    };
     let cache = ExpressionCache::new();
     let mut errors: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let (mut resources, mut evaluations, mut values) = (0usize, 0usize, 0usize);
     let started = std::time::Instant::now();
-    for entry in std::fs::read_dir(dir).expect("readable directory").flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        let Ok(resource) = serde_json::from_str::<Json>(&text) else { continue };
-        let Some(resource_type) = resource.get("resourceType").and_then(Json::as_str) else { continue };
+    for entry in std::fs::read_dir(dir)
+        .expect("readable directory")
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(resource) = serde_json::from_str::<Json>(&text) else {
+            continue;
+        };
+        let Some(resource_type) = resource.get("resourceType").and_then(Json::as_str) else {
+            continue;
+        };
         resources += 1;
         for def in search_params::for_type(resource_type) {
-            let Some(text) = &def.expression else { continue };
+            let Some(text) = &def.expression else {
+                continue;
+            };
             let expr = cache.get(text).expect("parses");
             evaluations += 1;
             match expr.evaluate(&resource, &Env::new()) {
                 Ok(items) => values += items.len(),
                 Err(e) => {
-                    let entry = errors.entry(format!("{}: {text}", def.url)).or_insert((0, e.to_string()));
+                    let entry = errors
+                        .entry(format!("{}: {text}", def.url))
+                        .or_insert((0, e.to_string()));
                     entry.0 += 1;
                 }
             }
