@@ -22,7 +22,11 @@ pub fn parse_date_range(text: &str) -> Option<(i64, i64)> {
     let month = digits(bytes, 5, 2)?;
     if bytes.len() == 7 {
         let low = day_start(year, month, 1)?;
-        let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+        let (next_year, next_month) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
         let high = day_start(next_year, next_month, 1)? - 1;
         return Some((low, high));
     }
@@ -64,7 +68,12 @@ pub fn parse_date_range(text: &str) -> Option<(i64, i64)> {
         }
     }
     let offset = parse_offset(&text[at..])?;
-    let date = Date::from_calendar_date(year, Month::try_from(u8::try_from(month).ok()?).ok()?, u8::try_from(day).ok()?).ok()?;
+    let date = Date::from_calendar_date(
+        year,
+        Month::try_from(u8::try_from(month).ok()?).ok()?,
+        u8::try_from(day).ok()?,
+    )
+    .ok()?;
     let clock = Time::from_hms_milli(
         u8::try_from(hour).ok()?,
         u8::try_from(minute).ok()?,
@@ -72,7 +81,9 @@ pub fn parse_date_range(text: &str) -> Option<(i64, i64)> {
         u16::try_from(millis).ok()?,
     )
     .ok()?;
-    let nanos = PrimitiveDateTime::new(date, clock).assume_offset(offset).unix_timestamp_nanos();
+    let nanos = PrimitiveDateTime::new(date, clock)
+        .assume_offset(offset)
+        .unix_timestamp_nanos();
     let low = i64::try_from(nanos / 1_000_000).ok()?;
     Some((low, low + span - 1))
 }
@@ -88,7 +99,12 @@ fn parse_offset(text: &str) -> Option<UtcOffset> {
                 return None;
             }
             let sign = if *sign == b'-' { -1 } else { 1 };
-            UtcOffset::from_hms(i8::try_from(sign * hours).ok()?, i8::try_from(sign * minutes).ok()?, 0).ok()
+            UtcOffset::from_hms(
+                i8::try_from(sign * hours).ok()?,
+                i8::try_from(sign * minutes).ok()?,
+                0,
+            )
+            .ok()
         }
         _ => None,
     }
@@ -99,7 +115,12 @@ fn day_start(year: i32, month: i32, day: i32) -> Option<i64> {
         // The end of year 9999 is the latest FHIR date.
         return day_start(9999, 12, 31).map(|start| start + MS_PER_DAY);
     }
-    let date = Date::from_calendar_date(year, Month::try_from(u8::try_from(month).ok()?).ok()?, u8::try_from(day).ok()?).ok()?;
+    let date = Date::from_calendar_date(
+        year,
+        Month::try_from(u8::try_from(month).ok()?).ok()?,
+        u8::try_from(day).ok()?,
+    )
+    .ok()?;
     Some(i64::from(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY) * MS_PER_DAY)
 }
 
@@ -125,7 +146,11 @@ fn expect(bytes: &[u8], at: usize, wanted: u8) -> Option<()> {
 pub fn format_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|moment| moment.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|moment| {
+            moment
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -140,13 +165,52 @@ mod tests {
 
     #[test]
     fn partial_precision_covers_the_whole_period() {
-        assert_eq!(range("2020"), ("2020-01-01T00:00:00Z".into(), "2020-12-31T23:59:59.999Z".into()));
-        assert_eq!(range("2020-02"), ("2020-02-01T00:00:00Z".into(), "2020-02-29T23:59:59.999Z".into()));
-        assert_eq!(range("2019-12"), ("2019-12-01T00:00:00Z".into(), "2019-12-31T23:59:59.999Z".into()));
-        assert_eq!(range("2020-03-04"), ("2020-03-04T00:00:00Z".into(), "2020-03-04T23:59:59.999Z".into()));
-        assert_eq!(range("2020-03-04T10:00"), ("2020-03-04T10:00:00Z".into(), "2020-03-04T10:00:59.999Z".into()));
-        assert_eq!(range("2020-03-04T10:00:05.1Z"), ("2020-03-04T10:00:05.1Z".into(), "2020-03-04T10:00:05.199Z".into()));
-        assert_eq!(range("2020-03-04T10:00:05.123456Z").0, "2020-03-04T10:00:05.123Z");
+        assert_eq!(
+            range("2020"),
+            (
+                "2020-01-01T00:00:00Z".into(),
+                "2020-12-31T23:59:59.999Z".into()
+            )
+        );
+        assert_eq!(
+            range("2020-02"),
+            (
+                "2020-02-01T00:00:00Z".into(),
+                "2020-02-29T23:59:59.999Z".into()
+            )
+        );
+        assert_eq!(
+            range("2019-12"),
+            (
+                "2019-12-01T00:00:00Z".into(),
+                "2019-12-31T23:59:59.999Z".into()
+            )
+        );
+        assert_eq!(
+            range("2020-03-04"),
+            (
+                "2020-03-04T00:00:00Z".into(),
+                "2020-03-04T23:59:59.999Z".into()
+            )
+        );
+        assert_eq!(
+            range("2020-03-04T10:00"),
+            (
+                "2020-03-04T10:00:00Z".into(),
+                "2020-03-04T10:00:59.999Z".into()
+            )
+        );
+        assert_eq!(
+            range("2020-03-04T10:00:05.1Z"),
+            (
+                "2020-03-04T10:00:05.1Z".into(),
+                "2020-03-04T10:00:05.199Z".into()
+            )
+        );
+        assert_eq!(
+            range("2020-03-04T10:00:05.123456Z").0,
+            "2020-03-04T10:00:05.123Z"
+        );
     }
 
     #[test]
@@ -157,7 +221,19 @@ mod tests {
 
     #[test]
     fn rejects_malformed_dates() {
-        for bad in ["", "20", "2020-13", "2020-02-30", "2020-1-01", "2020-03-04T25:00", "2020-03-04T10", "2020/03", "2020-03-04T10:00:00+2", "abcd", "2020-03-04T10:00:00.Z"] {
+        for bad in [
+            "",
+            "20",
+            "2020-13",
+            "2020-02-30",
+            "2020-1-01",
+            "2020-03-04T25:00",
+            "2020-03-04T10",
+            "2020/03",
+            "2020-03-04T10:00:00+2",
+            "abcd",
+            "2020-03-04T10:00:00.Z",
+        ] {
             assert_eq!(parse_date_range(bad), None, "{bad}");
         }
     }

@@ -13,8 +13,19 @@ const CURRENCY_SYSTEM: &str = "urn:iso:std:iso:4217";
 
 /// Appends the index values of one FHIRPath result `value` of FHIR type `type_name` for the
 /// parameter `code` of kind `kind`. Results that carry nothing searchable add nothing.
-pub(crate) fn convert(code: &str, kind: SearchParamKind, type_name: &str, value: &Value, out: &mut Vec<IndexEntry>) {
-    let mut push = |value: IndexValue| out.push(IndexEntry { param: code.to_owned(), value });
+pub(crate) fn convert(
+    code: &str,
+    kind: SearchParamKind,
+    type_name: &str,
+    value: &Value,
+    out: &mut Vec<IndexEntry>,
+) {
+    let mut push = |value: IndexValue| {
+        out.push(IndexEntry {
+            param: code.to_owned(),
+            value,
+        })
+    };
     match kind {
         SearchParamKind::String => strings(type_name, value, &mut push),
         SearchParamKind::Token => tokens(type_name, value, &mut push),
@@ -36,12 +47,18 @@ pub(crate) fn convert(code: &str, kind: SearchParamKind, type_name: &str, value:
 }
 
 fn text_of<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
-    value.get(key).and_then(Value::as_str).filter(|text| !text.is_empty())
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|text| !text.is_empty())
 }
 
 fn push_string(text: &str, push: &mut impl FnMut(IndexValue)) {
     if !text.is_empty() {
-        push(IndexValue::String { normalized: normalize(text), exact: text.to_owned() });
+        push(IndexValue::String {
+            normalized: normalize(text),
+            exact: text.to_owned(),
+        });
     }
 }
 
@@ -53,7 +70,15 @@ fn strings(type_name: &str, value: &Value, push: &mut impl FnMut(IndexValue)) {
             // complex types: their direct string elements.
             let parts: &[&str] = match type_name {
                 "HumanName" => &["family", "given", "prefix", "suffix", "text"],
-                "Address" => &["line", "city", "district", "state", "postalCode", "country", "text"],
+                "Address" => &[
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                    "text",
+                ],
                 _ => &[],
             };
             for (key, child) in object {
@@ -62,7 +87,10 @@ fn strings(type_name: &str, value: &Value, push: &mut impl FnMut(IndexValue)) {
                 }
                 match child {
                     Value::String(text) => push_string(text, push),
-                    Value::Array(items) => items.iter().filter_map(Value::as_str).for_each(|text| push_string(text, push)),
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .for_each(|text| push_string(text, push)),
                     _ => {}
                 }
             }
@@ -71,7 +99,12 @@ fn strings(type_name: &str, value: &Value, push: &mut impl FnMut(IndexValue)) {
     }
 }
 
-fn push_token(system: Option<&str>, code: Option<&str>, text: Option<&str>, push: &mut impl FnMut(IndexValue)) {
+fn push_token(
+    system: Option<&str>,
+    code: Option<&str>,
+    text: Option<&str>,
+    push: &mut impl FnMut(IndexValue),
+) {
     if system.is_none() && code.is_none() && text.is_none() {
         return;
     }
@@ -85,31 +118,59 @@ fn push_token(system: Option<&str>, code: Option<&str>, text: Option<&str>, push
 fn tokens(type_name: &str, value: &Value, push: &mut impl FnMut(IndexValue)) {
     match value {
         Value::String(text) if !text.is_empty() => push_token(None, Some(text), None, push),
-        Value::Bool(flag) => push_token(None, Some(if *flag { "true" } else { "false" }), None, push),
+        Value::Bool(flag) => {
+            push_token(None, Some(if *flag { "true" } else { "false" }), None, push)
+        }
         Value::Number(number) => push_token(None, Some(&number.to_string()), None, push),
         Value::Object(_) => match type_name {
             "CodeableConcept" => {
                 let concept_text = text_of(value, "text");
-                let codings = value.get("coding").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                let codings = value
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
                 for coding in codings {
                     let display = text_of(coding, "display").or(concept_text);
-                    push_token(text_of(coding, "system"), text_of(coding, "code"), display, push);
+                    push_token(
+                        text_of(coding, "system"),
+                        text_of(coding, "code"),
+                        display,
+                        push,
+                    );
                 }
                 // The concept's own text, for `:text`, when no coding carries it.
-                let text_is_indexed = codings.iter().any(|coding| text_of(coding, "display").is_none());
+                let text_is_indexed = codings
+                    .iter()
+                    .any(|coding| text_of(coding, "display").is_none());
                 if let Some(text) = concept_text
-                    && !(text_is_indexed && !codings.is_empty())
+                    && !text_is_indexed
                 {
                     push_token(None, None, Some(text), push);
                 }
             }
             "Identifier" => {
                 let type_text = value.get("type").and_then(|kind| text_of(kind, "text"));
-                push_token(text_of(value, "system"), text_of(value, "value"), type_text, push);
+                push_token(
+                    text_of(value, "system"),
+                    text_of(value, "value"),
+                    type_text,
+                    push,
+                );
             }
-            "ContactPoint" => push_token(text_of(value, "system"), text_of(value, "value"), None, push),
+            "ContactPoint" => push_token(
+                text_of(value, "system"),
+                text_of(value, "value"),
+                None,
+                push,
+            ),
             // Coding and anything shaped like it.
-            _ => push_token(text_of(value, "system"), text_of(value, "code"), text_of(value, "display"), push),
+            _ => push_token(
+                text_of(value, "system"),
+                text_of(value, "code"),
+                text_of(value, "display"),
+                push,
+            ),
         },
         _ => {}
     }
@@ -130,18 +191,37 @@ fn references(value: &Value, push: &mut impl FnMut(IndexValue)) {
         return;
     }
     let is_absolute = written.contains("://") || written.starts_with("urn:");
-    let (target_type, target_id) = if is_absolute { (None, None) } else { relative_type_and_id(written) };
-    push(IndexValue::Reference { target_type, target_id, url: written.to_owned() });
+    let (target_type, target_id) = if is_absolute {
+        (None, None)
+    } else {
+        relative_type_and_id(written)
+    };
+    push(IndexValue::Reference {
+        target_type,
+        target_id,
+        url: written.to_owned(),
+    });
     if let Some((unversioned, _version)) = written.split_once('|') {
-        push(IndexValue::Reference { target_type: None, target_id: None, url: unversioned.to_owned() });
+        push(IndexValue::Reference {
+            target_type: None,
+            target_id: None,
+            url: unversioned.to_owned(),
+        });
     }
 }
 
 /// `Patient/1` or `Patient/1/_history/2` → (`Patient`, `1`).
 fn relative_type_and_id(reference: &str) -> (Option<String>, Option<String>) {
     let mut segments = reference.split('/');
-    match (segments.next(), segments.next(), segments.next(), segments.next(), segments.next()) {
-        (Some(kind), Some(id), None, ..) | (Some(kind), Some(id), Some("_history"), Some(_), None)
+    match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some(kind), Some(id), None, ..)
+        | (Some(kind), Some(id), Some("_history"), Some(_), None)
             if !kind.is_empty() && !id.is_empty() =>
         {
             (Some(kind.to_owned()), Some(id.to_owned()))
@@ -170,12 +250,20 @@ fn dates(type_name: &str, value: &Value, push: &mut impl FnMut(IndexValue)) {
     match value {
         Value::String(text) => push_date(text, push),
         Value::Object(_) if type_name == "Timing" => {
-            for event in value.get("event").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+            for event in value
+                .get("event")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 if let Some(text) = event.as_str() {
                     push_date(text, push);
                 }
             }
-            if let Some(bounds) = value.get("repeat").and_then(|repeat| repeat.get("boundsPeriod")) {
+            if let Some(bounds) = value
+                .get("repeat")
+                .and_then(|repeat| repeat.get("boundsPeriod"))
+            {
                 period(bounds, push);
             }
         }
@@ -228,7 +316,11 @@ fn quantities(type_name: &str, value: &Value, push: &mut impl FnMut(IndexValue))
             }
         }
         _ => {
-            let Some((number, low, high)) = value.get("value").and_then(decimal_of).or_else(|| decimal_of(value)) else {
+            let Some((number, low, high)) = value
+                .get("value")
+                .and_then(decimal_of)
+                .or_else(|| decimal_of(value))
+            else {
                 return;
             };
             push(IndexValue::Quantity {

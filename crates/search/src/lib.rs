@@ -35,20 +35,45 @@ pub struct IndexEntry {
 pub enum IndexValue {
     /// `normalized` is lower-cased with accents and punctuation folded (default and
     /// `:contains` matching); `exact` is the original text (`:exact`).
-    String { normalized: String, exact: String },
+    String {
+        normalized: String,
+        exact: String,
+    },
     /// A code with its system (`None` when the data has no system). `text` carries the
     /// display / CodeableConcept.text for `:text`, folded like `String::normalized`.
-    Token { system: Option<String>, code: Option<String>, text: Option<String> },
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+        text: Option<String>,
+    },
     /// A reference: `target_type`/`target_id` for relative and resolvable references,
     /// `url` always the reference text as written (absolute or canonical).
-    Reference { target_type: Option<String>, target_id: Option<String>, url: String },
+    Reference {
+        target_type: Option<String>,
+        target_id: Option<String>,
+        url: String,
+    },
     /// The value as an inclusive millisecond range [low, high] (a date `2020` is the whole
     /// year; an open Period end is `i64::MAX`).
-    Date { low_ms: i64, high_ms: i64 },
+    Date {
+        low_ms: i64,
+        high_ms: i64,
+    },
     /// A number as the range implied by its precision (1.5 → [1.45, 1.55]).
-    Number { value: f64, low: f64, high: f64 },
+    Number {
+        value: f64,
+        low: f64,
+        high: f64,
+    },
     /// A quantity with its system and code (UCUM preferred) and unit text.
-    Quantity { value: f64, low: f64, high: f64, system: Option<String>, code: Option<String>, unit: Option<String> },
+    Quantity {
+        value: f64,
+        low: f64,
+        high: f64,
+        system: Option<String>,
+        code: Option<String>,
+        unit: Option<String>,
+    },
     Uri(String),
 }
 
@@ -79,19 +104,50 @@ pub enum StringMatch {
 /// One value of a search parameter (values of one parameter are OR-ed).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Predicate {
-    String { mode: StringMatch, value: String },
+    String {
+        mode: StringMatch,
+        value: String,
+    },
     /// `system`: `None` = any system; `Some(None)` = no system (`|code`); `Some(Some(s))`.
     /// `code`: `None` = any code of the system (`system|`). `negate` is `:not`.
-    Token { system: Option<Option<String>>, code: Option<String>, negate: bool },
+    Token {
+        system: Option<Option<String>>,
+        code: Option<String>,
+        negate: bool,
+    },
     /// `:text` on a token: matches the display / text, like a string search.
     TokenText(String),
-    Reference { target_type: Option<String>, target_id: Option<String>, url: Option<String> },
+    Reference {
+        target_type: Option<String>,
+        target_id: Option<String>,
+        url: Option<String>,
+    },
     /// A date range [low, high] from the value's precision, compared by `prefix`.
-    Date { prefix: Prefix, low_ms: i64, high_ms: i64 },
-    Number { prefix: Prefix, value: f64, low: f64, high: f64 },
-    Quantity { prefix: Prefix, value: f64, low: f64, high: f64, system: Option<String>, code: Option<String> },
+    Date {
+        prefix: Prefix,
+        low_ms: i64,
+        high_ms: i64,
+    },
+    Number {
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+    },
+    Quantity {
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
     /// `below`/`above` are the `:below` / `:above` modifiers on uris.
-    Uri { value: String, below: bool, above: bool },
+    Uri {
+        value: String,
+        below: bool,
+        above: bool,
+    },
     /// `:missing=true|false`.
     Missing(bool),
 }

@@ -61,11 +61,22 @@ fn clause_matches(clause: &Clause, entries: &[IndexEntry]) -> bool {
     if clause.chain.is_some() {
         return false;
     }
-    let mut values = entries.iter().filter(|entry| entry.param == clause.param).map(|entry| &entry.value);
+    let mut values = entries
+        .iter()
+        .filter(|entry| entry.param == clause.param)
+        .map(|entry| &entry.value);
     let negated = !clause.predicates.is_empty()
-        && clause.predicates.iter().all(|predicate| matches!(predicate, Predicate::Token { negate: true, .. }));
+        && clause
+            .predicates
+            .iter()
+            .all(|predicate| matches!(predicate, Predicate::Token { negate: true, .. }));
     if negated {
-        return !values.any(|value| clause.predicates.iter().any(|predicate| token_matches(predicate, value)));
+        return !values.any(|value| {
+            clause
+                .predicates
+                .iter()
+                .any(|predicate| token_matches(predicate, value))
+        });
     }
     clause.predicates.iter().any(|predicate| match predicate {
         Predicate::Missing(missing) => {
@@ -82,16 +93,35 @@ fn clause_matches(clause: &Clause, entries: &[IndexEntry]) -> bool {
 /// Whether one entry value satisfies one predicate (ignoring `:not`, which is clause-wide).
 pub fn predicate_matches(predicate: &Predicate, value: &IndexValue) -> bool {
     match (predicate, value) {
-        (Predicate::String { mode, value: wanted }, IndexValue::String { normalized, exact }) => match mode {
+        (
+            Predicate::String {
+                mode,
+                value: wanted,
+            },
+            IndexValue::String { normalized, exact },
+        ) => match mode {
             StringMatch::StartsWith => normalized.starts_with(wanted.as_str()),
             StringMatch::Contains => normalized.contains(wanted.as_str()),
             StringMatch::Exact => exact == wanted,
         },
         (Predicate::Token { .. }, IndexValue::Token { .. }) => token_matches(predicate, value),
-        (Predicate::TokenText(wanted), IndexValue::Token { text: Some(text), .. }) => text.starts_with(wanted.as_str()),
         (
-            Predicate::Reference { target_type, target_id, url },
-            IndexValue::Reference { target_type: entry_type, target_id: entry_id, url: entry_url },
+            Predicate::TokenText(wanted),
+            IndexValue::Token {
+                text: Some(text), ..
+            },
+        ) => text.starts_with(wanted.as_str()),
+        (
+            Predicate::Reference {
+                target_type,
+                target_id,
+                url,
+            },
+            IndexValue::Reference {
+                target_type: entry_type,
+                target_id: entry_id,
+                url: entry_url,
+            },
         ) => match url {
             Some(url) => url == entry_url,
             None => {
@@ -100,29 +130,65 @@ pub fn predicate_matches(predicate: &Predicate, value: &IndexValue) -> bool {
                     && (target_type.is_none() || *target_type == *entry_type)
             }
         },
-        (Predicate::Date { prefix, low_ms, high_ms }, IndexValue::Date { low_ms: vl, high_ms: vh }) => {
-            range_matches(*prefix, (*low_ms, *high_ms), (*vl, *vh))
-        }
-        (Predicate::Number { prefix, value, low, high }, IndexValue::Number { value: entry, .. }) => {
-            number_matches(*prefix, *value, *low, *high, *entry)
-        }
         (
-            Predicate::Quantity { prefix, value, low, high, system, code },
-            IndexValue::Quantity { value: entry, system: entry_system, code: entry_code, unit, .. },
+            Predicate::Date {
+                prefix,
+                low_ms,
+                high_ms,
+            },
+            IndexValue::Date {
+                low_ms: vl,
+                high_ms: vh,
+            },
+        ) => range_matches(*prefix, (*low_ms, *high_ms), (*vl, *vh)),
+        (
+            Predicate::Number {
+                prefix,
+                value,
+                low,
+                high,
+            },
+            IndexValue::Number { value: entry, .. },
+        ) => number_matches(*prefix, *value, *low, *high, *entry),
+        (
+            Predicate::Quantity {
+                prefix,
+                value,
+                low,
+                high,
+                system,
+                code,
+            },
+            IndexValue::Quantity {
+                value: entry,
+                system: entry_system,
+                code: entry_code,
+                unit,
+                ..
+            },
         ) => {
             let unit_matches = match (system, code) {
                 (Some(system), Some(code)) => {
-                    entry_system.as_deref() == Some(system.as_str()) && entry_code.as_deref() == Some(code.as_str())
+                    entry_system.as_deref() == Some(system.as_str())
+                        && entry_code.as_deref() == Some(code.as_str())
                 }
                 (Some(system), None) => entry_system.as_deref() == Some(system.as_str()),
                 (None, Some(code)) => {
-                    entry_code.as_deref() == Some(code.as_str()) || unit.as_deref() == Some(code.as_str())
+                    entry_code.as_deref() == Some(code.as_str())
+                        || unit.as_deref() == Some(code.as_str())
                 }
                 (None, None) => true,
             };
             unit_matches && number_matches(*prefix, *value, *low, *high, *entry)
         }
-        (Predicate::Uri { value: wanted, below, above }, IndexValue::Uri(entry)) => {
+        (
+            Predicate::Uri {
+                value: wanted,
+                below,
+                above,
+            },
+            IndexValue::Uri(entry),
+        ) => {
             if *below {
                 entry.starts_with(wanted.as_str())
             } else if *above {
@@ -137,8 +203,14 @@ pub fn predicate_matches(predicate: &Predicate, value: &IndexValue) -> bool {
 
 /// Token comparison without `negate` (the caller applies it to the whole clause).
 fn token_matches(predicate: &Predicate, value: &IndexValue) -> bool {
-    let (Predicate::Token { system, code, .. }, IndexValue::Token { system: entry_system, code: entry_code, .. }) =
-        (predicate, value)
+    let (
+        Predicate::Token { system, code, .. },
+        IndexValue::Token {
+            system: entry_system,
+            code: entry_code,
+            ..
+        },
+    ) = (predicate, value)
     else {
         return false;
     };

@@ -8,6 +8,9 @@ use unicode_normalization::char::is_combining_mark;
 
 /// Folds `text` for default (`starts-with`) and `:contains` string matching.
 pub fn normalize(text: &str) -> String {
+    if text.is_ascii() {
+        return normalize_ascii(text);
+    }
     let mut out = String::with_capacity(text.len());
     // Pending separator: emitted lazily so leading/trailing/double spaces never appear.
     let mut pending_space = false;
@@ -24,6 +27,24 @@ pub fn normalize(text: &str) -> String {
         } else if matches!(ch, '\'' | '’' | '`' | 'ʼ') {
             // Apostrophes join a word ("O'Brien" is searched as "obrien").
         } else {
+            pending_space = true;
+        }
+    }
+    out
+}
+
+/// The same folding for ASCII text, without Unicode decomposition (most index values).
+fn normalize_ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_space = false;
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() {
+            if pending_space && !out.is_empty() {
+                out.push(' ');
+            }
+            pending_space = false;
+            out.push(char::from(byte.to_ascii_lowercase()));
+        } else if byte != b'\'' && byte != b'`' {
             pending_space = true;
         }
     }
@@ -56,5 +77,7 @@ mod tests {
         assert_eq!(normalize(" Straße "), "strasse");
         assert_eq!(normalize("Łódź"), "lodz");
         assert_eq!(normalize("..."), "");
+        assert_eq!(normalize("  Peter-James O'Neil "), "peter james oneil");
+        assert_eq!(normalize("Pé O'N"), "pe on");
     }
 }

@@ -11,7 +11,11 @@ pub fn parse_decimal(text: &str) -> Option<(f64, f64, f64)> {
     let unsigned = mantissa.strip_prefix(['-', '+']).unwrap_or(mantissa);
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let all_digits = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
-    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || (unsigned.contains('.') && fraction.is_empty()) {
+    if whole.is_empty()
+        || !all_digits(whole)
+        || !all_digits(fraction)
+        || (unsigned.contains('.') && fraction.is_empty())
+    {
         return None;
     }
     let value: f64 = text.parse().ok()?;
@@ -27,7 +31,11 @@ pub fn parse_decimal(text: &str) -> Option<(f64, f64, f64)> {
         let scaled = magnitude.checked_mul(10)?;
         let (below, above) = (scaled - 5, scaled + 5);
         let bound = |digits: i128| format!("{digits}e{}", -decimals - 1).parse::<f64>().ok();
-        if negative { Some((-bound(above)?, -bound(below)?)) } else { Some((bound(below)?, bound(above)?)) }
+        if negative {
+            Some((-bound(above)?, -bound(below)?))
+        } else {
+            Some((bound(below)?, bound(above)?))
+        }
     });
     let (low, high) = bounds.unwrap_or_else(|| {
         let half_step = 0.5 * 10_f64.powi(-decimals);
@@ -65,7 +73,9 @@ mod tests {
 
     #[test]
     fn rejects_non_decimals() {
-        for bad in ["", "abc", "1.", ".5", "1,5", "1e", "NaN", "inf", "--1", "1.5.2"] {
+        for bad in [
+            "", "abc", "1.", ".5", "1,5", "1e", "NaN", "inf", "--1", "1.5.2",
+        ] {
             assert_eq!(parse_decimal(bad), None, "{bad}");
         }
     }

@@ -46,25 +46,45 @@ impl CompiledPath {
     pub(crate) fn compile(expression: &str) -> Result<Self, String> {
         let branches = expression
             .split('|')
-            .map(|branch| compile_branch(branch.trim()).ok_or_else(|| format!("unsupported expression part '{}'", branch.trim())))
+            .map(|branch| {
+                compile_branch(branch.trim())
+                    .ok_or_else(|| format!("unsupported expression part '{}'", branch.trim()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CompiledPath { branches })
     }
 
     /// Evaluates against a resource of type `resource_type`, appending the results to `out`.
-    pub(crate) fn evaluate<'a>(&self, resource_type: &'a str, resource: &'a Value, out: &mut Vec<PathItem<'a>>) {
+    pub(crate) fn evaluate<'a>(
+        &self,
+        resource_type: &'a str,
+        resource: &'a Value,
+        out: &mut Vec<PathItem<'a>>,
+    ) {
+        // Two buffers reused across steps: allocation dominated the cost of short paths.
+        let mut current = Vec::new();
+        let mut next = Vec::new();
         for branch in &self.branches {
-            if branch.root != resource_type && branch.root != "Resource" && branch.root != "DomainResource" {
+            if branch.root != resource_type
+                && branch.root != "Resource"
+                && branch.root != "DomainResource"
+            {
                 continue;
             }
-            let mut current = vec![PathItem { type_name: resource_type, value: resource }];
+            current.clear();
+            current.push(PathItem {
+                type_name: resource_type,
+                value: resource,
+            });
             for step in &branch.steps {
-                current = apply(step, current);
+                next.clear();
+                apply(step, &current, &mut next);
+                std::mem::swap(&mut current, &mut next);
                 if current.is_empty() {
                     break;
                 }
             }
-            out.extend(current);
+            out.append(&mut current);
         }
     }
 }
@@ -72,7 +92,10 @@ impl CompiledPath {
 fn compile_branch(text: &str) -> Option<Branch> {
     let mut text = text.trim();
     // `(X as T)` → `X as T`.
-    while let Some(inner) = text.strip_prefix('(').and_then(|rest| rest.strip_suffix(')')) {
+    while let Some(inner) = text
+        .strip_prefix('(')
+        .and_then(|rest| rest.strip_suffix(')'))
+    {
         text = inner.trim();
     }
     let mut trailing_type = None;
@@ -84,12 +107,16 @@ fn compile_branch(text: &str) -> Option<Branch> {
     let root = identifier(parts.next()?)?.to_owned();
     let mut steps = Vec::new();
     for part in parts {
-        let step = if let Some(argument) = call_argument(part, "ofType").or_else(|| call_argument(part, "as")) {
+        let step = if let Some(argument) =
+            call_argument(part, "ofType").or_else(|| call_argument(part, "as"))
+        {
             Step::OfType(identifier(argument)?.to_owned())
         } else if let Some(argument) = call_argument(part, "where") {
             let argument = argument.trim();
             match argument.strip_prefix("resolve()") {
-                Some(rest) => Step::ResolvesTo(identifier(rest.trim().strip_prefix("is ")?.trim())?.to_owned()),
+                Some(rest) => Step::ResolvesTo(
+                    identifier(rest.trim().strip_prefix("is ")?.trim())?.to_owned(),
+                ),
                 None => {
                     let (field, literal) = argument.split_once('=')?;
                     let literal = literal.trim().strip_prefix('\'')?.strip_suffix('\'')?;
@@ -138,20 +165,26 @@ fn split_steps(text: &str) -> Option<Vec<&str>> {
 }
 
 fn call_argument<'t>(part: &'t str, function: &str) -> Option<&'t str> {
-    part.strip_prefix(function)?.strip_prefix('(')?.strip_suffix(')')
+    part.strip_prefix(function)?
+        .strip_prefix('(')?
+        .strip_suffix(')')
 }
 
 fn identifier(text: &str) -> Option<&str> {
-    let valid = text.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic())
-        && text.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+    let valid = text
+        .chars()
+        .next()
+        .is_some_and(|ch| ch.is_ascii_alphabetic())
+        && text
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
     valid.then_some(text)
 }
 
-fn apply<'a>(step: &Step, items: Vec<PathItem<'a>>) -> Vec<PathItem<'a>> {
-    let mut out = Vec::new();
-    for item in items {
+fn apply<'a>(step: &Step, items: &[PathItem<'a>], out: &mut Vec<PathItem<'a>>) {
+    for &item in items {
         match step {
-            Step::Child(name) => children(item, name, &mut out),
+            Step::Child(name) => children(item, name, out),
             Step::OfType(type_name) => {
                 if item.type_name == type_name || model::is_a(item.type_name, type_name) {
                     out.push(item);
@@ -176,35 +209,44 @@ fn apply<'a>(step: &Step, items: Vec<PathItem<'a>>) -> Vec<PathItem<'a>> {
             }
         }
     }
-    out
 }
 
 fn children<'a>(item: PathItem<'a>, name: &str, out: &mut Vec<PathItem<'a>>) {
     let Value::Object(object) = item.value else {
         return;
     };
-    let Some(element) = model::child(item.type_name, name) else {
-        return;
-    };
+    // Look at the JSON first: most elements of a parameter are absent, and a key check is
+    // far cheaper than a model lookup.
     let mut push = |key: &str, value: &'a Value| {
-        let Some((_, type_name)) = model::resolve_json_key(item.type_name, key) else {
+        let Some((element, type_name)) = model::resolve_json_key(item.type_name, key) else {
             return;
         };
+        if element.name != name {
+            return;
+        }
         match value {
-            Value::Array(values) => out.extend(values.iter().filter(|value| !value.is_null()).map(|value| PathItem { type_name, value })),
+            Value::Array(values) => out.extend(
+                values
+                    .iter()
+                    .filter(|value| !value.is_null())
+                    .map(|value| PathItem { type_name, value }),
+            ),
             Value::Null => {}
             value => out.push(PathItem { type_name, value }),
         }
     };
-    if element.choice {
-        for (key, value) in object {
-            let is_variant = key.strip_prefix(name).is_some_and(|suffix| suffix.starts_with(|ch: char| ch.is_ascii_uppercase()));
-            if is_variant {
-                push(key, value);
-            }
-        }
-    } else if let Some(value) = object.get(name) {
+    if let Some(value) = object.get(name) {
         push(name, value);
+        return;
+    }
+    // A choice element: `value` is held by `valueQuantity`, `valueString`…
+    for (key, value) in object {
+        let is_variant = key
+            .strip_prefix(name)
+            .is_some_and(|suffix| suffix.starts_with(|ch: char| ch.is_ascii_uppercase()));
+        if is_variant {
+            push(key, value);
+        }
     }
 }
 
@@ -218,7 +260,9 @@ mod tests {
         let resource_type = resource["resourceType"].as_str().unwrap();
         let mut out = Vec::new();
         compiled.evaluate(resource_type, resource, &mut out);
-        out.into_iter().map(|item| (item.type_name.to_owned(), item.value.clone())).collect()
+        out.into_iter()
+            .map(|item| (item.type_name.to_owned(), item.value.clone()))
+            .collect()
     }
 
     #[test]
@@ -231,21 +275,55 @@ mod tests {
         });
         let values = evaluate("Observation.value as Quantity", &observation);
         assert_eq!(values, vec![("Quantity".to_owned(), json!({"value": 5}))]);
-        assert_eq!(evaluate("(Observation.value as CodeableConcept)", &observation), vec![]);
-        assert_eq!(evaluate("Observation.effective", &observation)[0].0, "Period");
-        assert_eq!(evaluate("Observation.subject.where(resolve() is Patient)", &observation).len(), 1);
-        assert_eq!(evaluate("Observation.subject.where(resolve() is Group)", &observation).len(), 0);
-        assert_eq!(evaluate("Patient.name | Observation.subject", &observation).len(), 1);
+        assert_eq!(
+            evaluate("(Observation.value as CodeableConcept)", &observation),
+            vec![]
+        );
+        assert_eq!(
+            evaluate("Observation.effective", &observation)[0].0,
+            "Period"
+        );
+        assert_eq!(
+            evaluate(
+                "Observation.subject.where(resolve() is Patient)",
+                &observation
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            evaluate(
+                "Observation.subject.where(resolve() is Group)",
+                &observation
+            )
+            .len(),
+            0
+        );
+        assert_eq!(
+            evaluate("Patient.name | Observation.subject", &observation).len(),
+            1
+        );
         let patient = json!({"resourceType": "Patient", "telecom": [{"system": "phone", "value": "1"}, {"system": "email", "value": "2"}]});
         let phones = evaluate("Patient.telecom.where(system='phone')", &patient);
-        assert_eq!(phones, vec![("ContactPoint".to_owned(), json!({"system": "phone", "value": "1"}))]);
+        assert_eq!(
+            phones,
+            vec![(
+                "ContactPoint".to_owned(),
+                json!({"system": "phone", "value": "1"})
+            )]
+        );
     }
 
     #[test]
     fn rejects_what_it_cannot_evaluate() {
         assert!(CompiledPath::compile("Patient.telecom.where(system='phone').exists()").is_err());
-        assert!(CompiledPath::compile("Patient.telecom.where(system='phone' or system='fax')").is_err());
+        assert!(
+            CompiledPath::compile("Patient.telecom.where(system='phone' or system='fax')").is_err()
+        );
         assert!(CompiledPath::compile("Bundle.entry[0].resource").is_err());
-        assert!(CompiledPath::compile("Patient.deceased.exists() and Patient.deceased != false").is_err());
+        assert!(
+            CompiledPath::compile("Patient.deceased.exists() and Patient.deceased != false")
+                .is_err()
+        );
     }
 }

@@ -25,7 +25,10 @@ use crate::dates::parse_date_range;
 use crate::normalize::normalize;
 use crate::numbers::parse_decimal;
 use crate::registry::{Registry, SearchParam};
-use crate::{Chain, Clause, Include, Predicate, Prefix, SearchError, SearchQuery, SortKey, StringMatch, TotalMode};
+use crate::{
+    Chain, Clause, Include, Predicate, Prefix, SearchError, SearchQuery, SortKey, StringMatch,
+    TotalMode,
+};
 
 /// Page size when `_count` is absent.
 pub const DEFAULT_COUNT: usize = 20;
@@ -54,12 +57,21 @@ const BOOLEAN_EXPECTED: &str = "true or false";
 impl Registry {
     /// Parses search parameters (already percent-decoded, in request order) for a search on
     /// `resource_type`, or a system-level search when `None`.
-    pub fn parse(&self, resource_type: Option<&str>, params: &[(String, String)]) -> Result<ParsedSearch, SearchError> {
+    pub fn parse(
+        &self,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+    ) -> Result<ParsedSearch, SearchError> {
         self.parse_at(resource_type, params, now_ms())
     }
 
     /// [`Registry::parse`] with "now" given, for `ap` on dates (and for reproducible tests).
-    pub fn parse_at(&self, resource_type: Option<&str>, params: &[(String, String)], now_ms: i64) -> Result<ParsedSearch, SearchError> {
+    pub fn parse_at(
+        &self,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<ParsedSearch, SearchError> {
         if let Some(resource_type) = resource_type
             && !self.knows_type(resource_type)
         {
@@ -70,7 +82,11 @@ impl Registry {
             resource_type,
             now_ms,
             parsed: ParsedSearch {
-                query: SearchQuery { resource_type: resource_type.map(str::to_owned), count: DEFAULT_COUNT, ..SearchQuery::default() },
+                query: SearchQuery {
+                    resource_type: resource_type.map(str::to_owned),
+                    count: DEFAULT_COUNT,
+                    ..SearchQuery::default()
+                },
                 ignored: Vec::new(),
                 elements: Vec::new(),
                 canonical_clauses: Vec::new(),
@@ -98,8 +114,11 @@ impl ParsedSearch {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let query = &self.query;
         if !query.sort.is_empty() {
-            let keys: Vec<String> =
-                query.sort.iter().map(|key| format!("{}{}", if key.descending { "-" } else { "" }, key.param)).collect();
+            let keys: Vec<String> = query
+                .sort
+                .iter()
+                .map(|key| format!("{}{}", if key.descending { "-" } else { "" }, key.param))
+                .collect();
             params.push(("_sort".into(), keys.join(",")));
         }
         params.push(("_count".into(), query.count.to_string()));
@@ -115,9 +134,16 @@ impl ParsedSearch {
         if !self.elements.is_empty() {
             params.push(("_elements".into(), self.elements.join(",")));
         }
-        for (name, includes) in [("_include", &query.includes), ("_revinclude", &query.revincludes)] {
+        for (name, includes) in [
+            ("_include", &query.includes),
+            ("_revinclude", &query.revincludes),
+        ] {
             for include in includes {
-                let name = if include.iterate { format!("{name}:iterate") } else { name.to_owned() };
+                let name = if include.iterate {
+                    format!("{name}:iterate")
+                } else {
+                    name.to_owned()
+                };
                 let mut value = format!("{}:{}", include.source_type, include.param);
                 if let Some(target) = &include.target_type {
                     value = format!("{value}:{target}");
@@ -135,19 +161,39 @@ impl ParsedSearch {
 }
 
 /// Characters that must be escaped in a query-string name or value; `,` `|` `:` stay readable.
-const QUERY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'&').add(b'+').add(b'=').add(b'?').add(b'<').add(b'>').add(b'`');
+const QUERY_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'=')
+    .add(b'?')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`');
 
 /// Percent-encodes `(name, value)` pairs as `a=1&b=2`.
 pub fn encode_query(params: &[(String, String)]) -> String {
     params
         .iter()
-        .map(|(name, value)| format!("{}={}", utf8_percent_encode(name, QUERY_ESCAPES), utf8_percent_encode(value, QUERY_ESCAPES)))
+        .map(|(name, value)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(name, QUERY_ESCAPES),
+                utf8_percent_encode(value, QUERY_ESCAPES)
+            )
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 struct Parser<'a> {
@@ -178,16 +224,24 @@ impl Parser<'_> {
             "_format" | "_pretty" => return Ok(()),
             "_count" => return self.count(name, value),
             "_offset" => {
-                self.parsed.query.offset =
-                    value.parse().map_err(|_| SearchError::invalid(name, value, "a whole number of matches to skip, such as 0 or 40"))?;
+                self.parsed.query.offset = value.parse().map_err(|_| {
+                    SearchError::invalid(
+                        name,
+                        value,
+                        "a whole number of matches to skip, such as 0 or 40",
+                    )
+                })?;
                 return Ok(());
             }
             "_sort" => return self.sort(value),
             "_summary" => return self.summary(name, value),
             "_total" => return self.total(name, value),
             "_elements" => return self.elements(name, value),
-            "_include" | "_revinclude" => return self.include(name, base_name == "_revinclude", modifier, value),
-            "_contained" | "_containedType" | "_type" | "_list" | "_query" | "_filter" | "_text" | "_content" => {
+            "_include" | "_revinclude" => {
+                return self.include(name, base_name == "_revinclude", modifier, value);
+            }
+            "_contained" | "_containedType" | "_type" | "_list" | "_query" | "_filter"
+            | "_text" | "_content" => {
                 self.ignore(name, format!("{base_name} is not supported"));
                 return Ok(());
             }
@@ -203,14 +257,21 @@ impl Parser<'_> {
         }
         if let Some(parsed) = self.clause(self.resource_type, name, value)? {
             self.parsed.query.clauses.push(parsed.clause);
-            self.parsed.canonical_clauses.push((parsed.name, parsed.value));
+            self.parsed
+                .canonical_clauses
+                .push((parsed.name, parsed.value));
         }
         Ok(())
     }
 
     /// Parses `code[:modifier][.chained[:modifier]]=value` on `resource_type`; `None` when the
     /// parameter is reported as ignored.
-    fn clause(&mut self, resource_type: Option<&str>, name: &str, value: &str) -> Result<Option<ParsedClause>, SearchError> {
+    fn clause(
+        &mut self,
+        resource_type: Option<&str>,
+        name: &str,
+        value: &str,
+    ) -> Result<Option<ParsedClause>, SearchError> {
         let (head, chained) = match name.split_once('.') {
             Some((head, chained)) => (head, Some(chained)),
             None => (name, None),
@@ -220,13 +281,22 @@ impl Parser<'_> {
             None => (head, None),
         };
         let Some(param) = self.registry.lookup(resource_type, code) else {
-            let scope = resource_type.map_or_else(|| "a system-level search".to_owned(), |t| format!("resource type {t}"));
-            self.ignore(name, format!("unknown search parameter '{code}' for {scope}"));
+            let scope = resource_type.map_or_else(
+                || "a system-level search".to_owned(),
+                |t| format!("resource type {t}"),
+            );
+            self.ignore(
+                name,
+                format!("unknown search parameter '{code}' for {scope}"),
+            );
             return Ok(None);
         };
         let param = std::sync::Arc::clone(param);
         if !crate::registry::extractable(param.kind) {
-            self.ignore(name, format!("{} search parameters are not supported", param.kind.code()));
+            self.ignore(
+                name,
+                format!("{} search parameters are not supported", param.kind.code()),
+            );
             return Ok(None);
         }
         if let Some(chained) = chained {
@@ -239,7 +309,11 @@ impl Parser<'_> {
                 _ => return Err(SearchError::invalid(name, value, BOOLEAN_EXPECTED)),
             };
             return Ok(Some(ParsedClause {
-                clause: Clause { param: param.code.clone(), chain: None, predicates: vec![Predicate::Missing(missing)] },
+                clause: Clause {
+                    param: param.code.clone(),
+                    chain: None,
+                    predicates: vec![Predicate::Missing(missing)],
+                },
                 name: format!("{}:missing", param.code),
                 value: value.to_owned(),
             }));
@@ -249,12 +323,20 @@ impl Parser<'_> {
             (SearchParamKind::String, Some("exact" | "contains")) => true,
             (SearchParamKind::Token, Some("not" | "text")) => true,
             (SearchParamKind::Uri, Some("below" | "above")) => true,
-            (SearchParamKind::Reference, Some(target)) => flare_fhir::model::is_resource_type(target),
+            (SearchParamKind::Reference, Some(target)) => {
+                flare_fhir::model::is_resource_type(target)
+            }
             _ => false,
         };
         if !supported {
             let modifier = modifier.unwrap_or_default();
-            self.ignore(name, format!("modifier ':{modifier}' is not supported on {} parameters", param.kind.code()));
+            self.ignore(
+                name,
+                format!(
+                    "modifier ':{modifier}' is not supported on {} parameters",
+                    param.kind.code()
+                ),
+            );
             return Ok(None);
         }
         let mut predicates = Vec::new();
@@ -277,7 +359,11 @@ impl Parser<'_> {
             (_, Some(modifier)) => format!(":{modifier}"),
         };
         Ok(Some(ParsedClause {
-            clause: Clause { param: param.code.clone(), chain: None, predicates },
+            clause: Clause {
+                param: param.code.clone(),
+                chain: None,
+                predicates,
+            },
             name: format!("{}{canonical_modifier}", param.code),
             value: canonical_values.join(","),
         }))
@@ -292,7 +378,13 @@ impl Parser<'_> {
         value: &str,
     ) -> Result<Option<ParsedClause>, SearchError> {
         if param.kind != SearchParamKind::Reference {
-            self.ignore(name, format!("'{}' is not a reference parameter, so it cannot be chained", param.code));
+            self.ignore(
+                name,
+                format!(
+                    "'{}' is not a reference parameter, so it cannot be chained",
+                    param.code
+                ),
+            );
             return Ok(None);
         }
         if chained.contains('.') {
@@ -315,14 +407,24 @@ impl Parser<'_> {
                 match candidates.as_slice() {
                     [only] => (*only).clone(),
                     [] => {
-                        self.ignore(name, format!("no target of '{}' has a search parameter '{chained_code}'", param.code));
+                        self.ignore(
+                            name,
+                            format!(
+                                "no target of '{}' has a search parameter '{chained_code}'",
+                                param.code
+                            ),
+                        );
                         return Ok(None);
                     }
                     several => {
                         return Err(SearchError::AmbiguousChain {
                             param: param.code.clone(),
                             chained: chained.to_owned(),
-                            candidates: several.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                            candidates: several
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
                             example: several[0].clone(),
                         });
                     }
@@ -335,7 +437,10 @@ impl Parser<'_> {
         Ok(Some(ParsedClause {
             clause: Clause {
                 param: param.code.clone(),
-                chain: Some(Box::new(Chain { target_type: target_type.clone(), clause: inner.clause })),
+                chain: Some(Box::new(Chain {
+                    target_type: target_type.clone(),
+                    clause: inner.clause,
+                })),
                 predicates: Vec::new(),
             },
             name: format!("{}:{target_type}.{}", param.code, inner.name),
@@ -344,14 +449,29 @@ impl Parser<'_> {
     }
 
     /// One comma-separated value: its predicate and canonical text.
-    fn value(&self, name: &str, param: &SearchParam, modifier: Option<&str>, raw: &str) -> Result<(Predicate, String), SearchError> {
+    fn value(
+        &self,
+        name: &str,
+        param: &SearchParam,
+        modifier: Option<&str>,
+        raw: &str,
+    ) -> Result<(Predicate, String), SearchError> {
         match param.kind {
             SearchParamKind::String => {
                 let text = unescape(raw);
                 let predicate = match modifier {
-                    Some("exact") => Predicate::String { mode: StringMatch::Exact, value: text.clone() },
-                    Some("contains") => Predicate::String { mode: StringMatch::Contains, value: normalize(&text) },
-                    _ => Predicate::String { mode: StringMatch::StartsWith, value: normalize(&text) },
+                    Some("exact") => Predicate::String {
+                        mode: StringMatch::Exact,
+                        value: text.clone(),
+                    },
+                    Some("contains") => Predicate::String {
+                        mode: StringMatch::Contains,
+                        value: normalize(&text),
+                    },
+                    _ => Predicate::String {
+                        mode: StringMatch::StartsWith,
+                        value: normalize(&text),
+                    },
                 };
                 Ok((predicate, escape(&text)))
             }
@@ -364,8 +484,16 @@ impl Parser<'_> {
                 let (system, code) = match split_unescaped(raw, '|').as_slice() {
                     [code] => (None, Some(unescape(code))),
                     [system, code] => {
-                        let system = if system.is_empty() { Some(None) } else { Some(Some(unescape(system))) };
-                        let code = if code.is_empty() { None } else { Some(unescape(code)) };
+                        let system = if system.is_empty() {
+                            Some(None)
+                        } else {
+                            Some(Some(unescape(system)))
+                        };
+                        let code = if code.is_empty() {
+                            None
+                        } else {
+                            Some(unescape(code))
+                        };
                         if system == Some(None) && code.is_none() {
                             return Err(SearchError::invalid(name, raw, TOKEN_EXPECTED));
                         }
@@ -381,26 +509,49 @@ impl Parser<'_> {
                         escape(code.as_deref().unwrap_or_default())
                     ),
                 };
-                Ok((Predicate::Token { system, code, negate }, canonical))
+                Ok((
+                    Predicate::Token {
+                        system,
+                        code,
+                        negate,
+                    },
+                    canonical,
+                ))
             }
             SearchParamKind::Reference => self.reference(name, param, modifier, raw),
             SearchParamKind::Date => {
                 let (prefix, text) = split_prefix(raw);
-                let (mut low_ms, mut high_ms) =
-                    parse_date_range(text).ok_or_else(|| SearchError::invalid(name, raw, DATE_EXPECTED))?;
+                let (mut low_ms, mut high_ms) = parse_date_range(text)
+                    .ok_or_else(|| SearchError::invalid(name, raw, DATE_EXPECTED))?;
                 if prefix == Prefix::Ap {
                     let middle = low_ms / 2 + high_ms / 2;
                     let widening = (self.now_ms.saturating_sub(middle)).saturating_abs() / 10;
                     low_ms = low_ms.saturating_sub(widening);
                     high_ms = high_ms.saturating_add(widening);
                 }
-                Ok((Predicate::Date { prefix, low_ms, high_ms }, format!("{}{text}", prefix_text(prefix))))
+                Ok((
+                    Predicate::Date {
+                        prefix,
+                        low_ms,
+                        high_ms,
+                    },
+                    format!("{}{text}", prefix_text(prefix)),
+                ))
             }
             SearchParamKind::Number => {
                 let (prefix, text) = split_prefix(raw);
-                let (value, low, high) = parse_decimal(text).ok_or_else(|| SearchError::invalid(name, raw, NUMBER_EXPECTED))?;
+                let (value, low, high) = parse_decimal(text)
+                    .ok_or_else(|| SearchError::invalid(name, raw, NUMBER_EXPECTED))?;
                 let (low, high) = widen_if_approximate(prefix, value, low, high);
-                Ok((Predicate::Number { prefix, value, low, high }, format!("{}{text}", prefix_text(prefix))))
+                Ok((
+                    Predicate::Number {
+                        prefix,
+                        value,
+                        low,
+                        high,
+                    },
+                    format!("{}{text}", prefix_text(prefix)),
+                ))
             }
             SearchParamKind::Quantity => {
                 let (prefix, text) = split_prefix(raw);
@@ -414,7 +565,8 @@ impl Parser<'_> {
                     }
                     _ => return Err(SearchError::invalid(name, raw, QUANTITY_EXPECTED)),
                 };
-                let (value, low, high) = parse_decimal(number).ok_or_else(|| SearchError::invalid(name, raw, QUANTITY_EXPECTED))?;
+                let (value, low, high) = parse_decimal(number)
+                    .ok_or_else(|| SearchError::invalid(name, raw, QUANTITY_EXPECTED))?;
                 let (low, high) = widen_if_approximate(prefix, value, low, high);
                 let canonical = if system.is_none() && code.is_none() {
                     format!("{}{number}", prefix_text(prefix))
@@ -426,29 +578,63 @@ impl Parser<'_> {
                         escape(code.as_deref().unwrap_or_default())
                     )
                 };
-                Ok((Predicate::Quantity { prefix, value, low, high, system, code }, canonical))
+                Ok((
+                    Predicate::Quantity {
+                        prefix,
+                        value,
+                        low,
+                        high,
+                        system,
+                        code,
+                    },
+                    canonical,
+                ))
             }
             SearchParamKind::Uri => {
                 let text = unescape(raw);
-                let predicate =
-                    Predicate::Uri { value: text.clone(), below: modifier == Some("below"), above: modifier == Some("above") };
+                let predicate = Predicate::Uri {
+                    value: text.clone(),
+                    below: modifier == Some("below"),
+                    above: modifier == Some("above"),
+                };
                 Ok((predicate, escape(&text)))
             }
-            SearchParamKind::Composite | SearchParamKind::Special => {
-                Err(SearchError::invalid(name, raw, "a parameter type Flare can search on"))
-            }
+            SearchParamKind::Composite | SearchParamKind::Special => Err(SearchError::invalid(
+                name,
+                raw,
+                "a parameter type Flare can search on",
+            )),
         }
     }
 
-    fn reference(&self, name: &str, param: &SearchParam, modifier: Option<&str>, raw: &str) -> Result<(Predicate, String), SearchError> {
+    fn reference(
+        &self,
+        name: &str,
+        param: &SearchParam,
+        modifier: Option<&str>,
+        raw: &str,
+    ) -> Result<(Predicate, String), SearchError> {
         let text = unescape(raw);
         let is_absolute = text.contains("://") || text.starts_with("urn:");
         if is_absolute {
             let canonical = escape(&text);
-            return Ok((Predicate::Reference { target_type: None, target_id: None, url: Some(text) }, canonical));
+            return Ok((
+                Predicate::Reference {
+                    target_type: None,
+                    target_id: None,
+                    url: Some(text),
+                },
+                canonical,
+            ));
         }
         let mut segments = text.split('/');
-        let (target_type, target_id) = match (segments.next(), segments.next(), segments.next(), segments.next(), segments.next()) {
+        let (target_type, target_id) = match (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) {
             (Some(id), None, ..) => {
                 let single_target = match param.targets.as_slice() {
                     [only] => Some(only.clone()),
@@ -457,26 +643,42 @@ impl Parser<'_> {
                 (modifier.map(str::to_owned).or(single_target), id.to_owned())
             }
             // `Type/id` or `Type/id/_history/version` (versions are not indexed).
-            (Some(kind), Some(id), None, ..) | (Some(kind), Some(id), Some("_history"), Some(_), None) => {
-                if !flare_fhir::model::is_resource_type(kind) || modifier.is_some_and(|wanted| wanted != kind) {
+            (Some(kind), Some(id), None, ..)
+            | (Some(kind), Some(id), Some("_history"), Some(_), None) => {
+                if !flare_fhir::model::is_resource_type(kind)
+                    || modifier.is_some_and(|wanted| wanted != kind)
+                {
                     return Err(SearchError::invalid(name, raw, reference_expected(param)));
                 }
                 (Some(kind.to_owned()), id.to_owned())
             }
             _ => return Err(SearchError::invalid(name, raw, reference_expected(param))),
         };
-        if target_id.is_empty() || !target_id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.') {
+        if target_id.is_empty()
+            || !target_id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.')
+        {
             return Err(SearchError::invalid(name, raw, reference_expected(param)));
         }
         let canonical = match &target_type {
             Some(kind) => format!("{kind}/{target_id}"),
             None => target_id.clone(),
         };
-        Ok((Predicate::Reference { target_type, target_id: Some(target_id), url: None }, canonical))
+        Ok((
+            Predicate::Reference {
+                target_type,
+                target_id: Some(target_id),
+                url: None,
+            },
+            canonical,
+        ))
     }
 
     fn count(&mut self, name: &str, value: &str) -> Result<(), SearchError> {
-        let count: usize = value.parse().map_err(|_| SearchError::invalid(name, value, format!("a page size from 0 to {MAX_COUNT}")))?;
+        let count: usize = value.parse().map_err(|_| {
+            SearchError::invalid(name, value, format!("a page size from 0 to {MAX_COUNT}"))
+        })?;
         if count > MAX_COUNT {
             self.ignore(name, format!("_count is capped at {MAX_COUNT}"));
         }
@@ -485,17 +687,30 @@ impl Parser<'_> {
     }
 
     fn sort(&mut self, value: &str) -> Result<(), SearchError> {
-        for key in value.split(',').map(str::trim).filter(|key| !key.is_empty()) {
+        for key in value
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+        {
             let (descending, code) = match key.strip_prefix('-') {
                 Some(code) => (true, code),
                 None => (false, key),
             };
             let sortable = matches!(code, "_id" | "_lastUpdated")
-                || self.registry.lookup(self.resource_type, code).is_some_and(|param| crate::registry::extractable(param.kind));
+                || self
+                    .registry
+                    .lookup(self.resource_type, code)
+                    .is_some_and(|param| crate::registry::extractable(param.kind));
             if sortable {
-                self.parsed.query.sort.push(SortKey { param: code.to_owned(), descending });
+                self.parsed.query.sort.push(SortKey {
+                    param: code.to_owned(),
+                    descending,
+                });
             } else {
-                self.ignore("_sort", format!("cannot sort by '{code}': not a search parameter of this type"));
+                self.ignore(
+                    "_sort",
+                    format!("cannot sort by '{code}': not a search parameter of this type"),
+                );
             }
         }
         Ok(())
@@ -505,8 +720,17 @@ impl Parser<'_> {
         match value {
             "count" => self.parsed.query.count_only = true,
             "false" => {}
-            "true" | "text" | "data" => self.ignore(name, format!("_summary={value} is not supported; full resources are returned")),
-            _ => return Err(SearchError::invalid(name, value, "one of true, false, text, data, count")),
+            "true" | "text" | "data" => self.ignore(
+                name,
+                format!("_summary={value} is not supported; full resources are returned"),
+            ),
+            _ => {
+                return Err(SearchError::invalid(
+                    name,
+                    value,
+                    "one of true, false, text, data, count",
+                ));
+            }
         }
         Ok(())
     }
@@ -519,17 +743,36 @@ impl Parser<'_> {
                 self.ignore(name, "_total=estimate is served as accurate");
                 TotalMode::Accurate
             }
-            _ => return Err(SearchError::invalid(name, value, "one of none, estimate, accurate")),
+            _ => {
+                return Err(SearchError::invalid(
+                    name,
+                    value,
+                    "one of none, estimate, accurate",
+                ));
+            }
         };
         Ok(())
     }
 
     fn elements(&mut self, name: &str, value: &str) -> Result<(), SearchError> {
-        for element in value.split(',').map(str::trim).filter(|element| !element.is_empty()) {
-            let valid = element.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic())
-                && element.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.');
+        for element in value
+            .split(',')
+            .map(str::trim)
+            .filter(|element| !element.is_empty())
+        {
+            let valid = element
+                .chars()
+                .next()
+                .is_some_and(|ch| ch.is_ascii_alphabetic())
+                && element
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.');
             if !valid {
-                return Err(SearchError::invalid(name, value, "a comma-separated list of element names, such as identifier,active"));
+                return Err(SearchError::invalid(
+                    name,
+                    value,
+                    "a comma-separated list of element names, such as identifier,active",
+                ));
             }
             if !self.parsed.elements.iter().any(|known| known == element) {
                 self.parsed.elements.push(element.to_owned());
@@ -538,38 +781,72 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn include(&mut self, name: &str, reverse: bool, modifier: Option<&str>, value: &str) -> Result<(), SearchError> {
+    fn include(
+        &mut self,
+        name: &str,
+        reverse: bool,
+        modifier: Option<&str>,
+        value: &str,
+    ) -> Result<(), SearchError> {
         let iterate = match modifier {
             None => false,
             Some("iterate" | "recurse") => true,
             Some(other) => {
-                self.ignore(name, format!("modifier ':{other}' is not supported on includes"));
+                self.ignore(
+                    name,
+                    format!("modifier ':{other}' is not supported on includes"),
+                );
                 return Ok(());
             }
         };
         let parts: Vec<&str> = value.split(':').collect();
         if value == "*" || parts.get(1) == Some(&"*") {
-            self.ignore(name, "wildcard includes are not supported; name the reference parameter");
+            self.ignore(
+                name,
+                "wildcard includes are not supported; name the reference parameter",
+            );
             return Ok(());
         }
         let (source_type, param_code, target_type) = match parts.as_slice() {
             [source, param] => (*source, *param, None),
             [source, param, target] => (*source, *param, Some(*target)),
-            _ => return Err(SearchError::invalid(name, value, "SourceType:parameter or SourceType:parameter:TargetType, as in Observation:subject")),
+            _ => {
+                return Err(SearchError::invalid(
+                    name,
+                    value,
+                    "SourceType:parameter or SourceType:parameter:TargetType, as in Observation:subject",
+                ));
+            }
         };
-        if !self.registry.knows_type(source_type) || target_type.is_some_and(|target| !self.registry.knows_type(target)) {
-            return Err(SearchError::invalid(name, value, "resource types that exist in FHIR R4, as in Observation:subject:Patient"));
+        if !self.registry.knows_type(source_type)
+            || target_type.is_some_and(|target| !self.registry.knows_type(target))
+        {
+            return Err(SearchError::invalid(
+                name,
+                value,
+                "resource types that exist in FHIR R4, as in Observation:subject:Patient",
+            ));
         }
         let is_reference = self
             .registry
             .lookup(Some(source_type), param_code)
             .is_some_and(|param| param.kind == SearchParamKind::Reference);
         if !is_reference {
-            self.ignore(name, format!("'{param_code}' is not a reference parameter of {source_type}"));
+            self.ignore(
+                name,
+                format!("'{param_code}' is not a reference parameter of {source_type}"),
+            );
             return Ok(());
         }
-        if !reverse && self.resource_type.is_some_and(|searched| searched != source_type) {
-            self.ignore(name, format!("_include must start from the searched type, not {source_type}"));
+        if !reverse
+            && self
+                .resource_type
+                .is_some_and(|searched| searched != source_type)
+        {
+            self.ignore(
+                name,
+                format!("_include must start from the searched type, not {source_type}"),
+            );
             return Ok(());
         }
         let include = Include {
@@ -578,7 +855,11 @@ impl Parser<'_> {
             target_type: target_type.map(str::to_owned),
             iterate,
         };
-        let list = if reverse { &mut self.parsed.query.revincludes } else { &mut self.parsed.query.includes };
+        let list = if reverse {
+            &mut self.parsed.query.revincludes
+        } else {
+            &mut self.parsed.query.includes
+        };
         if !list.contains(&include) {
             list.push(include);
         }

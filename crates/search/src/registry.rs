@@ -68,7 +68,9 @@ impl Registry {
     pub fn from_definitions<'a>(definitions: impl IntoIterator<Item = &'a SearchParamDef>) -> Self {
         let definitions: Vec<&SearchParamDef> = definitions.into_iter().collect();
         let mut registry = Registry::default();
-        let mut concrete_types: Vec<String> = flare_fhir::model::resource_types().map(str::to_owned).collect();
+        let mut concrete_types: Vec<String> = flare_fhir::model::resource_types()
+            .map(str::to_owned)
+            .collect();
         for definition in &definitions {
             for base in &definition.base {
                 if !ABSTRACT_BASES.contains(&base.as_str()) && !concrete_types.contains(base) {
@@ -77,7 +79,11 @@ impl Registry {
             }
         }
         for definition in &definitions {
-            if definition.base.iter().any(|base| ABSTRACT_BASES.contains(&base.as_str())) {
+            if definition
+                .base
+                .iter()
+                .any(|base| ABSTRACT_BASES.contains(&base.as_str()))
+            {
                 let param = registry.build_param(definition, None);
                 insert(&mut registry.common, param);
             }
@@ -103,7 +109,11 @@ impl Registry {
         registry
     }
 
-    fn build_param(&mut self, definition: &SearchParamDef, resource_type: Option<&str>) -> Arc<SearchParam> {
+    fn build_param(
+        &mut self,
+        definition: &SearchParamDef,
+        resource_type: Option<&str>,
+    ) -> Arc<SearchParam> {
         let expression = definition
             .expression
             .as_deref()
@@ -117,7 +127,8 @@ impl Registry {
                 Ok(compiled) => Some(compiled),
                 Err(message) => {
                     tracing::warn!(url = %definition.url, %message, "search parameter expression does not compile");
-                    self.compile_failures.push((definition.url.clone(), message));
+                    self.compile_failures
+                        .push((definition.url.clone(), message));
                     None
                 }
             },
@@ -136,7 +147,9 @@ impl Registry {
     /// The parameters of a resource type (its own and the common ones), or `None` for an
     /// unknown type.
     pub fn params(&self, resource_type: &str) -> Option<&[Arc<SearchParam>]> {
-        self.by_type.get(resource_type).map(|params| params.params.as_slice())
+        self.by_type
+            .get(resource_type)
+            .map(|params| params.params.as_slice())
     }
 
     /// The parameter `code` of `resource_type`; with no type, the common parameters
@@ -193,7 +206,13 @@ impl Registry {
             items.clear();
             compiled.evaluate(resource_type, resource, &mut items);
             for item in &items {
-                convert(&param.code, param.kind, item.type_name, item.value, &mut entries);
+                convert(
+                    &param.code,
+                    param.kind,
+                    item.type_name,
+                    item.value,
+                    &mut entries,
+                );
             }
         }
         entries
@@ -209,7 +228,9 @@ fn insert(params: &mut TypeParams, param: Arc<SearchParam>) {
     match params.by_code.get(&param.code) {
         Some(&index) => params.params[index] = param,
         None => {
-            params.by_code.insert(param.code.clone(), params.params.len());
+            params
+                .by_code
+                .insert(param.code.clone(), params.params.len());
             params.params.push(param);
         }
     }
@@ -224,7 +245,11 @@ fn documentation(param: &SearchParam) -> String {
     let what = param.expression.as_deref().unwrap_or("(no expression)");
     match param.kind {
         SearchParamKind::Reference if !param.targets.is_empty() => {
-            format!("{} search on {what} (to {})", param.kind.code(), param.targets.join(", "))
+            format!(
+                "{} search on {what} (to {})",
+                param.kind.code(),
+                param.targets.join(", ")
+            )
         }
         kind => format!("{} search on {what}", kind.code()),
     }
@@ -287,7 +312,9 @@ fn split_top_level_unions(expression: &str) -> Vec<&str> {
 /// Quantity)` → `Observation`.
 fn root_identifier(branch: &str) -> Option<&str> {
     let trimmed = branch.trim_start_matches(|ch: char| ch == '(' || ch.is_whitespace());
-    let end = trimmed.find(|ch: char| !(ch.is_alphanumeric() || ch == '_')).unwrap_or(trimmed.len());
+    let end = trimmed
+        .find(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+        .unwrap_or(trimmed.len());
     (end > 0).then(|| &trimmed[..end])
 }
 
@@ -298,11 +325,20 @@ mod tests {
     #[test]
     fn narrows_shared_expressions() {
         let shared = "AllergyIntolerance.patient | CarePlan.subject.where(resolve() is Patient) | Observation.subject.where(resolve() is Patient)";
-        assert_eq!(narrow_expression(shared, "Observation"), "Observation.subject.where(resolve() is Patient)");
         assert_eq!(
-            narrow_expression("(ActivityDefinition.useContext.value as CodeableConcept) | (Library.useContext.value as CodeableConcept)", "Library"),
+            narrow_expression(shared, "Observation"),
+            "Observation.subject.where(resolve() is Patient)"
+        );
+        assert_eq!(
+            narrow_expression(
+                "(ActivityDefinition.useContext.value as CodeableConcept) | (Library.useContext.value as CodeableConcept)",
+                "Library"
+            ),
             "(Library.useContext.value as CodeableConcept)"
         );
-        assert_eq!(narrow_expression("Patient.name.where(use = 'a|b')", "Patient"), "Patient.name.where(use = 'a|b')");
+        assert_eq!(
+            narrow_expression("Patient.name.where(use = 'a|b')", "Patient"),
+            "Patient.name.where(use = 'a|b')"
+        );
     }
 }

@@ -21,7 +21,11 @@ fn params_of(query: &str) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+            let decode = |text: &str| {
+                percent_encoding::percent_decode_str(text)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             (decode(name), decode(value))
         })
         .collect()
@@ -35,12 +39,21 @@ fn parse(resource_type: &str, query: &str) -> Result<ParsedSearch, SearchError> 
 fn check_all(cases: &[(&Value, &str, bool)]) {
     let mut failures = Vec::new();
     for (resource, query, expected) in cases {
-        let resource_type = resource["resourceType"].as_str().expect("test resources have a type");
+        let resource_type = resource["resourceType"]
+            .as_str()
+            .expect("test resources have a type");
         let parsed = parse(resource_type, query).unwrap_or_else(|error| panic!("{query}: {error}"));
-        assert!(parsed.ignored.is_empty(), "{query}: ignored {:?}", parsed.ignored);
+        assert!(
+            parsed.ignored.is_empty(),
+            "{query}: ignored {:?}",
+            parsed.ignored
+        );
         let entries = registry().extract(resource);
         if matches(&parsed.query.clauses, &entries) != *expected {
-            failures.push(format!("{resource_type}?{query} should {}match", if *expected { "" } else { "not " }));
+            failures.push(format!(
+                "{resource_type}?{query} should {}match",
+                if *expected { "" } else { "not " }
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -115,7 +128,11 @@ fn tokens() {
         (&patient, "active=true", true),
         (&patient, "active=false", false),
         (&patient, "identifier=12345", true),
-        (&patient, "identifier=urn:oid:1.2.36.146.595.217.0.1|12345", true),
+        (
+            &patient,
+            "identifier=urn:oid:1.2.36.146.595.217.0.1|12345",
+            true,
+        ),
         (&patient, "identifier=urn:other|12345", false),
         (&patient, "identifier=|12345", false),
         (&patient, "identifier=urn:oid:1.2.36.146.595.217.0.1|", true),
@@ -158,7 +175,11 @@ fn references() {
         (&observation, "encounter=Encounter/enc-1", true),
         (&patient, "general-practitioner=Practitioner/gp-7", true),
         (&patient, "general-practitioner=gp-7", true),
-        (&patient, "organization=http://other.org/fhir/Organization/1", true),
+        (
+            &patient,
+            "organization=http://other.org/fhir/Organization/1",
+            true,
+        ),
         (&patient, "organization=Organization/1", false),
         (&patient, "link:missing=true", true),
     ]);
@@ -195,7 +216,11 @@ fn dates_with_every_prefix() {
         (&patient, "_lastUpdated=2020-05-06", true),
         (&patient, "_lastUpdated=2020-05-06T05:08:09Z", true),
         (&patient, "_lastUpdated=gt2020-05-06T05:08:09Z", false),
-        (&patient, "_lastUpdated=lt2020-05-06T07:00:00%2B02:00", false),
+        (
+            &patient,
+            "_lastUpdated=lt2020-05-06T07:00:00%2B02:00",
+            false,
+        ),
         (&patient, "_lastUpdated=gt2020-05-06T07:00:00%2B02:00", true),
         (&observation, "date=2020-03-04", true),
         (&observation, "date=2020-03-04T10:30", false),
@@ -223,8 +248,16 @@ fn quantities_and_numbers() {
         (&observation, "value-quantity=ap21", true),
         (&observation, "value-quantity=ap19", false),
         (&observation, "value-quantity=ne22", true),
-        (&observation, "value-quantity=22.5|http://unitsofmeasure.org|/min", true),
-        (&observation, "value-quantity=22.5|http://unitsofmeasure.org|mg", false),
+        (
+            &observation,
+            "value-quantity=22.5|http://unitsofmeasure.org|/min",
+            true,
+        ),
+        (
+            &observation,
+            "value-quantity=22.5|http://unitsofmeasure.org|mg",
+            false,
+        ),
         (&observation, "value-quantity=22.5||/min", true),
         (&observation, "value-quantity=22.5||breaths/minute", true),
         (&observation, "value-quantity=gt20||mg", false),
@@ -241,28 +274,60 @@ fn uris_and_canonicals() {
     let value_set = json!({"resourceType": "ValueSet", "id": "v", "url": "http://example.org/fhir/ValueSet/colours|2.0"});
     let patient = patient();
     check_all(&[
-        (&value_set, "url=http://example.org/fhir/ValueSet/colours", true),
-        (&value_set, "url=http://example.org/fhir/ValueSet/colours|2.0", true),
-        (&value_set, "url=http://example.org/fhir/ValueSet/shapes", false),
+        (
+            &value_set,
+            "url=http://example.org/fhir/ValueSet/colours",
+            true,
+        ),
+        (
+            &value_set,
+            "url=http://example.org/fhir/ValueSet/colours|2.0",
+            true,
+        ),
+        (
+            &value_set,
+            "url=http://example.org/fhir/ValueSet/shapes",
+            false,
+        ),
         (&value_set, "url:below=http://example.org/fhir/", true),
         (&value_set, "url:below=http://example.org/other/", false),
-        (&value_set, "url:above=http://example.org/fhir/ValueSet/colours/extra", true),
-        (&patient, "_profile=http://example.org/StructureDefinition/p", true),
+        (
+            &value_set,
+            "url:above=http://example.org/fhir/ValueSet/colours/extra",
+            true,
+        ),
+        (
+            &patient,
+            "_profile=http://example.org/StructureDefinition/p",
+            true,
+        ),
     ]);
 }
 
 #[test]
 fn chains_are_parsed_but_not_matched_in_memory() {
-    let parsed = parse("Observation", "subject:Patient.name=peter&patient.identifier=urn:x|1").unwrap();
+    let parsed = parse(
+        "Observation",
+        "subject:Patient.name=peter&patient.identifier=urn:x|1",
+    )
+    .unwrap();
     let chain = parsed.query.clauses[0].chain.as_ref().unwrap();
     assert_eq!(chain.target_type, "Patient");
     assert_eq!(chain.clause.param, "name");
     let inner = parsed.query.clauses[1].chain.as_ref().unwrap();
     assert_eq!(inner.target_type, "Patient");
-    assert!(matches!(&inner.clause.predicates[0], Predicate::Token { system: Some(Some(s)), .. } if s == "urn:x"));
-    assert!(!matches(&parsed.query.clauses, &registry().extract(&observation())));
+    assert!(
+        matches!(&inner.clause.predicates[0], Predicate::Token { system: Some(Some(s)), .. } if s == "urn:x")
+    );
+    assert!(!matches(
+        &parsed.query.clauses,
+        &registry().extract(&observation())
+    ));
     let ambiguous = parse("Observation", "subject.name=peter").unwrap_err();
-    assert!(matches!(ambiguous, SearchError::AmbiguousChain { .. }), "{ambiguous}");
+    assert!(
+        matches!(ambiguous, SearchError::AmbiguousChain { .. }),
+        "{ambiguous}"
+    );
     assert!(ambiguous.to_string().contains("subject:"), "{ambiguous}");
 }
 
@@ -285,17 +350,38 @@ fn invalid_values_are_errors_naming_the_parameter() {
     ] {
         let error = parse(resource_type, query).expect_err(query);
         let message = error.to_string();
-        assert!(message.contains(&format!("'{named}'")), "{query}: {message}");
+        assert!(
+            message.contains(&format!("'{named}'")),
+            "{query}: {message}"
+        );
         assert!(message.contains("expected"), "{query}: {message}");
     }
-    assert!(matches!(registry().parse(Some("Patients"), &[]), Err(SearchError::UnknownResourceType(_))));
+    assert!(matches!(
+        registry().parse(Some("Patients"), &[]),
+        Err(SearchError::UnknownResourceType(_))
+    ));
 }
 
 #[test]
 fn unknown_parameters_and_modifiers_are_reported() {
     let parsed = parse("Patient", "foo=1&name:sounds=x&gender:in=http://vs&_has:Observation:patient:code=1&_include=*&_summary=true&_format=json&name=").unwrap();
-    let names: Vec<&str> = parsed.ignored.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["foo", "name:sounds", "gender:in", "_has:Observation:patient:code", "_include", "_summary", "name"]);
+    let names: Vec<&str> = parsed
+        .ignored
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "foo",
+            "name:sounds",
+            "gender:in",
+            "_has:Observation:patient:code",
+            "_include",
+            "_summary",
+            "name"
+        ]
+    );
     assert!(parsed.ignored[0].1.contains("unknown search parameter"));
     assert!(parsed.query.clauses.is_empty());
 }
@@ -318,7 +404,10 @@ fn result_parameters() {
     assert_eq!(query.includes[0].param, "subject");
     assert!(query.revincludes[0].iterate);
     assert_eq!(parsed.ignored.len(), 2, "{:?}", parsed.ignored);
-    assert_eq!(parse("Patient", "").unwrap().query.count, flare_search::DEFAULT_COUNT);
+    assert_eq!(
+        parse("Patient", "").unwrap().query.count,
+        flare_search::DEFAULT_COUNT
+    );
 }
 
 #[test]
@@ -330,26 +419,39 @@ fn canonical_form_is_stable_and_reparses_to_the_same_query() {
         first.to_query_string(10),
         "code=http://loinc.org|9279-1,1234-5&date=2020&date=lt2021-06&subject=Patient/pat-1&_count=10&_offset=10"
     );
-    let reparsed = registry().parse_at(Some("Observation"), &first.canonical_params(), NOW_MS).unwrap();
+    let reparsed = registry()
+        .parse_at(Some("Observation"), &first.canonical_params(), NOW_MS)
+        .unwrap();
     assert_eq!(reparsed.canonical_params(), first.canonical_params());
     assert_eq!(reparsed.query.clauses.len(), first.query.clauses.len());
     for clause in &first.query.clauses {
         assert!(reparsed.query.clauses.contains(clause), "{clause:?} lost");
     }
     let escaped = parse("Patient", "name=a\\,b&_elements=id").unwrap();
-    assert_eq!(escaped.canonical_params()[0], ("name".to_owned(), "a\\,b".to_owned()));
+    assert_eq!(
+        escaped.canonical_params()[0],
+        ("name".to_owned(), "a\\,b".to_owned())
+    );
     assert_eq!(escaped.query.clauses[0].predicates.len(), 1);
 }
 
 #[test]
 fn prefixes_are_parsed() {
     let parsed = parse("Patient", "birthdate=sa2000").unwrap();
-    assert!(matches!(parsed.query.clauses[0].predicates[0], Predicate::Date { prefix: Prefix::Sa, .. }));
+    assert!(matches!(
+        parsed.query.clauses[0].predicates[0],
+        Predicate::Date {
+            prefix: Prefix::Sa,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn system_level_search_knows_the_common_parameters() {
-    let parsed = registry().parse(None, &params_of("_id=1&_lastUpdated=gt2020&name=x")).unwrap();
+    let parsed = registry()
+        .parse(None, &params_of("_id=1&_lastUpdated=gt2020&name=x"))
+        .unwrap();
     assert_eq!(parsed.query.clauses.len(), 2);
     assert_eq!(parsed.ignored.len(), 1);
 }
@@ -357,31 +459,71 @@ fn system_level_search_knows_the_common_parameters() {
 #[test]
 fn capability_lists_searchable_parameters() {
     let rows = registry().capability("Patient");
-    let name = rows.iter().find(|row| row.code == "name").expect("Patient has name");
+    let name = rows
+        .iter()
+        .find(|row| row.code == "name")
+        .expect("Patient has name");
     assert_eq!(name.kind, "string");
-    assert_eq!(name.definition, "http://hl7.org/fhir/SearchParameter/Patient-name");
+    assert_eq!(
+        name.definition,
+        "http://hl7.org/fhir/SearchParameter/Patient-name"
+    );
     assert!(rows.iter().any(|row| row.code == "_lastUpdated"));
-    assert!(!rows.iter().any(|row| row.kind == "composite" || row.kind == "special"));
+    assert!(
+        !rows
+            .iter()
+            .any(|row| row.kind == "composite" || row.kind == "special")
+    );
 }
 
 #[test]
 fn extraction_indexes_the_expected_values() {
     let entries = registry().extract(&observation());
-    let code: Vec<&IndexValue> = entries.iter().filter(|entry| entry.param == "code").map(|entry| &entry.value).collect();
+    let code: Vec<&IndexValue> = entries
+        .iter()
+        .filter(|entry| entry.param == "code")
+        .map(|entry| &entry.value)
+        .collect();
     // The coding (with its display for `:text`) and the concept's own text.
     assert_eq!(
         code,
         [
-            &IndexValue::Token { system: Some("http://loinc.org".into()), code: Some("9279-1".into()), text: Some("respiratory rate".into()) },
-            &IndexValue::Token { system: None, code: None, text: Some("rr".into()) },
+            &IndexValue::Token {
+                system: Some("http://loinc.org".into()),
+                code: Some("9279-1".into()),
+                text: Some("respiratory rate".into())
+            },
+            &IndexValue::Token {
+                system: None,
+                code: None,
+                text: Some("rr".into())
+            },
         ]
     );
-    let dates: Vec<&IndexValue> = entries.iter().filter(|entry| entry.param == "date").map(|entry| &entry.value).collect();
-    assert_eq!(dates, [&IndexValue::Date { low_ms: 1_583_316_000_000, high_ms: 1_583_319_600_999 }]);
+    let dates: Vec<&IndexValue> = entries
+        .iter()
+        .filter(|entry| entry.param == "date")
+        .map(|entry| &entry.value)
+        .collect();
+    assert_eq!(
+        dates,
+        [&IndexValue::Date {
+            low_ms: 1_583_316_000_000,
+            high_ms: 1_583_319_600_999
+        }]
+    );
     // Contained references are not indexed.
-    let links = registry().extract(&patient()).into_iter().filter(|entry| entry.param == "link").count();
+    let links = registry()
+        .extract(&patient())
+        .into_iter()
+        .filter(|entry| entry.param == "link")
+        .count();
     assert_eq!(links, 0);
-    assert!(registry().extract(&json!({"resourceType": "NoSuchType"})).is_empty());
+    assert!(
+        registry()
+            .extract(&json!({"resourceType": "NoSuchType"}))
+            .is_empty()
+    );
     assert!(registry().extract(&json!({"name": "x"})).is_empty());
 }
 
@@ -398,11 +540,17 @@ fn official_examples_extract() {
     let mut empty = Vec::new();
     for file in std::fs::read_dir(&folder).expect("FLARE_R4_EXAMPLES is a folder") {
         let path = file.expect("readable folder").path();
-        if path.extension().is_none_or(|extension| extension != "json") || path.file_name().is_some_and(|name| name == "package.json" || name == ".index.json") {
+        if path.extension().is_none_or(|extension| extension != "json")
+            || path
+                .file_name()
+                .is_some_and(|name| name == "package.json" || name == ".index.json")
+        {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("readable example");
-        let Ok(resource) = serde_json::from_str::<Value>(&text) else { continue };
+        let Ok(resource) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
         if resource.get("resourceType").is_none() {
             continue;
         }
@@ -410,11 +558,21 @@ fn official_examples_extract() {
         resources += 1;
         entries += extracted.len();
         if extracted.is_empty() {
-            empty.push(path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default());
+            empty.push(
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
         }
     }
-    eprintln!("{resources} examples, {entries} index entries, {} with none", empty.len());
-    assert!(resources > 5000, "only {resources} examples found in {folder:?}");
+    eprintln!(
+        "{resources} examples, {entries} index entries, {} with none",
+        empty.len()
+    );
+    assert!(
+        resources > 5000,
+        "only {resources} examples found in {folder:?}"
+    );
     // Every resource with an id has at least `_id`.
     assert!(empty.len() < resources / 100, "{empty:?}");
 }
