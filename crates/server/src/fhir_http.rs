@@ -49,12 +49,10 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
     ctx.traceparent = header_str(&parts.headers, &HeaderName::from_static("traceparent")).map(str::to_owned);
     ctx.strict = prefer(&parts.headers, "handling").as_deref() == Some("strict");
 
-    let rendering = Rendering::negotiate(&parts.headers, &params);
-    let result = match rendering {
-        Ok(_) => dispatch(&state, &ctx, &parts.method, parts.uri.path(), &parts.headers, params, body).await,
-        Err(err) => Err(err),
+    let (rendering, result) = match Rendering::negotiate(&parts.headers, &params) {
+        Ok(rendering) => (rendering, dispatch(&state, &ctx, &parts.method, parts.uri.path(), &parts.headers, params, body).await),
+        Err(err) => (Rendering { format: crate::format::Format::Json, pretty: false }, Err(err)),
     };
-    let rendering = rendering.unwrap_or(Rendering { format: crate::format::Format::Json, pretty: false });
     let mut response = match result {
         Ok(reply) => encode(reply, &rendering, &ctx.base_url),
         Err(err) => error_response(&err, &rendering),

@@ -16,7 +16,7 @@ impl Fhir {
                     .registry()
                     .capability(resource_type)
                     .into_iter()
-                    .map(|p| json!({"name": p.0, "type": p.1, "definition": p.2, "documentation": p.3}))
+                    .map(|p| json!({"name": p.code, "type": p.kind, "definition": p.definition, "documentation": p.documentation}))
                     .collect();
                 json!({
                     "type": resource_type,
