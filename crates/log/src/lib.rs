@@ -8,6 +8,13 @@ use std::{fmt, time::Duration};
 
 use async_trait::async_trait;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod embedded;
+pub mod partitioner;
+
+pub use embedded::{Durability, EmbeddedLog, EmbeddedLogConfig};
+
 /// A header on a record. Values are bytes because Kafka headers are bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Header {
@@ -108,6 +115,24 @@ pub enum LogError {
     },
     #[error("backend error: {0}")]
     Backend(String),
+    #[error(
+        "the log in {path} is locked by another writer ({holder}); stop it, or open the log \
+         read-only"
+    )]
+    Locked { path: String, holder: String },
+    #[error("the log is open read-only: appends and topic creation need the writer process")]
+    ReadOnly,
+}
+
+/// Checks a topic name against the rules Kafka applies: 1-249 characters from `[a-zA-Z0-9._-]`,
+/// and neither `.` nor `..` (they would be directory names on disk).
+pub fn validate_topic_name(topic: &str) -> Result<(), LogError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid { Ok(()) } else { Err(LogError::InvalidTopicName(topic.to_owned())) }
 }
 
 /// The event log contract. Implementations are cheap to share behind `Arc<dyn EventLog>`.
