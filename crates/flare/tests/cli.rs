@@ -1,0 +1,176 @@
+//! The `flare` binary end to end: `serve`, `events tail` beside it, and `ingest` of the
+//! official R4 examples read back through the API.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+fn flare() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flare"));
+    command.env("FLARE_LOG_LEVEL", "warn");
+    command
+}
+
+/// A `flare serve` child on a free port; killed on drop.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Served {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = flare()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("flare serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| line.split("listening on ").nth(1).map(|url| format!("{}/fhir", url.trim())))
+            .expect("flare serve says where it listens");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+#[test]
+fn events_tail_follows_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path());
+    let http = client();
+    for family in ["One", "Two", "Three"] {
+        let response = http
+            .post(format!("{}/Patient", served.base))
+            .header("content-type", "application/fhir+json")
+            .header("x-correlation-id", format!("tail-{family}"))
+            .body(json!({"resourceType": "Patient", "name": [{"family": family}]}).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    let tail = |extra: &[&str]| -> Vec<Value> {
+        let output = flare()
+            .args(["events", "tail", "fhir.Patient", "--idle-exit-ms", "1500", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .expect("flare events tail runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let all = tail(&["--from-beginning"]);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[0]["value"]["type"], "PatientCreated");
+    assert!(all.iter().any(|r| r["headers"]["correlationId"] == "tail-Two"));
+
+    // A group resumes where it stopped.
+    let first = tail(&["--from-beginning", "--group", "g1", "--max", "2"]);
+    assert_eq!(first.len(), 2);
+    let rest = tail(&["--from-beginning", "--group", "g1"]);
+    assert_eq!(rest.len(), 1);
+    let seen: Vec<&Value> = first.iter().chain(&rest).map(|r| &r["value"]["metadata"]["eventId"]).collect();
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3);
+}
+
+/// Removes what the server maintains, so stored and original resources compare.
+fn without_server_meta(mut resource: Value) -> Value {
+    if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            resource.as_object_mut().unwrap().remove("meta");
+        }
+    }
+    resource
+}
+
+fn examples_dir() -> Option<PathBuf> {
+    std::env::var_os("FLARE_R4_EXAMPLES").map(PathBuf::from)
+}
+
+#[test]
+fn official_r4_examples_ingest_and_read_back_identical() {
+    let Some(examples) = examples_dir() else {
+        eprintln!("skipped: set FLARE_R4_EXAMPLES to the hl7.fhir.r4.examples package folder (scripts/test.sh does)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = flare().arg("ingest").arg(&examples).arg("--data-dir").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("ingested in"), "no summary: {stdout}\n{stderr}");
+
+    // What was stored, by type/id; files whose type/id repeats are compared by the last one.
+    let mut expected: HashMap<(String, String), Value> = HashMap::new();
+    let mut executed_bundles = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "json") && !f.ends_with("package.json")) {
+        let Ok(resource) = serde_json::from_slice::<Value>(&std::fs::read(file).unwrap()) else { continue };
+        let (Some(t), Some(id)) = (resource["resourceType"].as_str(), resource["id"].as_str()) else { continue };
+        if t == "Bundle" && matches!(resource["type"].as_str(), Some("transaction" | "batch")) {
+            executed_bundles.push(file.file_name().unwrap().to_string_lossy().into_owned());
+            continue;
+        }
+        expected.insert((t.to_owned(), id.to_owned()), resource);
+    }
+    // Failures may only come from executing transaction/batch examples (they reference
+    // resources that do not exist).
+    for line in stderr.lines().chain(stdout.lines()).filter(|l| l.starts_with("failed ")) {
+        assert!(executed_bundles.iter().any(|b| line.contains(b.as_str())), "an example resource was refused: {line}");
+    }
+
+    let served = Served::start(dir.path());
+    let http = client();
+    let mut compared = 0;
+    for ((t, id), original) in &expected {
+        let response = http.get(format!("{}/{t}/{id}", served.base)).send().unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{t}/{id} was not stored");
+        let stored: Value = response.json().unwrap();
+        assert_eq!(without_server_meta(stored), without_server_meta(original.clone()), "{t}/{id} differs after the round trip");
+        compared += 1;
+    }
+    eprintln!("{compared} official examples read back identical; {} transaction/batch examples executed", executed_bundles.len());
+    assert!(compared > 5000, "only {compared} examples compared");
+}
+
+#[test]
+fn dstu2_xml_and_stu3_json_fixtures_are_refused_with_reasons_or_accepted() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/sample-patients");
+    let dir = tempfile::tempdir().unwrap();
+    let output = flare().arg("ingest").arg(fixtures.join("stu3-json")).arg(fixtures.join("dstu2-xml")).arg("--data-dir").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "some fixtures are not R4, so ingest reports failures: {stdout}{stderr}");
+    let failures: Vec<&str> = stderr.lines().chain(stdout.lines()).filter(|l| l.starts_with("failed ")).collect();
+    assert!(failures.iter().any(|l| l.contains("dstu2-xml")), "DSTU2 XML is refused: {failures:?}");
+    // Each refusal says where the offending element is.
+    for failure in &failures {
+        assert!(failure.contains("Bundle") || failure.contains("XML"), "refusal without a location: {failure}");
+    }
+    assert!(stdout.contains("created"), "{stdout}");
+}
