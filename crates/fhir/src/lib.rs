@@ -3,4 +3,11 @@
 //! OperationOutcome.
 
 pub mod model;
+pub mod operation_outcome;
+pub mod parse;
 pub mod search_params;
+pub mod validate;
+
+pub use operation_outcome::{Issue, IssueCode, OperationOutcome, Severity};
+pub use parse::{ParseError, ParseLimits, parse_json, parse_json_with};
+pub use validate::{validate, validate_all};

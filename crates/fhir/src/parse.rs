@@ -1,0 +1,225 @@
+//! Parsing FHIR JSON bodies with limits on size and nesting depth.
+//!
+//! `serde_json` recurses once per nesting level; a body of 100,000 nested
+//! arrays would exhaust the stack (or hit serde_json's own fixed limit with a
+//! terse message). A linear pre-scan rejects such input first, saying where.
+
+use serde_json::Value;
+use thiserror::Error;
+
+/// Limits applied by [`parse_json_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseLimits {
+    /// Largest accepted body, in bytes.
+    pub max_bytes: usize,
+    /// Deepest accepted nesting of objects and arrays. Real resources stay
+    /// well under 64 levels; serde_json refuses more than 128.
+    pub max_depth: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 * 1024 * 1024,
+            max_depth: 100,
+        }
+    }
+}
+
+/// Why a JSON body could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ParseError {
+    #[error("the body is empty: send a JSON object")]
+    Empty,
+    #[error("the body is {size} bytes, more than the limit of {limit} bytes: split it up")]
+    TooLarge { size: usize, limit: usize },
+    #[error(
+        "JSON nesting deeper than {limit} levels at line {line}, column {column}: \
+         FHIR resources do not nest this deeply"
+    )]
+    TooDeep {
+        limit: usize,
+        line: usize,
+        column: usize,
+    },
+    #[error("invalid JSON at line {line}, column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl ParseError {
+    /// `(line, column)` of the problem, 1-based, when it has a place.
+    pub fn position(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::TooDeep { line, column, .. } | Self::Syntax { line, column, .. } => {
+                Some((*line, *column))
+            }
+            Self::Empty | Self::TooLarge { .. } => None,
+        }
+    }
+}
+
+/// Parses a JSON body with the default [`ParseLimits`].
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ParseError> {
+    parse_json_with(bytes, ParseLimits::default())
+}
+
+/// Parses a JSON body, rejecting oversize and overly nested input before any
+/// recursive work. A leading UTF-8 byte order mark is ignored.
+pub fn parse_json_with(bytes: &[u8], limits: ParseLimits) -> Result<Value, ParseError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(ParseError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ParseError::Empty);
+    }
+    check_depth(bytes, limits.max_depth)?;
+    serde_json::from_slice(bytes).map_err(|error| {
+        let message = error.to_string();
+        // serde_json appends " at line L column C"; the variant carries it.
+        let message = match message.rfind(" at line ") {
+            Some(cut) => message[..cut].to_owned(),
+            None => message,
+        };
+        ParseError::Syntax {
+            line: error.line(),
+            column: error.column(),
+            message,
+        }
+    })
+}
+
+/// Scans for `[`/`{` nesting outside strings; stops at the first level past
+/// `max_depth`. Malformed input is left for serde_json to describe.
+fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ParseError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut line = 1usize;
+    let mut line_start = 0usize;
+    for (offset, &byte) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(ParseError::TooDeep {
+                        limit: max_depth,
+                        line,
+                        column: offset - line_start + 1,
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => {
+                line += 1;
+                line_start = offset + 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_resources_keeping_decimal_text_and_key_order() {
+        let value = parse_json(br#"{"resourceType":"Observation","valueQuantity":{"value":1.50}}"#)
+            .unwrap();
+        assert_eq!(value["valueQuantity"]["value"].to_string(), "1.50");
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["resourceType", "valueQuantity"]);
+    }
+
+    #[test]
+    fn json_bomb_fails_fast_with_position() {
+        let bomb = "[".repeat(100_000) + &"]".repeat(100_000);
+        let started = std::time::Instant::now();
+        let error = parse_json(bomb.as_bytes()).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(
+            error,
+            ParseError::TooDeep {
+                limit: 100,
+                line: 1,
+                column: 101
+            }
+        );
+        assert!(error.to_string().contains("deeper than 100"));
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count() {
+        let text = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert!(parse_json(text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn depth_limit_is_exact() {
+        let limits = ParseLimits {
+            max_depth: 3,
+            ..ParseLimits::default()
+        };
+        assert!(parse_json_with(b"[[[1]]]", limits).is_ok());
+        assert!(matches!(
+            parse_json_with(b"[[[[1]]]]", limits),
+            Err(ParseError::TooDeep { column: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let error =
+            parse_json(b"{\n  \"resourceType\": \"Patient\",\n  \"active\": yes\n}").unwrap_err();
+        let ParseError::Syntax { line, message, .. } = &error else {
+            panic!("expected a syntax error, got {error:?}");
+        };
+        assert_eq!(*line, 3);
+        assert!(!message.contains(" at line "));
+        assert!(error.to_string().contains("line 3"));
+    }
+
+    #[test]
+    fn size_and_emptiness_are_checked() {
+        let limits = ParseLimits {
+            max_bytes: 10,
+            ..ParseLimits::default()
+        };
+        assert_eq!(
+            parse_json_with(br#"{"resourceType":"Patient"}"#, limits),
+            Err(ParseError::TooLarge {
+                size: 26,
+                limit: 10
+            })
+        );
+        assert_eq!(parse_json(b"  \n"), Err(ParseError::Empty));
+        assert!(matches!(
+            parse_json(b"{\"a\":1} x"),
+            Err(ParseError::Syntax { .. })
+        ));
+        assert!(parse_json(b"\xEF\xBB\xBF{}").is_ok());
+        assert!(matches!(
+            parse_json(b"{\"a\":\"\xFF\"}"),
+            Err(ParseError::Syntax { .. })
+        ));
+    }
+}
