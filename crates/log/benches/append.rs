@@ -1,1 +1,142 @@
-fn main() {}
+//! Append throughput of the embedded log: 1 KB events, one sync per append versus group commit
+//! with N concurrent appenders, beside the disk's own sync ceiling (4 KB write + fdatasync in a
+//! loop). Run with `cargo bench -p flare-log --bench append`; prints a table, takes ~40 s.
+
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use flare_log::{Durability, EmbeddedLog, EmbeddedLogConfig, EventLog, NewRecord};
+
+const EVENT_BYTES: usize = 1024;
+const RUN_FOR: Duration = Duration::from_secs(3);
+
+fn sync_ceiling(dir: &Path) -> f64 {
+    let path = dir.join("sync-ceiling");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let block = vec![0x5Au8; 4096];
+    let started = Instant::now();
+    let mut syncs = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        file.write_all(&block).unwrap();
+        file.sync_data().unwrap();
+        syncs += 1;
+    }
+    let rate = syncs as f64 / started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(path);
+    rate
+}
+
+struct Outcome {
+    events: u64,
+    seconds: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn run(dir: &Path, durability: Durability, appenders: usize, per_append: usize) -> Outcome {
+    let _ = std::fs::remove_dir_all(dir);
+    let config = EmbeddedLogConfig {
+        durability,
+        ..EmbeddedLogConfig::in_dir(dir)
+    };
+    let log = Arc::new(EmbeddedLog::open(config).await.unwrap());
+    log.ensure_topic("bench", 4).await.unwrap();
+    let started = Instant::now();
+    let deadline = started + RUN_FOR;
+    let mut tasks = Vec::new();
+    for appender in 0..appenders {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("Patient/{appender}").into_bytes();
+            let mut latencies = Vec::new();
+            let mut events = 0u64;
+            while Instant::now() < deadline {
+                let records = (0..per_append)
+                    .map(|_| NewRecord {
+                        key: Some(key.clone()),
+                        payload: vec![b'x'; EVENT_BYTES],
+                        ..NewRecord::default()
+                    })
+                    .collect();
+                let sent = Instant::now();
+                log.append("bench", records).await.unwrap();
+                latencies.push(sent.elapsed());
+                events += per_append as u64;
+            }
+            (events, latencies)
+        }));
+    }
+    let mut events = 0;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let (n, l) = task.await.unwrap();
+        events += n;
+        latencies.extend(l);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    log.close().await.unwrap();
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Outcome {
+        events,
+        seconds,
+        p50: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+fn main() {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("append-bench");
+    std::fs::create_dir_all(&base).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ceiling = sync_ceiling(&base);
+    println!("disk sync ceiling (4 KB write + fdatasync, one thread): {ceiling:.0} syncs/s\n");
+    println!(
+        "| {:<34} | {:>9} | {:>11} | {:>7} | {:>9} | {:>9} |",
+        "case (1 KB events, 4 partitions)", "appenders", "events/s", "MB/s", "p50 ack", "p99 ack"
+    );
+    println!(
+        "|{:-<36}|{:->11}|{:->13}|{:->9}|{:->11}|{:->11}|",
+        "", "", "", "", "", ""
+    );
+    let cases: [(&str, Durability, usize, usize); 7] = [
+        ("fsync, one sync per append", Durability::Fsync, 1, 1),
+        ("fsync, group commit", Durability::Fsync, 8, 1),
+        ("fsync, group commit", Durability::Fsync, 64, 1),
+        ("fsync, group commit", Durability::Fsync, 256, 1),
+        ("fsync, 100 records per append", Durability::Fsync, 8, 100),
+        ("interval 10 ms", Durability::IntervalMs(10), 64, 1),
+        ("none", Durability::None, 64, 1),
+    ];
+    for (name, durability, appenders, per_append) in cases {
+        let outcome = runtime.block_on(run(&base.join("log"), durability, appenders, per_append));
+        let rate = outcome.events as f64 / outcome.seconds;
+        println!(
+            "| {:<34} | {:>9} | {:>11.0} | {:>7.1} | {:>9.2?} | {:>9.2?} |",
+            name,
+            appenders,
+            rate,
+            rate * EVENT_BYTES as f64 / 1e6,
+            outcome.p50,
+            outcome.p99
+        );
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

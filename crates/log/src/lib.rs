@@ -24,7 +24,10 @@ pub struct Header {
 
 impl Header {
     pub fn new(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Self { key: key.into(), value: value.into() }
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -131,8 +134,14 @@ pub fn validate_topic_name(topic: &str) -> Result<(), LogError> {
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid { Ok(()) } else { Err(LogError::InvalidTopicName(topic.to_owned())) }
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(LogError::InvalidTopicName(topic.to_owned()))
+    }
 }
 
 /// The event log contract. Implementations are cheap to share behind `Arc<dyn EventLog>`.
@@ -148,7 +157,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// Appends records to one topic (created with the default partition count if missing).
     /// Records with the same key land in the same partition, in the order given. Returns once
     /// the records are durable under the backend's durability policy.
-    async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<Position>, LogError>;
+    async fn append(&self, topic: &str, records: Vec<NewRecord>)
+    -> Result<Vec<Position>, LogError>;
 
     /// Reads up to `max` records of one partition starting at `offset` (clamped to the oldest
     /// retained record). Returns an empty vector at the end of the partition; never waits.
@@ -169,8 +179,12 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> Result<u64, LogError>;
 
     /// The offset committed by `group` for a partition: the next offset it will read.
-    async fn committed(&self, group: &str, topic: &str, partition: u32)
-    -> Result<Option<u64>, LogError>;
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError>;
 
     /// Commits `next_offset` (the offset after the last processed record) for a group.
     async fn commit(

@@ -67,9 +67,18 @@ fn parse_ack(line: &str) -> Option<Ack> {
 /// Runs only inside the child process; a no-op in a normal test run.
 #[test]
 fn crash_writer_child() {
-    let Ok(dir) = std::env::var(DIR_ENV) else { return };
-    let round: u32 = std::env::var(ROUND_ENV).ok().and_then(|r| r.parse().ok()).unwrap_or(0);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Ok(dir) = std::env::var(DIR_ENV) else {
+        return;
+    };
+    let round: u32 = std::env::var(ROUND_ENV)
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let log = EmbeddedLog::open(config(Path::new(&dir))).await.unwrap();
         log.ensure_topic(TOPIC, 4).await.unwrap();
@@ -78,7 +87,9 @@ fn crash_writer_child() {
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
                 let mut seq = 0u64;
-                loop {
+                // Bounded, so that a child whose parent died does not run on.
+                let started = std::time::Instant::now();
+                while started.elapsed() < Duration::from_secs(30) {
                     // Some writers append three records per call, the rest one.
                     let count = if writer % 4 == 0 { 3 } else { 1 };
                     let records = (seq..seq + count)
@@ -120,7 +131,12 @@ fn acknowledged_appends_survive_sigkill() {
     let mut all_acks: Vec<Ack> = Vec::new();
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["crash_writer_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_writer_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(DIR_ENV, &dir)
             .env(ROUND_ENV, round.to_string())
             .stdout(Stdio::piped())
@@ -139,14 +155,20 @@ fn acknowledged_appends_survive_sigkill() {
         });
         // Kill at a random moment once the writer is acknowledging appends.
         let first = acks_rx.recv_timeout(Duration::from_secs(20));
-        assert!(first.is_ok(), "round {round}: the writer acknowledged nothing");
+        assert!(
+            first.is_ok(),
+            "round {round}: the writer acknowledged nothing"
+        );
         std::thread::sleep(Duration::from_millis(rand::random_range(100..900)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         collector.join().unwrap();
         let round_acks: Vec<Ack> = first.into_iter().chain(acks_rx.try_iter()).collect();
         assert!(round_acks.iter().all(|a| a.round == round));
-        eprintln!("round {round}: {} acknowledged records before SIGKILL", round_acks.len());
+        eprintln!(
+            "round {round}: {} acknowledged records before SIGKILL",
+            round_acks.len()
+        );
         all_acks.extend(round_acks);
 
         runtime.block_on(verify(&dir, &all_acks, round));
@@ -155,21 +177,35 @@ fn acknowledged_appends_survive_sigkill() {
 
 async fn verify(dir: &Path, acks: &[Ack], round: u32) {
     let started = Instant::now();
-    let log = EmbeddedLog::open(config(dir)).await.expect("the log opens after a crash");
+    let log = EmbeddedLog::open(config(dir))
+        .await
+        .expect("the log opens after a crash");
     eprintln!("round {round}: reopened in {:?}", started.elapsed());
-    let info = log.topics().await.unwrap().into_iter().find(|t| t.name == TOPIC).unwrap();
+    let info = log
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == TOPIC)
+        .unwrap();
     let mut stored = HashMap::new();
     for partition in 0..info.partitions {
         let mut offset = info.start_offsets[partition as usize];
         loop {
-            let records = log.read(TOPIC, partition, offset, 1000).await.expect("everything reads");
+            let records = log
+                .read(TOPIC, partition, offset, 1000)
+                .await
+                .expect("everything reads");
             let Some(last) = records.last() else { break };
             offset = last.offset + 1;
             for record in records {
                 stored.insert((partition, record.offset), record);
             }
         }
-        assert_eq!(offset, info.end_offsets[partition as usize], "partition {partition} reads to its end");
+        assert_eq!(
+            offset, info.end_offsets[partition as usize],
+            "partition {partition} reads to its end"
+        );
     }
     let mut last_offset: HashMap<(u32, u32), u64> = HashMap::new();
     let mut sorted = acks.to_vec();
@@ -178,17 +214,37 @@ async fn verify(dir: &Path, acks: &[Ack], round: u32) {
         let record = stored
             .get(&(ack.partition, ack.offset))
             .unwrap_or_else(|| panic!("acknowledged record lost: {ack:?}"));
-        assert_eq!(record.payload, payload(ack.round, ack.writer, ack.seq), "{ack:?}");
-        assert_eq!(record.key.as_deref(), Some(key(ack.writer).as_slice()), "{ack:?}");
+        assert_eq!(
+            record.payload,
+            payload(ack.round, ack.writer, ack.seq),
+            "{ack:?}"
+        );
+        assert_eq!(
+            record.key.as_deref(),
+            Some(key(ack.writer).as_slice()),
+            "{ack:?}"
+        );
         // One writer's records are in one partition, in the order they were acknowledged.
         if let Some(previous) = last_offset.insert((ack.round, ack.writer), ack.offset) {
-            assert!(previous < ack.offset, "out of order: {ack:?} after offset {previous}");
+            assert!(
+                previous < ack.offset,
+                "out of order: {ack:?} after offset {previous}"
+            );
         }
     }
     let position = log
-        .append(TOPIC, vec![NewRecord { key: Some(b"after-crash".to_vec()), ..NewRecord::default() }])
+        .append(
+            TOPIC,
+            vec![NewRecord {
+                key: Some(b"after-crash".to_vec()),
+                ..NewRecord::default()
+            }],
+        )
         .await
         .expect("appending after recovery works");
-    assert_eq!(position[0].offset, info.end_offsets[position[0].partition as usize]);
+    assert_eq!(
+        position[0].offset,
+        info.end_offsets[position[0].partition as usize]
+    );
     log.close().await.unwrap();
 }

@@ -77,15 +77,19 @@ fn small_segments(dir: &Path) -> EmbeddedLogConfig {
 }
 
 fn payloads(records: &[flare_log::Record]) -> Vec<String> {
-    records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect()
 }
 
 fn segment_files(dir: &Path, topic: &str, partition: u32) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("topics").join(topic).join(partition.to_string()))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("topics").join(topic).join(partition.to_string()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
     files.sort();
     files
 }
@@ -96,30 +100,45 @@ async fn reopen_after_clean_close_keeps_records_and_offsets() {
     let log = open(small_segments(&dir)).await;
     log.ensure_topic("t", 1).await.unwrap();
     for i in 0..50 {
-        log.append("t", vec![record("k", &format!("record-{i:03}"))]).await.unwrap();
+        log.append("t", vec![record("k", &format!("record-{i:03}"))])
+            .await
+            .unwrap();
     }
     log.commit("g", "t", 0, 20).await.unwrap();
     log.close().await.unwrap();
-    assert!(matches!(log.append("t", vec![record("k", "late")]).await, Err(LogError::Closed)));
+    assert!(matches!(
+        log.append("t", vec![record("k", "late")]).await,
+        Err(LogError::Closed)
+    ));
     drop(log);
     assert!(segment_files(&dir, "t", 0).len() > 3, "small segments roll");
 
     let log = open(small_segments(&dir)).await;
     let records = log.read("t", 0, 0, 1000).await.unwrap();
-    assert_eq!(payloads(&records), (0..50).map(|i| format!("record-{i:03}")).collect::<Vec<_>>());
+    assert_eq!(
+        payloads(&records),
+        (0..50)
+            .map(|i| format!("record-{i:03}"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(log.committed("g", "t", 0).await.unwrap(), Some(20));
     let next = log.append("t", vec![record("k", "after")]).await.unwrap();
     assert_eq!(next[0].offset, 50);
     // Reading from the middle uses the loaded indexes of closed segments.
     let middle = log.read("t", 0, 33, 2).await.unwrap();
-    assert_eq!(middle.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![33, 34]);
+    assert_eq!(
+        middle.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![33, 34]
+    );
 }
 
 async fn write_ten(dir: &Path) -> PathBuf {
     let log = open(EmbeddedLogConfig::in_dir(dir)).await;
     log.ensure_topic("t", 1).await.unwrap();
     for i in 0..10 {
-        log.append("t", vec![record("k", &format!("r{i}"))]).await.unwrap();
+        log.append("t", vec![record("k", &format!("r{i}"))])
+            .await
+            .unwrap();
     }
     log.close().await.unwrap();
     segment_files(dir, "t", 0).pop().unwrap()
@@ -128,8 +147,14 @@ async fn write_ten(dir: &Path) -> PathBuf {
 async fn assert_recovers_ten(dir: &Path) {
     let log = open(EmbeddedLogConfig::in_dir(dir)).await;
     let records = log.read("t", 0, 0, 100).await.unwrap();
-    assert_eq!(payloads(&records), (0..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
-    assert_eq!(log.append("t", vec![record("k", "r10")]).await.unwrap()[0].offset, 10);
+    assert_eq!(
+        payloads(&records),
+        (0..10).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log.append("t", vec![record("k", "r10")]).await.unwrap()[0].offset,
+        10
+    );
     drop(log);
     let log = open(EmbeddedLogConfig::in_dir(dir)).await;
     assert_eq!(log.read("t", 0, 0, 100).await.unwrap().len(), 11);
@@ -143,7 +168,12 @@ async fn torn_tail_partial_frame_is_truncated() {
     let frame_len = bytes.len() / 10;
     // Half of a copy of the last frame, as if the process died mid-write.
     let half = bytes[bytes.len() - frame_len..bytes.len() - frame_len / 2].to_vec();
-    OpenOptions::new().append(true).open(&segment).unwrap().write_all(&half).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(&half)
+        .unwrap();
     assert_recovers_ten(&dir).await;
 }
 
@@ -156,7 +186,12 @@ async fn torn_tail_bad_crc_and_garbage_are_truncated() {
     ] {
         let dir = fresh_dir(name);
         let segment = write_ten(&dir).await;
-        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&tail).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap()
+            .write_all(&tail)
+            .unwrap();
         assert_recovers_ten(&dir).await;
     }
     // A complete last frame whose body was damaged: its CRC no longer matches.
@@ -173,8 +208,14 @@ async fn torn_tail_bad_crc_and_garbage_are_truncated() {
     std::fs::write(&segment, &eleven).unwrap();
     let log = open(EmbeddedLogConfig::in_dir(&dir)).await;
     let records = log.read("t", 0, 0, 100).await.unwrap();
-    assert_eq!(payloads(&records), (0..9).map(|i| format!("r{i}")).collect::<Vec<_>>());
-    assert_eq!(log.append("t", vec![record("k", "again")]).await.unwrap()[0].offset, 9);
+    assert_eq!(
+        payloads(&records),
+        (0..9).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log.append("t", vec![record("k", "again")]).await.unwrap()[0].offset,
+        9
+    );
 }
 
 #[tokio::test]
@@ -183,7 +224,9 @@ async fn corruption_inside_a_closed_segment_names_the_file() {
     let log = open(small_segments(&dir)).await;
     log.ensure_topic("t", 1).await.unwrap();
     for i in 0..40 {
-        log.append("t", vec![record("k", &format!("record-{i:03}"))]).await.unwrap();
+        log.append("t", vec![record("k", &format!("record-{i:03}"))])
+            .await
+            .unwrap();
     }
     log.close().await.unwrap();
     drop(log);
@@ -220,7 +263,10 @@ async fn a_second_writer_is_refused_with_the_holder() {
     match EmbeddedLog::open(EmbeddedLogConfig::in_dir(&dir)).await {
         Err(error @ LogError::Locked { .. }) => {
             let message = error.to_string();
-            assert!(message.contains(&std::process::id().to_string()), "{message}");
+            assert!(
+                message.contains(&std::process::id().to_string()),
+                "{message}"
+            );
         }
         Err(other) => panic!("expected Locked, got {other}"),
         Ok(_) => panic!("a second writer opened the same directory"),
@@ -234,33 +280,69 @@ async fn a_reader_sees_appends_of_the_writer_through_the_files() {
     let dir = fresh_dir("reader");
     let writer = open(EmbeddedLogConfig::in_dir(&dir)).await;
     writer.ensure_topic("events", 2).await.unwrap();
-    writer.append("events", vec![record("a", "before")]).await.unwrap();
+    writer
+        .append("events", vec![record("a", "before")])
+        .await
+        .unwrap();
 
     let reader = EmbeddedLog::open_reader(&dir).await.unwrap();
-    assert!(matches!(reader.append("events", vec![record("a", "x")]).await, Err(LogError::ReadOnly)));
-    let mut consumer =
-        reader.consumer("tail", &["events".to_string()], StartFrom::Earliest).await.unwrap();
-    assert_eq!(payloads(&poll_n(consumer.as_mut(), 1).await), vec!["before"]);
+    assert!(matches!(
+        reader.append("events", vec![record("a", "x")]).await,
+        Err(LogError::ReadOnly)
+    ));
+    let mut consumer = reader
+        .consumer("tail", &["events".to_string()], StartFrom::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(
+        payloads(&poll_n(consumer.as_mut(), 1).await),
+        vec!["before"]
+    );
 
     for round in 0..3 {
         let payload = format!("live-{round}");
         let appended_at = Instant::now();
-        let position = writer.append("events", vec![record("a", &payload)]).await.unwrap()[0];
+        let position = writer
+            .append("events", vec![record("a", &payload)])
+            .await
+            .unwrap()[0];
         let records = consumer.poll(10, Duration::from_secs(10)).await.unwrap();
         let latency = appended_at.elapsed();
         assert_eq!(payloads(&records), vec![payload]);
         assert_eq!(records[0].offset, position.offset);
-        assert!(latency < Duration::from_secs(2), "reader woke after {latency:?}");
+        assert!(
+            latency < Duration::from_secs(2),
+            "reader woke after {latency:?}"
+        );
         consumer.commit(&records[0]).await.unwrap();
     }
     // The read-only process committed; the writer sees the group's offset.
-    assert_eq!(writer.committed("tail", "events", 1).await.unwrap().or(writer.committed("tail", "events", 0).await.unwrap()), Some(4));
+    assert_eq!(
+        writer
+            .committed("tail", "events", 1)
+            .await
+            .unwrap()
+            .or(writer.committed("tail", "events", 0).await.unwrap()),
+        Some(4)
+    );
 
     // A topic created after the reader opened appears too.
-    writer.append("later", vec![record("b", "new topic")]).await.unwrap();
+    writer
+        .append("later", vec![record("b", "new topic")])
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !reader.topics().await.unwrap().iter().any(|t| t.name == "later" && t.end_offsets.iter().sum::<u64>() == 1) {
-        assert!(Instant::now() < deadline, "the reader never saw the new topic");
+    while !reader
+        .topics()
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.name == "later" && t.end_offsets.iter().sum::<u64>() == 1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the reader never saw the new topic"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -268,28 +350,53 @@ async fn a_reader_sees_appends_of_the_writer_through_the_files() {
 #[tokio::test]
 async fn records_too_large_are_refused_and_nothing_is_written() {
     let dir = fresh_dir("too-large");
-    let config = EmbeddedLogConfig { max_record_bytes: 1000, ..EmbeddedLogConfig::in_dir(&dir) };
+    let config = EmbeddedLogConfig {
+        max_record_bytes: 1000,
+        ..EmbeddedLogConfig::in_dir(&dir)
+    };
     let log = open(config).await;
-    let big = NewRecord { payload: vec![7; 2000], ..NewRecord::default() };
+    let big = NewRecord {
+        payload: vec![7; 2000],
+        ..NewRecord::default()
+    };
     let result = log.append("t", vec![record("k", "small"), big]).await;
-    assert!(matches!(result, Err(LogError::RecordTooLarge { max: 1000, .. })), "{result:?}");
-    assert!(log.topics().await.unwrap().iter().all(|t| t.end_offsets.iter().all(|&e| e == 0)));
+    assert!(
+        matches!(result, Err(LogError::RecordTooLarge { max: 1000, .. })),
+        "{result:?}"
+    );
+    assert!(
+        log.topics()
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.end_offsets.iter().all(|&e| e == 0))
+    );
 }
 
 #[tokio::test]
 async fn interval_and_none_policies_append_and_survive_reopen() {
     for durability in [Durability::IntervalMs(20), Durability::None] {
         let dir = fresh_dir("policies");
-        let config = EmbeddedLogConfig { durability, ..EmbeddedLogConfig::in_dir(&dir) };
+        let config = EmbeddedLogConfig {
+            durability,
+            ..EmbeddedLogConfig::in_dir(&dir)
+        };
         let log = open(config.clone()).await;
         for i in 0..20 {
-            log.append("t", vec![record("k", &i.to_string())]).await.unwrap();
+            log.append("t", vec![record("k", &i.to_string())])
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(log);
         let log = open(config).await;
-        let total: u64 =
-            log.topics().await.unwrap().iter().flat_map(|t| t.end_offsets.clone()).sum();
+        let total: u64 = log
+            .topics()
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|t| t.end_offsets.clone())
+            .sum();
         assert_eq!(total, 20, "{durability:?}");
     }
 }
@@ -318,28 +425,47 @@ async fn retention_by_age_deletes_old_closed_segments_and_moves_consumers() {
         retention_check_interval_ms: 3_600_000,
         ..small_segments(&dir)
     };
-    let log = EmbeddedLog::open_with_clock(config, clock_fn).await.unwrap();
+    let log = EmbeddedLog::open_with_clock(config, clock_fn)
+        .await
+        .unwrap();
     log.ensure_topic("t", 1).await.unwrap();
     for i in 0..30 {
-        log.append("t", vec![record("k", &format!("old-{i:02}"))]).await.unwrap();
+        log.append("t", vec![record("k", &format!("old-{i:02}"))])
+            .await
+            .unwrap();
     }
     clock.set(start + 50_000);
     for i in 0..30 {
-        log.append("t", vec![record("k", &format!("new-{i:02}"))]).await.unwrap();
+        log.append("t", vec![record("k", &format!("new-{i:02}"))])
+            .await
+            .unwrap();
     }
-    let mut consumer = log.consumer("slow", &["t".to_string()], StartFrom::Earliest).await.unwrap();
+    let mut consumer = log
+        .consumer("slow", &["t".to_string()], StartFrom::Earliest)
+        .await
+        .unwrap();
 
     log.enforce_retention().await.unwrap();
-    assert_eq!(log.topics().await.unwrap()[0].start_offsets, vec![0], "nothing expired yet");
+    assert_eq!(
+        log.topics().await.unwrap()[0].start_offsets,
+        vec![0],
+        "nothing expired yet"
+    );
 
     clock.set(start + 61_000);
     log.enforce_retention().await.unwrap();
     let info = log.topics().await.unwrap().remove(0);
     let new_start = info.start_offsets[0];
-    assert!(new_start > 0 && new_start <= 30, "old segments are gone: start {new_start}");
+    assert!(
+        new_start > 0 && new_start <= 30,
+        "old segments are gone: start {new_start}"
+    );
     assert_eq!(info.end_offsets[0], 60);
     let files = segment_files(&dir, "t", 0);
-    assert_eq!(files[0].file_name().unwrap().to_str().unwrap(), format!("{new_start:020}.log"));
+    assert_eq!(
+        files[0].file_name().unwrap().to_str().unwrap(),
+        format!("{new_start:020}.log")
+    );
 
     // The consumer was at offset 0: it continues at the new start.
     let records = poll_n(consumer.as_mut(), 1).await;
@@ -366,10 +492,15 @@ async fn retention_by_size_keeps_partitions_under_the_limit() {
     let log = open(config).await;
     log.ensure_topic("t", 1).await.unwrap();
     for i in 0..200 {
-        log.append("t", vec![record("k", &format!("record-{i:04}"))]).await.unwrap();
+        log.append("t", vec![record("k", &format!("record-{i:04}"))])
+            .await
+            .unwrap();
     }
     log.enforce_retention().await.unwrap();
-    let total: u64 = segment_files(&dir, "t", 0).iter().map(|p| p.metadata().unwrap().len()).sum();
+    let total: u64 = segment_files(&dir, "t", 0)
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
     assert!(total <= 3 * 1024, "{total} bytes remain");
     let info = log.topics().await.unwrap().remove(0);
     let remaining = log.read("t", 0, 0, 1000).await.unwrap();
@@ -385,12 +516,19 @@ async fn seek_to_time_across_rolled_segments() {
     log.ensure_topic("t", 1).await.unwrap();
     let base = 1_000_000;
     for i in 0..100i64 {
-        let r = NewRecord { timestamp_ms: Some(base + i * 10), ..record("k", &i.to_string()) };
+        let r = NewRecord {
+            timestamp_ms: Some(base + i * 10),
+            ..record("k", &i.to_string())
+        };
         log.append("t", vec![r]).await.unwrap();
     }
     assert!(segment_files(&dir, "t", 0).len() > 5);
     for (target, expected) in [(0, 0), (base + 5, 1), (base + 500, 50), (base + 991, 100)] {
-        assert_eq!(log.offset_for_time("t", 0, target).await.unwrap(), expected, "{target}");
+        assert_eq!(
+            log.offset_for_time("t", 0, target).await.unwrap(),
+            expected,
+            "{target}"
+        );
     }
     drop(log);
     let log = open(small_segments(&dir)).await;

@@ -72,7 +72,10 @@ impl Default for EmbeddedLogConfig {
 impl EmbeddedLogConfig {
     /// The defaults with another data directory.
     pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), ..Self::default() }
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
     }
 }
 

@@ -1,9 +1,6 @@
 //! The embedded consumer: every partition of its topics, woken on append.
 
-use std::{
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use tokio::{sync::watch, time::Instant};
@@ -42,7 +39,8 @@ impl EmbeddedConsumer {
                 Some(topic) => topic,
                 None if shared.read_only => shared.existing_topic(name)?,
                 None => {
-                    log.ensure_topic(name, shared.config.default_partitions).await?;
+                    log.ensure_topic(name, shared.config.default_partitions)
+                        .await?;
                     shared.existing_topic(name)?
                 }
             };
@@ -53,10 +51,19 @@ impl EmbeddedConsumer {
                     StartFrom::Earliest => start_offset,
                     StartFrom::Latest => end_offset,
                 });
-                assignments.push(Assignment { partition: partition.clone(), position });
+                assignments.push(Assignment {
+                    partition: partition.clone(),
+                    position,
+                });
             }
         }
-        Ok(Self { log, group: group.to_owned(), assignments, next_assignment: 0, appended })
+        Ok(Self {
+            log,
+            group: group.to_owned(),
+            assignments,
+            next_assignment: 0,
+            appended,
+        })
     }
 
     fn assignment(&mut self, topic: &str, partition: u32) -> Result<&mut Assignment, LogError> {
@@ -66,7 +73,10 @@ impl EmbeddedConsumer {
         self.assignments
             .iter_mut()
             .find(|a| a.partition.topic == topic && a.partition.id == partition)
-            .ok_or_else(|| LogError::UnknownPartition { topic: topic.to_owned(), partition })
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            })
     }
 
     /// Reads what is available now, round-robin over partitions, without waiting.
@@ -134,7 +144,14 @@ impl Consumer for EmbeddedConsumer {
     }
 
     async fn commit(&mut self, record: &Record) -> Result<(), LogError> {
-        self.log.commit(&self.group, &record.topic, record.partition, record.offset + 1).await
+        self.log
+            .commit(
+                &self.group,
+                &record.topic,
+                record.partition,
+                record.offset + 1,
+            )
+            .await
     }
 
     async fn seek(&mut self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {

@@ -34,7 +34,9 @@ impl GroupStore {
     /// and `/` can never form a path).
     fn stem(group: &str) -> Result<String, LogError> {
         if group.is_empty() {
-            return Err(LogError::Backend("a consumer group name must not be empty".into()));
+            return Err(LogError::Backend(
+                "a consumer group name must not be empty".into(),
+            ));
         }
         let mut stem = String::with_capacity(group.len());
         for byte in group.bytes() {
@@ -58,19 +60,38 @@ impl GroupStore {
         }
     }
 
-    pub fn committed(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+    pub fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError> {
         let path = self.dir.join(format!("{}.json", Self::stem(group)?));
         let offsets = Self::read_offsets(&path)?;
-        Ok(offsets.topics.get(topic).and_then(|p| p.get(&partition)).copied())
+        Ok(offsets
+            .topics
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .copied())
     }
 
-    pub fn commit(&self, group: &str, topic: &str, partition: u32, next_offset: u64) -> Result<(), LogError> {
+    pub fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        next_offset: u64,
+    ) -> Result<(), LogError> {
         let stem = Self::stem(group)?;
         std::fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, e))?;
         let _lock = lock_file_blocking(&self.dir.join(format!("{stem}.lock")))?;
         let path = self.dir.join(format!("{stem}.json"));
         let mut offsets = Self::read_offsets(&path)?;
-        offsets.topics.entry(topic.to_owned()).or_default().insert(partition, next_offset);
+        offsets
+            .topics
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, next_offset);
         let bytes = serde_json::to_vec_pretty(&offsets)
             .map_err(|e| LogError::Backend(format!("encoding group offsets: {e}")))?;
         let temporary = self.dir.join(format!("{stem}.json.tmp"));
@@ -89,7 +110,9 @@ impl GroupStore {
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
 }
 
 #[cfg(test)]

@@ -38,7 +38,10 @@ pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<DirLock, LogError> {
                 "" => "a process that has not written its id yet".to_owned(),
                 pid => format!("process {pid}"),
             };
-            return Err(LogError::Locked { path: data_dir.display().to_string(), holder });
+            return Err(LogError::Locked {
+                path: data_dir.display().to_string(),
+                holder,
+            });
         }
         Err(errno) => return Err(io_error(&path, errno.into())),
     }

@@ -84,7 +84,9 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 /// The wall clock.
 pub fn system_clock() -> Clock {
     Arc::new(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
     })
 }
 
@@ -148,8 +150,11 @@ impl Partition {
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<u64, LogError> {
         let (candidates, end) = {
             let state = self.state.read();
-            let candidates: Vec<_> =
-                state.segments.iter().filter_map(|s| s.slice_for_time(timestamp_ms)).collect();
+            let candidates: Vec<_> = state
+                .segments
+                .iter()
+                .filter_map(|s| s.slice_for_time(timestamp_ms))
+                .collect();
             (candidates, state.end_offset())
         };
         for (slice, from) in candidates {
@@ -189,10 +194,12 @@ impl Topic {
     }
 
     fn partition(&self, partition: u32) -> Result<&Arc<Partition>, LogError> {
-        self.partitions.get(partition as usize).ok_or_else(|| LogError::UnknownPartition {
-            topic: self.name.clone(),
-            partition,
-        })
+        self.partitions
+            .get(partition as usize)
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: self.name.clone(),
+                partition,
+            })
     }
 }
 
@@ -223,7 +230,8 @@ impl Shared {
 
     fn existing_topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
         validate_topic_name(name)?;
-        self.topic(name).ok_or_else(|| LogError::UnknownTopic(name.to_owned()))
+        self.topic(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_owned()))
     }
 
     /// Returns the topic, creating it on disk if it does not exist (writer only).
@@ -236,7 +244,9 @@ impl Shared {
             return Err(LogError::ReadOnly);
         }
         if partitions == 0 {
-            return Err(LogError::Backend(format!("topic `{name}` needs at least one partition")));
+            return Err(LogError::Backend(format!(
+                "topic `{name}` needs at least one partition"
+            )));
         }
         let _creating = self.create_lock.lock();
         if let Some(topic) = self.topic(name) {
@@ -302,10 +312,18 @@ fn load_topic(config: &EmbeddedLogConfig, name: &str, mode: OpenMode) -> Result<
             state: RwLock::new(PartitionState { segments }),
         }));
     }
-    Ok(Topic { name: name.to_owned(), partitions, next_keyless: AtomicU32::new(0) })
+    Ok(Topic {
+        name: name.to_owned(),
+        partitions,
+        next_keyless: AtomicU32::new(0),
+    })
 }
 
-pub(crate) fn open_segment(dir: &Path, base_offset: u64, writable: bool) -> Result<Segment, LogError> {
+pub(crate) fn open_segment(
+    dir: &Path,
+    base_offset: u64,
+    writable: bool,
+) -> Result<Segment, LogError> {
     let path = dir.join(segment_file_name(base_offset));
     let file = OpenOptions::new()
         .read(true)
@@ -315,7 +333,11 @@ pub(crate) fn open_segment(dir: &Path, base_offset: u64, writable: bool) -> Resu
     Ok(Segment::new_empty(base_offset, path, file))
 }
 
-fn load_segments(config: &EmbeddedLogConfig, dir: &Path, mode: OpenMode) -> Result<Vec<Segment>, LogError> {
+fn load_segments(
+    config: &EmbeddedLogConfig,
+    dir: &Path,
+    mode: OpenMode,
+) -> Result<Vec<Segment>, LogError> {
     let writable = mode == OpenMode::Writer;
     let bases = list_segments(dir)?;
     let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
@@ -327,7 +349,11 @@ fn load_segments(config: &EmbeddedLogConfig, dir: &Path, mode: OpenMode) -> Resu
             if let Some((position, reason)) = stop {
                 match (mode, is_last) {
                     (OpenMode::Writer, true) => {
-                        let file_len = segment.file.metadata().map_err(|e| io_error(&segment.path, e))?.len();
+                        let file_len = segment
+                            .file
+                            .metadata()
+                            .map_err(|e| io_error(&segment.path, e))?
+                            .len();
                         tracing::warn!(
                             file = %segment.path.display(),
                             valid_bytes = position,
@@ -383,7 +409,10 @@ fn load_segments(config: &EmbeddedLogConfig, dir: &Path, mode: OpenMode) -> Resu
     Ok(segments)
 }
 
-fn load_all_topics(config: &EmbeddedLogConfig, mode: OpenMode) -> Result<BTreeMap<String, Arc<Topic>>, LogError> {
+fn load_all_topics(
+    config: &EmbeddedLogConfig,
+    mode: OpenMode,
+) -> Result<BTreeMap<String, Arc<Topic>>, LogError> {
     let dir = config.data_dir.join("topics");
     let mut topics = BTreeMap::new();
     for name in list_topic_names(&dir)? {
@@ -445,7 +474,10 @@ impl EmbeddedLog {
     }
 
     /// [`open`](Self::open) with an injected clock.
-    pub async fn open_with_clock(config: EmbeddedLogConfig, clock: Clock) -> Result<Self, LogError> {
+    pub async fn open_with_clock(
+        config: EmbeddedLogConfig,
+        clock: Clock,
+    ) -> Result<Self, LogError> {
         tokio::task::spawn_blocking(move || Self::open_blocking(config, clock))
             .await
             .map_err(|e| LogError::Backend(format!("opening the log failed: {e}")))?
@@ -453,7 +485,9 @@ impl EmbeddedLog {
 
     fn open_blocking(config: EmbeddedLogConfig, clock: Clock) -> Result<Self, LogError> {
         if config.default_partitions == 0 {
-            return Err(LogError::Backend("default_partitions must be at least 1".into()));
+            return Err(LogError::Backend(
+                "default_partitions must be at least 1".into(),
+            ));
         }
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir.join("topics")).map_err(|e| io_error(dir, e))?;
@@ -572,14 +606,26 @@ impl EmbeddedLog {
 impl EventLog for EmbeddedLog {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
         let topic = topic.to_owned();
-        self.blocking(move |shared| shared.ensure_topic(&topic, partitions).map(drop)).await
+        self.blocking(move |shared| shared.ensure_topic(&topic, partitions).map(drop))
+            .await
     }
 
     async fn topics(&self) -> Result<Vec<TopicInfo>, LogError> {
-        Ok(self.inner.shared.topics.read().values().map(|t| t.info()).collect())
+        Ok(self
+            .inner
+            .shared
+            .topics
+            .read()
+            .values()
+            .map(|t| t.info())
+            .collect())
     }
 
-    async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<Position>, LogError> {
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Position>, LogError> {
         let shared = &self.inner.shared;
         if shared.read_only {
             return Err(LogError::ReadOnly);
@@ -597,7 +643,8 @@ impl EventLog for EmbeddedLog {
             None => {
                 let name = topic.to_owned();
                 let partitions = shared.config.default_partitions;
-                self.blocking(move |shared| shared.ensure_topic(&name, partitions)).await?
+                self.blocking(move |shared| shared.ensure_topic(&name, partitions))
+                    .await?
             }
         };
         let partitions = topic.partitions.len() as u32;
@@ -606,44 +653,89 @@ impl EventLog for EmbeddedLog {
         let records = records
             .into_iter()
             .map(|mut record| {
-                let partition =
-                    record.key.as_deref().map_or(keyless, |key| partition_for_key(key, partitions));
+                let partition = record
+                    .key
+                    .as_deref()
+                    .map_or(keyless, |key| partition_for_key(key, partitions));
                 record.timestamp_ms = Some(record.timestamp_ms.unwrap_or(now));
                 (partition, record)
             })
             .collect();
         let (reply, acknowledged) = oneshot::channel();
-        self.send(Command::Append(AppendRequest { topic, records, reply }))?;
+        self.send(Command::Append(AppendRequest {
+            topic,
+            records,
+            reply,
+        }))?;
         acknowledged.await.map_err(|_| LogError::Closed)?
     }
 
-    async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>, LogError> {
-        let partition = self.inner.shared.existing_topic(topic)?.partition(partition)?.clone();
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let partition = self
+            .inner
+            .shared
+            .existing_topic(topic)?
+            .partition(partition)?
+            .clone();
         if max == 0 || offset >= partition.offsets().1 {
             return Ok(Vec::new());
         }
         self.blocking(move |_| partition.read(offset, max)).await
     }
 
-    async fn offset_for_time(&self, topic: &str, partition: u32, timestamp_ms: i64) -> Result<u64, LogError> {
-        let partition = self.inner.shared.existing_topic(topic)?.partition(partition)?.clone();
-        self.blocking(move |_| partition.offset_for_time(timestamp_ms)).await
+    async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, LogError> {
+        let partition = self
+            .inner
+            .shared
+            .existing_topic(topic)?
+            .partition(partition)?
+            .clone();
+        self.blocking(move |_| partition.offset_for_time(timestamp_ms))
+            .await
     }
 
-    async fn committed(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError> {
         validate_topic_name(topic)?;
         let (group, topic) = (group.to_owned(), topic.to_owned());
-        self.blocking(move |shared| shared.groups.committed(&group, &topic, partition)).await
+        self.blocking(move |shared| shared.groups.committed(&group, &topic, partition))
+            .await
     }
 
-    async fn commit(&self, group: &str, topic: &str, partition: u32, next_offset: u64) -> Result<(), LogError> {
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        next_offset: u64,
+    ) -> Result<(), LogError> {
         validate_topic_name(topic)?;
         let (group, topic) = (group.to_owned(), topic.to_owned());
         self.blocking(move |shared| shared.groups.commit(&group, &topic, partition, next_offset))
             .await
     }
 
-    async fn consumer(&self, group: &str, topics: &[String], start: StartFrom) -> Result<Box<dyn Consumer>, LogError> {
+    async fn consumer(
+        &self,
+        group: &str,
+        topics: &[String],
+        start: StartFrom,
+    ) -> Result<Box<dyn Consumer>, LogError> {
         let consumer = consumer::EmbeddedConsumer::new(self.clone(), group, topics, start).await?;
         Ok(Box::new(consumer))
     }

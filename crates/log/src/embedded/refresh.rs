@@ -11,8 +11,7 @@ use std::{
 use notify::{RecursiveMode, Watcher};
 
 use super::{
-    OpenMode, Partition, Shared, list_topic_names, load_topic, open_segment,
-    segment::list_segments,
+    OpenMode, Partition, Shared, list_topic_names, load_topic, open_segment, segment::list_segments,
 };
 use crate::LogError;
 
@@ -69,7 +68,9 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<RefresherHandle, LogError> {
                 let woken_up = if poll {
                     woken.recv_timeout(FALLBACK_POLL)
                 } else {
-                    woken.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    woken
+                        .recv()
+                        .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
                 };
                 if let Err(mpsc::RecvTimeoutError::Disconnected) = woken_up {
                     break;
@@ -84,7 +85,11 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<RefresherHandle, LogError> {
             }
         })
         .map_err(|e| LogError::Backend(format!("cannot start the log refresh thread: {e}")))?;
-    Ok(RefresherHandle { watcher, wake, thread: Some(thread) })
+    Ok(RefresherHandle {
+        watcher,
+        wake,
+        thread: Some(thread),
+    })
 }
 
 /// Brings the view up to date with the files; true if anything changed.
@@ -112,12 +117,17 @@ fn refresh_partition(partition: &Partition, interval: u64) -> Result<bool, LogEr
     let before = (state.start_offset(), state.end_offset());
     // Segments deleted by retention disappear from the front.
     let first_on_disk = bases.first().copied();
-    state.segments.retain(|s| first_on_disk.is_some_and(|first| s.base_offset >= first));
+    state
+        .segments
+        .retain(|s| first_on_disk.is_some_and(|first| s.base_offset >= first));
     if let Some(last) = state.segments.last_mut() {
         last.scan_forward(interval)?;
     }
     let known_last = state.segments.last().map(|s| s.base_offset);
-    for &base in bases.iter().filter(|&&b| known_last.is_none_or(|known| b > known)) {
+    for &base in bases
+        .iter()
+        .filter(|&&b| known_last.is_none_or(|known| b > known))
+    {
         // The segment before a new one is closed: it may have grown since the last look.
         if let Some(previous) = state.segments.last_mut() {
             previous.scan_forward(interval)?;

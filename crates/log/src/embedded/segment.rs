@@ -33,7 +33,10 @@ pub(crate) const MAX_FRAME_LEN: usize = 256 * 1024 * 1024;
 const INDEX_MAGIC: &[u8; 4] = b"FLIX";
 
 pub(crate) fn io_error(path: &Path, source: io::Error) -> LogError {
-    LogError::Io { path: path.display().to_string(), source }
+    LogError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 pub(crate) fn segment_file_name(base_offset: u64) -> String {
@@ -49,7 +52,11 @@ pub(crate) fn frame_len(record: &NewRecord) -> usize {
     FRAME_HEADER_LEN
         + MIN_BODY_LEN
         + record.key.as_ref().map_or(0, Vec::len)
-        + record.headers.iter().map(|h| 8 + h.key.len() + h.value.len()).sum::<usize>()
+        + record
+            .headers
+            .iter()
+            .map(|h| 8 + h.key.len() + h.value.len())
+            .sum::<usize>()
         + record.payload.len()
 }
 
@@ -118,7 +125,10 @@ fn decode_meta(body: &[u8]) -> Result<FrameMeta, String> {
     }
     let offset = take_u64(&mut rest)?;
     let timestamp_ms = take_u64(&mut rest)? as i64;
-    Ok(FrameMeta { offset, timestamp_ms })
+    Ok(FrameMeta {
+        offset,
+        timestamp_ms,
+    })
 }
 
 /// Decodes a CRC-checked frame body into a record.
@@ -126,7 +136,11 @@ pub(crate) fn decode_record(body: &[u8], topic: &str, partition: u32) -> Result<
     let meta = decode_meta(body)?;
     let mut rest = &body[1 + 8 + 8..];
     let key_len = take_u32(&mut rest)? as i32;
-    let key = if key_len < 0 { None } else { Some(take(&mut rest, key_len as usize)?.to_vec()) };
+    let key = if key_len < 0 {
+        None
+    } else {
+        Some(take(&mut rest, key_len as usize)?.to_vec())
+    };
     let header_count = take_u32(&mut rest)?;
     let mut headers = Vec::with_capacity(header_count.min(64) as usize);
     for _ in 0..header_count {
@@ -134,7 +148,10 @@ pub(crate) fn decode_record(body: &[u8], topic: &str, partition: u32) -> Result<
         let key = String::from_utf8(take(&mut rest, key_len)?.to_vec())
             .map_err(|_| "header key is not UTF-8".to_string())?;
         let value_len = take_u32(&mut rest)? as usize;
-        headers.push(Header { key, value: take(&mut rest, value_len)?.to_vec() });
+        headers.push(Header {
+            key,
+            value: take(&mut rest, value_len)?.to_vec(),
+        });
     }
     Ok(Record {
         topic: topic.to_owned(),
@@ -231,21 +248,30 @@ impl Segment {
         note_in_index(&mut self.index, &mut last, interval, position, meta);
         self.size = position + frame_len;
         self.next_offset = meta.offset + 1;
-        self.max_timestamp_ms =
-            Some(self.max_timestamp_ms.map_or(meta.timestamp_ms, |t| t.max(meta.timestamp_ms)));
+        self.max_timestamp_ms = Some(
+            self.max_timestamp_ms
+                .map_or(meta.timestamp_ms, |t| t.max(meta.timestamp_ms)),
+        );
     }
 
     /// Reads frames from `self.size` to the end of the file, adding every valid one. Returns
     /// `Some((position, reason))` if it stopped at an invalid or incomplete frame.
     pub fn scan_forward(&mut self, interval: u64) -> Result<Option<(u64, String)>, LogError> {
-        let file_len = self.file.metadata().map_err(|e| io_error(&self.path, e))?.len();
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(|e| io_error(&self.path, e))?
+            .len();
         if file_len <= self.size {
             return Ok(None);
         }
         let file = self.file.clone();
         let mut reader = io::BufReader::with_capacity(
             256 * 1024,
-            PositionedReader { file: &file, position: self.size },
+            PositionedReader {
+                file: &file,
+                position: self.size,
+            },
         );
         let mut body = Vec::new();
         loop {
@@ -257,7 +283,9 @@ impl Segment {
             if file_len - position < FRAME_HEADER_LEN as u64 {
                 return Ok(Some((position, "partial frame header".into())));
             }
-            reader.read_exact(&mut header).map_err(|e| io_error(&self.path, e))?;
+            reader
+                .read_exact(&mut header)
+                .map_err(|e| io_error(&self.path, e))?;
             let body_len = match frame_body_len(header) {
                 Ok(len) => len,
                 Err(reason) => return Ok(Some((position, reason))),
@@ -267,14 +295,18 @@ impl Segment {
                 return Ok(Some((position, "partial frame".into())));
             }
             body.resize(body_len, 0);
-            reader.read_exact(&mut body).map_err(|e| io_error(&self.path, e))?;
+            reader
+                .read_exact(&mut body)
+                .map_err(|e| io_error(&self.path, e))?;
             let meta = match check_frame(header, &body) {
                 Ok(meta) => meta,
                 Err(reason) => return Ok(Some((position, reason))),
             };
             if meta.offset != self.next_offset {
-                let reason =
-                    format!("offset {} where {} was expected", meta.offset, self.next_offset);
+                let reason = format!(
+                    "offset {} where {} was expected",
+                    meta.offset, self.next_offset
+                );
                 return Ok(Some((position, reason)));
             }
             self.note(position, frame_len, meta, interval);
@@ -285,8 +317,17 @@ impl Segment {
     /// holding the partition lock.
     pub fn slice_from(&self, offset: u64) -> SegmentSlice {
         let at = self.index.partition_point(|e| e.offset <= offset);
-        let start = if at == 0 { 0 } else { self.index[at - 1].position };
-        SegmentSlice { path: self.path.clone(), file: self.file.clone(), start, end: self.size }
+        let start = if at == 0 {
+            0
+        } else {
+            self.index[at - 1].position
+        };
+        SegmentSlice {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            start,
+            end: self.size,
+        }
     }
 
     /// Where to scan for the first record with a timestamp `>= timestamp_ms`, if this segment
@@ -296,7 +337,10 @@ impl Segment {
         if self.max_timestamp_ms.is_none_or(|max| max < timestamp_ms) {
             return None;
         }
-        let entry = self.index.iter().find(|e| e.max_timestamp_ms >= timestamp_ms)?;
+        let entry = self
+            .index
+            .iter()
+            .find(|e| e.max_timestamp_ms >= timestamp_ms)?;
         let slice = SegmentSlice {
             path: self.path.clone(),
             file: self.file.clone(),
@@ -397,7 +441,10 @@ impl SegmentSlice {
     ) -> Result<ReadEnd, LogError> {
         let mut reader = io::BufReader::with_capacity(
             256 * 1024,
-            PositionedReader { file: &self.file, position: self.start },
+            PositionedReader {
+                file: &self.file,
+                position: self.start,
+            },
         );
         let mut position = self.start;
         let mut body = Vec::new();
@@ -407,10 +454,14 @@ impl SegmentSlice {
         };
         while position < self.end && out.len() < max {
             let mut header = [0u8; FRAME_HEADER_LEN];
-            reader.read_exact(&mut header).map_err(|e| io_error(&self.path, e))?;
+            reader
+                .read_exact(&mut header)
+                .map_err(|e| io_error(&self.path, e))?;
             let body_len = frame_body_len(header).map_err(|r| corrupt(r, position))?;
             body.resize(body_len, 0);
-            reader.read_exact(&mut body).map_err(|e| io_error(&self.path, e))?;
+            reader
+                .read_exact(&mut body)
+                .map_err(|e| io_error(&self.path, e))?;
             let meta = check_frame(header, &body).map_err(|r| corrupt(r, position))?;
             position += (FRAME_HEADER_LEN + body_len) as u64;
             if meta.offset < from_offset {
@@ -456,7 +507,10 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
         let entry = entry.map_err(|e| io_error(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
+        if let Some(base) = name
+            .strip_suffix(".log")
+            .and_then(|b| b.parse::<u64>().ok())
+        {
             bases.push(base);
         }
     }

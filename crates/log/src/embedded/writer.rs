@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use super::{
     Durability, Partition, Shared, Topic,
     groups::sync_dir,
-    segment::{FrameMeta, IndexEntry, Segment, encode_frame, frame_len, io_error, segment_file_name},
+    segment::{
+        FrameMeta, IndexEntry, Segment, encode_frame, frame_len, io_error, segment_file_name,
+    },
 };
 use crate::{LogError, NewRecord, Position};
 
@@ -71,7 +73,10 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<WriterHandle, LogError> {
         .name("flare-log-writer".into())
         .spawn(move || writer.run(receiver))
         .map_err(|e| LogError::Backend(format!("cannot start the log writer thread: {e}")))?;
-    Ok(WriterHandle { commands, thread: Some(thread) })
+    Ok(WriterHandle {
+        commands,
+        thread: Some(thread),
+    })
 }
 
 struct Writer {
@@ -126,10 +131,19 @@ impl Chunk {
         let offset = self.next_offset;
         let position = self.size;
         encode_frame(&mut self.buffer, offset, timestamp_ms, record);
-        let meta = FrameMeta { offset, timestamp_ms };
-        let due = self.last_index_position.is_none_or(|last| position - last >= interval);
+        let meta = FrameMeta {
+            offset,
+            timestamp_ms,
+        };
+        let due = self
+            .last_index_position
+            .is_none_or(|last| position - last >= interval);
         if due {
-            self.new_entries.push(IndexEntry { offset, position, max_timestamp_ms: timestamp_ms });
+            self.new_entries.push(IndexEntry {
+                offset,
+                position,
+                max_timestamp_ms: timestamp_ms,
+            });
             self.last_index_position = Some(position);
         } else if let Some(entry) = self.new_entries.last_mut() {
             entry.max_timestamp_ms = entry.max_timestamp_ms.max(meta.timestamp_ms);
@@ -139,7 +153,10 @@ impl Chunk {
         }
         self.size = self.write_position + self.buffer.len() as u64;
         self.next_offset = offset + 1;
-        self.max_timestamp_ms = Some(self.max_timestamp_ms.map_or(timestamp_ms, |t| t.max(timestamp_ms)));
+        self.max_timestamp_ms = Some(
+            self.max_timestamp_ms
+                .map_or(timestamp_ms, |t| t.max(timestamp_ms)),
+        );
         offset
     }
 
@@ -192,7 +209,11 @@ impl Writer {
             while let Some(command) = next.take() {
                 match command {
                     Command::Append(request) => {
-                        bytes += request.records.iter().map(|(_, r)| frame_len(r)).sum::<usize>();
+                        bytes += request
+                            .records
+                            .iter()
+                            .map(|(_, r)| frame_len(r))
+                            .sum::<usize>();
                         appends.push(request);
                     }
                     Command::Retention(reply) => {
@@ -268,7 +289,9 @@ impl Writer {
                 for (request, positions) in requests.into_iter().zip(positions) {
                     let _ = request.reply.send(Ok(positions));
                 }
-                self.shared.generation.send_modify(|g| *g = g.wrapping_add(1));
+                self.shared
+                    .generation
+                    .send_modify(|g| *g = g.wrapping_add(1));
             }
             Err(error) => {
                 tracing::error!(%error, "append failed; the log stops accepting appends");
@@ -294,8 +317,16 @@ impl Writer {
                 let partition = request.topic.partition(*partition_id)?;
                 let index = *batch_of.entry(Arc::as_ptr(partition)).or_insert_with(|| {
                     let state = partition.state.read();
-                    let chunks = state.segments.last().map(Chunk::of_active).into_iter().collect();
-                    batches.push(PartitionBatch { partition: partition.clone(), chunks });
+                    let chunks = state
+                        .segments
+                        .last()
+                        .map(Chunk::of_active)
+                        .into_iter()
+                        .collect();
+                    batches.push(PartitionBatch {
+                        partition: partition.clone(),
+                        chunks,
+                    });
                     batches.len() - 1
                 });
                 let batch = &mut batches[index];
@@ -313,7 +344,10 @@ impl Writer {
                 };
                 let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| (self.shared.clock)());
                 let offset = chunk.add(record, timestamp_ms, config.index_interval_bytes);
-                request_positions.push(Position { partition: *partition_id, offset });
+                request_positions.push(Position {
+                    partition: *partition_id,
+                    offset,
+                });
             }
             positions.push(request_positions);
         }
@@ -395,8 +429,9 @@ impl Writer {
                     let mut total: u64 = state.segments.iter().map(|s| s.size).sum();
                     while state.segments.len() > 1 {
                         let oldest = &state.segments[0];
-                        let expired = cutoff
-                            .is_some_and(|cutoff| oldest.max_timestamp_ms.is_none_or(|t| t < cutoff));
+                        let expired = cutoff.is_some_and(|cutoff| {
+                            oldest.max_timestamp_ms.is_none_or(|t| t < cutoff)
+                        });
                         let oversized = config.retention_bytes.is_some_and(|limit| total > limit);
                         if !(expired || oversized) {
                             break;
@@ -450,14 +485,16 @@ fn sync_files(files: &[(PathBuf, Arc<File>)]) -> Result<(), LogError> {
                 let workers: Vec<_> = (0..threads)
                     .map(|worker| {
                         scope.spawn(move || {
-                            files.iter().skip(worker).step_by(threads).try_for_each(|(path, file)| {
-                                file.sync_data().map_err(|e| io_error(path, e))
-                            })
+                            files.iter().skip(worker).step_by(threads).try_for_each(
+                                |(path, file)| file.sync_data().map_err(|e| io_error(path, e)),
+                            )
                         })
                     })
                     .collect();
                 workers.into_iter().try_for_each(|worker| {
-                    worker.join().map_err(|_| LogError::Backend("a sync thread panicked".into()))?
+                    worker
+                        .join()
+                        .map_err(|_| LogError::Backend("a sync thread panicked".into()))?
                 })
             })
         }
