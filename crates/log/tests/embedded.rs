@@ -534,3 +534,41 @@ async fn seek_to_time_across_rolled_segments() {
     let log = open(small_segments(&dir)).await;
     assert_eq!(log.offset_for_time("t", 0, base + 735).await.unwrap(), 74);
 }
+
+#[tokio::test]
+async fn a_roll_cut_short_by_a_crash_is_recovered() {
+    let dir = fresh_dir("cut-roll");
+    let log = open(small_segments(&dir)).await;
+    log.ensure_topic("t", 1).await.unwrap();
+    for i in 0..40 {
+        log.append("t", vec![record("k", &format!("record-{i:03}"))])
+            .await
+            .unwrap();
+    }
+    log.close().await.unwrap();
+    drop(log);
+    let files = segment_files(&dir, "t", 0);
+    let closing = &files[files.len() - 2];
+    // Everything before the last segment survives: the records up to its base offset.
+    let last_name = files.last().unwrap().file_stem().unwrap().to_str().unwrap();
+    let survivors: u64 = last_name.parse().unwrap();
+    // As if the process died while the batch that rolled was being written: the closing
+    // segment has a torn tail and no index file; the new segment exists.
+    std::fs::remove_file(closing.with_extension("index")).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(closing)
+        .unwrap()
+        .write_all(&[9, 0, 0, 0, 1])
+        .unwrap();
+
+    let log = open(small_segments(&dir)).await;
+    let records = log.read("t", 0, 0, 1000).await.unwrap();
+    assert_eq!(records.len() as u64, survivors);
+    assert!(
+        !files.last().unwrap().exists(),
+        "the segment the roll created is gone"
+    );
+    let next = log.append("t", vec![record("k", "after")]).await.unwrap()[0];
+    assert_eq!(next.offset, survivors);
+}

@@ -338,62 +338,97 @@ fn load_segments(
     dir: &Path,
     mode: OpenMode,
 ) -> Result<Vec<Segment>, LogError> {
+    struct Loaded {
+        segment: Segment,
+        has_index_file: bool,
+        /// Where and why scanning stopped before the end of the file.
+        invalid_tail: Option<(u64, String)>,
+    }
     let writable = mode == OpenMode::Writer;
     let bases = list_segments(dir)?;
-    let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
+    let mut loaded = Vec::with_capacity(bases.len());
     for (i, &base) in bases.iter().enumerate() {
         let mut segment = open_segment(dir, base, writable)?;
         let is_last = i + 1 == bases.len();
-        if is_last || segment.load_index_file().is_none() {
-            let stop = segment.scan_forward(config.index_interval_bytes)?;
-            if let Some((position, reason)) = stop {
-                match (mode, is_last) {
-                    (OpenMode::Writer, true) => {
-                        let file_len = segment
-                            .file
-                            .metadata()
-                            .map_err(|e| io_error(&segment.path, e))?
-                            .len();
-                        tracing::warn!(
-                            file = %segment.path.display(),
-                            valid_bytes = position,
-                            dropped_bytes = file_len - position,
-                            reason,
-                            "truncating the torn tail of a segment to its last valid record"
-                        );
-                        segment
-                            .file
-                            .set_len(position)
-                            .and_then(|()| segment.file.sync_all())
-                            .map_err(|e| io_error(&segment.path, e))?;
-                    }
-                    (OpenMode::Writer, false) => {
-                        return Err(LogError::Corrupt {
-                            path: segment.path.display().to_string(),
-                            reason: format!("{reason} at byte {position} of a closed segment"),
-                        });
-                    }
-                    (OpenMode::Reader, _) => {}
-                }
-            }
-            if !is_last && writable {
-                segment.write_index_file()?;
-            }
-        }
-        if let Some(previous) = segments.last()
-            && !previous.is_empty()
-            && previous.next_offset != segment.base_offset
-        {
-            return Err(LogError::Corrupt {
-                path: segment.path.display().to_string(),
-                reason: format!(
-                    "segment starts at offset {} but the previous one ends at {}",
-                    segment.base_offset, previous.next_offset
-                ),
-            });
-        }
-        segments.push(segment);
+        let has_index_file = !is_last && segment.load_index_file().is_some();
+        let invalid_tail = if has_index_file {
+            None
+        } else {
+            segment.scan_forward(config.index_interval_bytes)?
+        };
+        loaded.push(Loaded {
+            segment,
+            has_index_file,
+            invalid_tail,
+        });
     }
+    if !writable {
+        // A reader sees the complete frames and waits for the writer to recover the rest.
+        return Ok(loaded.into_iter().map(|l| l.segment).collect());
+    }
+
+    // The first segment that is damaged (invalid tail) or does not connect to the next one.
+    let damaged = (0..loaded.len()).find(|&i| {
+        loaded[i].invalid_tail.is_some()
+            || loaded
+                .get(i + 1)
+                .is_some_and(|next| next.segment.base_offset != loaded[i].segment.next_offset)
+    });
+    if let Some(i) = damaged
+        && i + 1 < loaded.len()
+    {
+        // A segment gets its index file once the batch that closed it is durable. Damage in a
+        // segment without one, followed only by segments without one, is a roll cut short by a
+        // crash: none of those bytes were acknowledged. Anything else is corruption.
+        let path = loaded[i].segment.path.display().to_string();
+        let reason = match &loaded[i].invalid_tail {
+            Some((position, reason)) => format!("{reason} at byte {position} of a closed segment"),
+            None => format!(
+                "the segment ends at offset {} but the next one starts at {}",
+                loaded[i].segment.next_offset,
+                loaded[i + 1].segment.base_offset
+            ),
+        };
+        if loaded[i..].iter().any(|l| l.has_index_file) {
+            return Err(LogError::Corrupt { path, reason });
+        }
+        for later in loaded.drain(i + 1..) {
+            tracing::warn!(
+                file = %later.segment.path.display(),
+                damaged = %path,
+                reason,
+                "deleting a segment created by a roll that a crash cut short"
+            );
+            later.segment.delete_files()?;
+        }
+    }
+    if let Some(last) = loaded.last_mut()
+        && let Some((position, reason)) = last.invalid_tail.take()
+    {
+        let segment = &last.segment;
+        let file_len = segment
+            .file
+            .metadata()
+            .map_err(|e| io_error(&segment.path, e))?
+            .len();
+        tracing::warn!(
+            file = %segment.path.display(),
+            valid_bytes = position,
+            dropped_bytes = file_len - position,
+            reason,
+            "truncating the torn tail of a segment to its last valid record"
+        );
+        segment
+            .file
+            .set_len(position)
+            .and_then(|()| segment.file.sync_all())
+            .map_err(|e| io_error(&segment.path, e))?;
+    }
+    let closed = loaded.len().saturating_sub(1);
+    for entry in loaded.iter().take(closed).filter(|l| !l.has_index_file) {
+        entry.segment.write_index_file()?;
+    }
+    let mut segments: Vec<Segment> = loaded.into_iter().map(|l| l.segment).collect();
     if segments.is_empty() && writable {
         let path = dir.join(segment_file_name(0));
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;

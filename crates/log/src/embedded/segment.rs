@@ -239,10 +239,6 @@ impl Segment {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.next_offset == self.base_offset
-    }
-
     fn note(&mut self, position: u64, frame_len: u64, meta: FrameMeta, interval: u64) {
         let mut last = self.index.last().map(|e| e.position);
         note_in_index(&mut self.index, &mut last, interval, position, meta);
