@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use crate::Env;
 use crate::error::EvalError;
-use crate::model::{model, type_from_suffix};
+use crate::model::{ChildInfo, model, type_from_suffix};
 use crate::ops::{self, Arith};
 use crate::parser::{BinOp, Expr, Literal, TypeSpec};
 use crate::value::{Item, ItemValue, Node, primitive_value};
@@ -485,21 +485,37 @@ fn index_node<'a>(parent: &Node<'a>, index: usize) -> Option<Node<'a>> {
     }
 }
 
+/// A FHIR type name: static from the model, owned only for names derived from data.
+pub(crate) type TypeName = Cow<'static, str>;
+
+/// Runs `f` with `_key` (a primitive's extension sibling) without allocating for usual keys.
+fn with_underscore<R>(key: &str, f: impl FnOnce(&str) -> R) -> R {
+    let mut buffer = [0u8; 64];
+    if key.len() < buffer.len() {
+        buffer[0] = b'_';
+        buffer[1..=key.len()].copy_from_slice(key.as_bytes());
+        if let Ok(prefixed) = std::str::from_utf8(&buffer[..=key.len()]) {
+            return f(prefixed);
+        }
+    }
+    f(&format!("_{key}"))
+}
+
 /// Builds the item for a JSON node of a known or guessed type.
 pub(crate) fn make_item<'a>(
     node: Node<'a>,
-    type_name: Option<&str>,
+    type_name: Option<TypeName>,
     extras: Option<Node<'a>>,
 ) -> Item<'a> {
     if node.json().is_object() {
         let type_name: Cow<'a, str> = match &node {
             Node::Borrowed(json) => match json.get("resourceType").and_then(Json::as_str) {
                 Some(rt) => Cow::Borrowed(rt),
-                None => Cow::Owned(type_name.unwrap_or("Element").to_string()),
+                None => type_name.unwrap_or(Cow::Borrowed("Element")),
             },
             Node::Shared(json) => match json.get("resourceType").and_then(Json::as_str) {
                 Some(rt) => Cow::Owned(rt.to_string()),
-                None => Cow::Owned(type_name.unwrap_or("Element").to_string()),
+                None => type_name.unwrap_or(Cow::Borrowed("Element")),
             },
         };
         return Item {
@@ -508,16 +524,14 @@ pub(crate) fn make_item<'a>(
             primitive_extras: extras,
         };
     }
-    let type_name = type_name
-        .unwrap_or_else(|| guessed_type(node.json()))
-        .to_string();
+    let type_name = type_name.unwrap_or_else(|| Cow::Borrowed(guessed_type(node.json())));
     let value = match &node {
         Node::Borrowed(json) => primitive_value(json, &type_name),
         Node::Shared(json) => owned_value(primitive_value(json, &type_name)),
     };
     Item {
         value,
-        type_name: Cow::Owned(type_name),
+        type_name,
         primitive_extras: extras,
     }
 }
@@ -549,15 +563,17 @@ pub(crate) fn navigate_all<'a>(
     for item in items {
         if let ItemValue::Element(_) = item.value {
             let parent: &str = &item.type_name;
-            if parent != "Element" && types.knows(parent) && types.child(parent, name).is_none() {
+            let info = types.child(parent, name);
+            if info.is_none() && parent != "Element" && types.knows(parent) {
                 undeclared = Some(parent);
             } else {
                 declared = true;
             }
+            navigate_resolved(item, name, info, &mut out);
         } else {
             declared = true;
+            navigate(item, name, &mut out);
         }
-        navigate(item, name, &mut out);
     }
     match undeclared {
         Some(parent) if !declared => Err(EvalError::UnknownElement {
@@ -571,40 +587,54 @@ pub(crate) fn navigate_all<'a>(
 
 /// Appends the children called `name` of `item`.
 pub(crate) fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Items<'a>) {
-    let node = match (&item.value, &item.primitive_extras) {
-        (ItemValue::Element(node), _) => node.clone(),
+    match (&item.value, &item.primitive_extras) {
+        (ItemValue::Element(_), _) => {}
         // A primitive's `id` and `extension` live in its `_name` sibling.
         (_, Some(extras)) => {
             push_key(extras, name, None, "Element", out);
             return;
         }
         _ => return,
+    }
+    let info = model().child(&item.type_name, name);
+    navigate_resolved(item, name, info, out);
+}
+
+/// `navigate` with the model's entry for `name` already looked up.
+fn navigate_resolved<'a>(
+    item: &Item<'a>,
+    name: &str,
+    info: Option<ChildInfo>,
+    out: &mut Items<'a>,
+) {
+    let ItemValue::Element(node) = &item.value else {
+        return navigate(item, name, out);
     };
     let Json::Object(object) = node.json() else {
         return;
     };
     let parent: &str = &item.type_name;
     let types = model();
-    match types.child(parent, name) {
-        Some(info) if !info.choice => push_key(&node, name, info.type_name, parent, out),
+    match info {
+        Some(info) if !info.choice => {
+            push_key(node, name, info.type_name.map(Cow::Borrowed), parent, out)
+        }
         Some(_) => {
             let key = object.keys().find(|k| is_choice_key(k, name));
             if let Some(key) = key {
-                let key = key.clone();
-                let type_name = types
-                    .json_key_type(parent, &key)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| type_from_suffix(&key[name.len()..]));
-                push_key(&node, &key, Some(&type_name), parent, out);
+                let type_name = match types.json_key_type(parent, key) {
+                    Some(t) => Cow::Borrowed(t),
+                    None => Cow::Owned(type_from_suffix(&key[name.len()..])),
+                };
+                push_key(node, key, Some(type_name), parent, out);
             }
         }
         None => {
-            if object.contains_key(name) || object.contains_key(&format!("_{name}")) {
-                push_key(&node, name, None, parent, out);
+            if object.contains_key(name) || with_underscore(name, |k| object.contains_key(k)) {
+                push_key(node, name, None, parent, out);
             } else if let Some(key) = object.keys().find(|k| is_choice_key(k, name)) {
-                let key = key.clone();
                 let type_name = type_from_suffix(&key[name.len()..]);
-                push_key(&node, &key, Some(&type_name), parent, out);
+                push_key(node, key, Some(Cow::Owned(type_name)), parent, out);
             }
         }
     }
@@ -619,16 +649,24 @@ fn is_choice_key(key: &str, name: &str) -> bool {
 fn push_key<'a>(
     node: &Node<'a>,
     key: &str,
-    type_name: Option<&str>,
+    type_name: Option<TypeName>,
     parent: &str,
     out: &mut Items<'a>,
 ) {
     let value = child_node(node, key);
-    let extras_key = format!("_{key}");
-    let extras = child_node(node, &extras_key);
+    // Only primitives have `_key` siblings; scanning for a `_` is cheaper than a hashed lookup.
+    let has_underscored = node
+        .json()
+        .as_object()
+        .is_some_and(|o| o.keys().any(|k| k.starts_with('_')));
+    let extras = if has_underscored {
+        with_underscore(key, |k| child_node(node, k))
+    } else {
+        None
+    };
     let type_name = type_name.or_else(|| {
         // Without a model entry, ask for the key's type directly (extension elements, etc.).
-        model().json_key_type(parent, key)
+        model().json_key_type(parent, key).map(Cow::Borrowed)
     });
     match (value, extras) {
         (Some(value), extras) if value.json().is_array() => {
@@ -641,7 +679,7 @@ fn push_key<'a>(
                     .as_ref()
                     .and_then(|e| index_node(e, i))
                     .filter(|e| !e.json().is_null());
-                out.push(make_item(element, type_name, extra));
+                out.push(make_item(element, type_name.clone(), extra));
             }
         }
         (Some(value), extras) => out.push(make_item(value, type_name, extras)),
@@ -651,7 +689,7 @@ fn push_key<'a>(
                 let len = extras.json().as_array().map_or(0, Vec::len);
                 for i in 0..len {
                     if let Some(extra) = index_node(&extras, i).filter(|e| !e.json().is_null()) {
-                        out.push(absent_item(type_name, extra));
+                        out.push(absent_item(type_name.clone(), extra));
                     }
                 }
             } else {
@@ -662,10 +700,10 @@ fn push_key<'a>(
     }
 }
 
-fn absent_item<'a>(type_name: Option<&str>, extras: Node<'a>) -> Item<'a> {
+fn absent_item<'a>(type_name: Option<TypeName>, extras: Node<'a>) -> Item<'a> {
     Item {
         value: ItemValue::Absent,
-        type_name: Cow::Owned(type_name.unwrap_or("string").to_string()),
+        type_name: type_name.unwrap_or(Cow::Borrowed("string")),
         primitive_extras: Some(extras),
     }
 }
@@ -700,8 +738,8 @@ pub(crate) fn children<'a>(item: &Item<'a>, out: &mut Items<'a>) {
             }
             continue;
         }
-        let type_name = model().json_key_type(parent, key).map(str::to_string);
-        push_key(&node, key, type_name.as_deref(), parent, out);
+        let type_name = model().json_key_type(parent, key).map(Cow::Borrowed);
+        push_key(&node, key, type_name, parent, out);
     }
 }
 

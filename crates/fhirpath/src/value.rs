@@ -160,7 +160,7 @@ pub(crate) fn primitive_value<'a>(json: &'a Json, fhir_type: &str) -> ItemValue<
     match json {
         Json::Bool(b) => ItemValue::Boolean(*b),
         Json::Number(n) => {
-            let text = n.to_string();
+            let text = n.as_str();
             let integral = matches!(
                 fhir_type,
                 "integer" | "positiveInt" | "unsignedInt" | "integer64"
@@ -168,7 +168,7 @@ pub(crate) fn primitive_value<'a>(json: &'a Json, fhir_type: &str) -> ItemValue<
             if integral && let Ok(i) = text.parse::<i64>() {
                 return ItemValue::Integer(i);
             }
-            parse_decimal(&text)
+            parse_decimal(text)
                 .map(ItemValue::Decimal)
                 .unwrap_or(ItemValue::Absent)
         }
