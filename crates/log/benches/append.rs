@@ -1,6 +1,6 @@
 //! Append throughput of the embedded log: 1 KB events, one sync per append versus group commit
 //! with N concurrent appenders, beside the disk's own sync ceiling (4 KB write + fdatasync in a
-//! loop). Run with `cargo bench -p flare-log --bench append`; prints a table, takes ~40 s.
+//! loop). Run with `cargo bench -p flare-log --bench append`; prints a table, takes ~30 s.
 
 use std::{
     fs::OpenOptions,
@@ -40,6 +40,7 @@ struct Outcome {
     seconds: f64,
     p50: Duration,
     p99: Duration,
+    records_per_batch: f64,
 }
 
 async fn run(dir: &Path, durability: Durability, appenders: usize, per_append: usize) -> Outcome {
@@ -83,6 +84,7 @@ async fn run(dir: &Path, durability: Durability, appenders: usize, per_append: u
         latencies.extend(l);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let stats = log.stats();
     log.close().await.unwrap();
     latencies.sort_unstable();
     let at = |q: f64| {
@@ -116,11 +118,12 @@ fn main() {
         "|{:-<36}|{:->11}|{:->13}|{:->9}|{:->11}|{:->11}|",
         "", "", "", "", "", ""
     );
-    let cases: [(&str, Durability, usize, usize); 7] = [
+    let cases: [(&str, Durability, usize, usize); 8] = [
         ("fsync, one sync per append", Durability::Fsync, 1, 1),
         ("fsync, group commit", Durability::Fsync, 8, 1),
         ("fsync, group commit", Durability::Fsync, 64, 1),
         ("fsync, group commit", Durability::Fsync, 256, 1),
+        ("fsync, group commit", Durability::Fsync, 1024, 1),
         ("fsync, 100 records per append", Durability::Fsync, 8, 100),
         ("interval 10 ms", Durability::IntervalMs(10), 64, 1),
         ("none", Durability::None, 64, 1),
@@ -129,13 +132,14 @@ fn main() {
         let outcome = runtime.block_on(run(&base.join("log"), durability, appenders, per_append));
         let rate = outcome.events as f64 / outcome.seconds;
         println!(
-            "| {:<34} | {:>9} | {:>11.0} | {:>7.1} | {:>9.2?} | {:>9.2?} |",
+            "| {:<34} | {:>9} | {:>11.0} | {:>7.1} | {:>9.2?} | {:>9.2?} | {:>9.1} |",
             name,
             appenders,
             rate,
             rate * EVENT_BYTES as f64 / 1e6,
             outcome.p50,
-            outcome.p99
+            outcome.p99,
+            outcome.records_per_batch
         );
     }
     let _ = std::fs::remove_dir_all(&base);

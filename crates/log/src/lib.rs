@@ -13,7 +13,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod partitioner;
 
-pub use embedded::{Durability, EmbeddedLog, EmbeddedLogConfig};
+pub use embedded::{Durability, EmbeddedLog, EmbeddedLogConfig, WriterStats};
 
 /// A header on a record. Values are bytes because Kafka headers are bytes.
 #[derive(Clone, PartialEq, Eq)]

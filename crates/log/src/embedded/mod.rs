@@ -23,8 +23,9 @@
 //!
 //! Closed segments are not scanned: their `.index` file (written when the segment is closed,
 //! checked by CRC and against the segment's size) is loaded instead, so opening a large log
-//! costs one small read per closed segment. The last (active) segment of each partition is
-//! scanned frame by frame; a torn or corrupt tail (partial frame, bad CRC) is truncated to the
+//! costs one small read per closed segment. After a clean stop the active segments have a
+//! matching index file too. Otherwise (after a crash) the active segment of each partition is
+//! scanned frame by frame (at most `segment_bytes` per partition); a torn or corrupt tail (partial frame, bad CRC) is truncated to the
 //! last valid record with a warning. A closed segment without a usable index is scanned; a
 //! damaged frame inside it is a [`LogError::Corrupt`] naming the file.
 //!
@@ -55,7 +56,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -203,12 +204,38 @@ impl Topic {
     }
 }
 
+/// What the writer has done since the log was opened (for metrics, and to see group commit at
+/// work: `records / batches` is the mean batch size).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Append calls acknowledged.
+    pub appends: u64,
+    /// Records acknowledged.
+    pub records: u64,
+    /// Group-commit batches written (each: one write per touched segment, then the syncs).
+    pub batches: u64,
+    /// `fdatasync` calls on segment files.
+    pub syncs: u64,
+    /// Bytes written to segment files.
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct WriterCounters {
+    pub appends: AtomicU64,
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub syncs: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
 /// State shared by the API, the writer thread, the refresher thread and consumers.
 pub(crate) struct Shared {
     pub config: EmbeddedLogConfig,
     pub topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Bumped after every publish; consumers wait on it.
     pub generation: watch::Sender<u64>,
+    pub stats: WriterCounters,
     pub clock: Clock,
     pub groups: GroupStore,
     pub read_only: bool,
@@ -350,7 +377,9 @@ fn load_segments(
     for (i, &base) in bases.iter().enumerate() {
         let mut segment = open_segment(dir, base, writable)?;
         let is_last = i + 1 == bases.len();
-        let has_index_file = !is_last && segment.load_index_file().is_some();
+        // The last segment has a matching index file only after a clean stop; a reader skips
+        // it anyway, since the writer may be appending.
+        let has_index_file = (!is_last || writable) && segment.load_index_file().is_some();
         let invalid_tail = if has_index_file {
             None
         } else {
@@ -535,6 +564,7 @@ impl EmbeddedLog {
             clock,
             read_only: false,
             create_lock: Mutex::new(()),
+            stats: WriterCounters::default(),
             config,
         });
         let writer = writer::start(shared.clone())?;
@@ -571,6 +601,7 @@ impl EmbeddedLog {
                 clock: system_clock(),
                 read_only: true,
                 create_lock: Mutex::new(()),
+                stats: WriterCounters::default(),
                 config,
             });
             let refresher = refresh::start(shared.clone())?;
@@ -590,6 +621,19 @@ impl EmbeddedLog {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.inner.shared.config.data_dir
+    }
+
+    /// Counters of the writer (all zero for a read-only log).
+    pub fn stats(&self) -> WriterStats {
+        let counters = &self.inner.shared.stats;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        WriterStats {
+            appends: get(&counters.appends),
+            records: get(&counters.records),
+            batches: get(&counters.batches),
+            syncs: get(&counters.syncs),
+            bytes: get(&counters.bytes),
+        }
     }
 
     /// True for a log opened with [`open_reader`](Self::open_reader).

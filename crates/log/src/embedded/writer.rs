@@ -5,7 +5,7 @@ use std::{
     fs::{File, OpenOptions},
     os::unix::fs::FileExt,
     path::PathBuf,
-    sync::{Arc, mpsc},
+    sync::{Arc, atomic::Ordering, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -236,6 +236,24 @@ impl Writer {
             self.run_timers();
         }
         self.sync_unsynced();
+        if self.failure.is_none() {
+            self.write_active_indexes();
+        }
+    }
+
+    /// On a clean stop, the active segments get index files too, so the next open scans
+    /// nothing (a file that grew after this, e.g. before a crash, no longer matches its index
+    /// and is scanned as usual).
+    fn write_active_indexes(&self) {
+        let topics: Vec<_> = self.shared.topics.read().values().cloned().collect();
+        for partition in topics.iter().flat_map(|t| t.partitions.iter()) {
+            let active = partition.state.read().segments.last().cloned();
+            if let Some(active) = active
+                && let Err(error) = active.write_index_file()
+            {
+                tracing::warn!(%error, "could not write a segment index; the next open will scan");
+            }
+        }
     }
 
     fn time_to_next_timer(&self) -> Duration {
@@ -261,6 +279,10 @@ impl Writer {
 
     fn sync_unsynced(&mut self) {
         let files: Vec<_> = self.unsynced.drain().collect();
+        self.shared
+            .stats
+            .syncs
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
         if let Err(error) = sync_files(&files) {
             tracing::error!(%error, "periodic sync failed; the log stops accepting appends");
             self.failure = Some(error.to_string());
@@ -286,6 +308,13 @@ impl Writer {
         }
         match self.write_batch(&requests) {
             Ok(positions) => {
+                let stats = &self.shared.stats;
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .appends
+                    .fetch_add(positions.len() as u64, Ordering::Relaxed);
+                let records = positions.iter().map(|p| p.len() as u64).sum();
+                stats.records.fetch_add(records, Ordering::Relaxed);
                 for (request, positions) in requests.into_iter().zip(positions) {
                     let _ = request.reply.send(Ok(positions));
                 }
@@ -362,6 +391,10 @@ impl Writer {
                         .write_all_at(&chunk.buffer, chunk.write_position)
                         .map_err(|e| io_error(&chunk.path, e))?;
                     to_sync.push((chunk.path.clone(), chunk.file.clone()));
+                    self.shared
+                        .stats
+                        .bytes
+                        .fetch_add(chunk.buffer.len() as u64, Ordering::Relaxed);
                 }
             }
             if batch.chunks.iter().any(|c| c.created) {
@@ -371,6 +404,10 @@ impl Writer {
         match config.durability {
             Durability::Fsync => {
                 sync_files(&to_sync)?;
+                self.shared
+                    .stats
+                    .syncs
+                    .fetch_add(to_sync.len() as u64, Ordering::Relaxed);
                 for dir in &dirs_to_sync {
                     sync_dir(dir)?;
                 }
