@@ -471,9 +471,20 @@ fn guessed_type(json: &Json) -> &'static str {
     }
 }
 
+/// A key of a JSON object: FHIR elements have few keys, where a scan beats hashing the key.
+fn field<'j>(json: &'j Json, key: &str) -> Option<&'j Json> {
+    match json {
+        Json::Object(object) if object.len() <= 12 => {
+            object.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        }
+        Json::Object(object) => object.get(key),
+        _ => None,
+    }
+}
+
 fn child_node<'a>(parent: &Node<'a>, key: &str) -> Option<Node<'a>> {
     match parent {
-        Node::Borrowed(json) => json.get(key).map(Node::Borrowed),
+        Node::Borrowed(json) => field(json, key).map(Node::Borrowed),
         Node::Shared(json) => json.get(key).map(|v| Node::Shared(Arc::new(v.clone()))),
     }
 }

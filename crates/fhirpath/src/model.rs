@@ -27,15 +27,18 @@ pub(crate) struct FhirModel;
 
 impl TypeModel for FhirModel {
     fn child(&self, parent: &str, name: &str) -> Option<ChildInfo> {
-        let info = flare_fhir::model::child(parent, name)?;
-        let type_name = match &info.backbone {
-            Some(path) => Some(path.as_str()),
-            None if !info.choice => info.types.first().map(String::as_str),
-            None => None,
-        };
-        Some(ChildInfo {
-            choice: info.choice,
-            type_name,
+        CHILD_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let slot = &mut cache[slot_of(parent, name)];
+            if let Some((cached_parent, cached_name, info)) = slot
+                && cached_parent == parent
+                && cached_name == name
+            {
+                return *info;
+            }
+            let info = lookup_child(parent, name);
+            *slot = Some((parent.to_string(), name.to_string(), info));
+            info
         })
     }
     fn json_key_type(&self, parent: &str, key: &str) -> Option<&'static str> {
@@ -56,6 +59,39 @@ impl TypeModel for FhirModel {
     fn knows(&self, parent: &str) -> bool {
         flare_fhir::model::elements(parent).is_some()
     }
+}
+
+/// Navigation asks the model for the same few (type, element) pairs over and over; a small
+/// direct-mapped cache per thread avoids two SipHash lookups per step.
+const CHILD_CACHE_SLOTS: usize = 512;
+
+type ChildCacheSlot = Option<(String, String, Option<ChildInfo>)>;
+
+thread_local! {
+    static CHILD_CACHE: std::cell::RefCell<Vec<ChildCacheSlot>> =
+        std::cell::RefCell::new(vec![None; CHILD_CACHE_SLOTS]);
+}
+
+/// FNV-1a over both names: cheap, and collisions only cost a model lookup.
+fn slot_of(parent: &str, name: &str) -> usize {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in parent.bytes().chain([b'.']).chain(name.bytes()) {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    hash as usize % CHILD_CACHE_SLOTS
+}
+
+fn lookup_child(parent: &str, name: &str) -> Option<ChildInfo> {
+    let info = flare_fhir::model::child(parent, name)?;
+    let type_name = match &info.backbone {
+        Some(path) => Some(path.as_str()),
+        None if !info.choice => info.types.first().map(String::as_str),
+        None => None,
+    };
+    Some(ChildInfo {
+        choice: info.choice,
+        type_name,
+    })
 }
 
 pub(crate) fn model() -> &'static dyn TypeModel {
