@@ -31,6 +31,8 @@ pub enum ParseError {
         got: usize,
         position: usize,
     },
+    #[error("expression nested too deeply at position {position}")]
+    TooDeep { position: usize },
     #[error("unknown type '{name}' at position {position}")]
     UnknownType { name: String, position: usize },
 }

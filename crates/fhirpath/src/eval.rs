@@ -84,7 +84,10 @@ pub(crate) fn eval<'a>(
                 return Ok(Vec::new());
             };
             let value = match &item.value {
-                ItemValue::Integer(i) => ItemValue::Integer(-i),
+                ItemValue::Integer(i) => match i.checked_neg() {
+                    Some(negated) => ItemValue::Integer(negated),
+                    None => return Ok(Vec::new()),
+                },
                 ItemValue::Decimal(d) => ItemValue::Decimal(-d),
                 ItemValue::Quantity(q) => {
                     ItemValue::Quantity(crate::value::Quantity::new(-q.value, q.unit.clone()))

@@ -178,7 +178,11 @@ const CALENDAR_UNITS: [&str; 16] = [
 
 pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
     let tokens = tokenize(src)?;
-    let mut parser = Parser { tokens, at: 0 };
+    let mut parser = Parser {
+        tokens,
+        at: 0,
+        depth: 0,
+    };
     let expr = parser.expression(0)?;
     match parser.peek() {
         Tok::End => Ok(expr),
@@ -189,7 +193,11 @@ pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    depth: usize,
 }
+
+/// Nesting beyond this is refused so that hostile input cannot exhaust the stack.
+const MAX_DEPTH: usize = 200;
 
 /// Binding power of infix operators (higher binds tighter), per the FHIRPath grammar.
 fn infix(tok: &Tok) -> Option<(BinOpOrType, u8)> {
@@ -268,6 +276,18 @@ impl Parser {
     }
 
     fn expression(&mut self, min_bp: u8) -> Result<Expr, ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ParseError::TooDeep {
+                position: self.pos(),
+            });
+        }
+        let result = self.expression_inner(min_bp);
+        self.depth -= 1;
+        result
+    }
+
+    fn expression_inner(&mut self, min_bp: u8) -> Result<Expr, ParseError> {
         let mut left = self.unary()?;
         while let Some((op, bp)) = infix(self.peek()) {
             if bp < min_bp {
@@ -340,7 +360,13 @@ impl Parser {
         match self.peek() {
             Tok::Sym("-") => {
                 self.at += 1;
-                let operand = self.unary()?;
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(ParseError::TooDeep { position: pos });
+                }
+                let operand = self.unary();
+                self.depth -= 1;
+                let operand = operand?;
                 Ok(match operand {
                     Expr::Literal(Literal::Integer(i)) => Expr::Literal(Literal::Integer(-i)),
                     Expr::Literal(Literal::Decimal(d)) => Expr::Literal(Literal::Decimal(-d)),
@@ -352,7 +378,13 @@ impl Parser {
             }
             Tok::Sym("+") => {
                 self.at += 1;
-                self.unary()
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(ParseError::TooDeep { position: pos });
+                }
+                let operand = self.unary();
+                self.depth -= 1;
+                operand
             }
             _ => {
                 let term = self.term()?;

@@ -197,9 +197,11 @@ impl Temporal {
         };
         if self.kind == TemporalKind::Time {
             let millis: i64 = match unit {
-                "hour" | "hours" | "h" => amount * 3_600_000,
-                "minute" | "minutes" | "min" => amount * 60_000,
-                "second" | "seconds" | "s" => amount * 1000 + fraction_millis,
+                "hour" | "hours" | "h" => amount.checked_mul(3_600_000)?,
+                "minute" | "minutes" | "min" => amount.checked_mul(60_000)?,
+                "second" | "seconds" | "s" => {
+                    amount.checked_mul(1000)?.checked_add(fraction_millis)?
+                }
                 "millisecond" | "milliseconds" | "ms" => amount,
                 _ => return None,
             };
@@ -208,7 +210,7 @@ impl Temporal {
                 + self.minute as i64 * 60_000
                 + self.second as i64 * 1000
                 + self.millis as i64;
-            let total = (current + millis).rem_euclid(day);
+            let total = current.checked_add(millis)?.rem_euclid(day);
             out.hour = (total / 3_600_000) as u8;
             out.minute = (total / 60_000 % 60) as u8;
             out.second = (total / 1000 % 60) as u8;
@@ -226,7 +228,9 @@ impl Temporal {
                 "day" | "days" | "d" => amount.checked_mul(86_400_000)?,
                 "hour" | "hours" | "h" => amount.checked_mul(3_600_000)?,
                 "minute" | "minutes" | "min" => amount.checked_mul(60_000)?,
-                "second" | "seconds" | "s" => amount.checked_mul(1000)? + fraction_millis,
+                "second" | "seconds" | "s" => {
+                    amount.checked_mul(1000)?.checked_add(fraction_millis)?
+                }
                 "millisecond" | "milliseconds" | "ms" => amount,
                 _ => return None,
             };
@@ -236,7 +240,7 @@ impl Temporal {
                 + self.minute as i64 * 60_000
                 + self.second as i64 * 1000
                 + self.millis as i64;
-            let total = current + millis;
+            let total = current.checked_add(millis)?;
             let (y, m, d) = civil_from_days(total.div_euclid(86_400_000));
             let in_day = total.rem_euclid(86_400_000);
             out.year = y;

@@ -140,3 +140,41 @@ fn default_resolve_types_references_and_finds_contained_resources() {
         Some(true)
     );
 }
+
+#[test]
+fn hostile_nesting_is_refused_not_a_crash() {
+    let deep = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    assert!(matches!(
+        Expression::parse(&deep),
+        Err(ParseError::TooDeep { .. })
+    ));
+    let negations = format!("{}1", "-".repeat(100_000));
+    assert!(Expression::parse(&negations).is_err());
+}
+
+#[test]
+fn expressions_are_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Expression>();
+    assert_send_sync::<ExpressionCache>();
+}
+
+#[test]
+fn arithmetic_overflow_is_empty_not_a_panic() {
+    let resource = json!({"resourceType": "Patient"});
+    let env = Env::new();
+    for text in [
+        "9223372036854775807 + 1",
+        "-(-9223372036854775807 - 1)",
+        "@T10:00 + 9223372036854775807 hours",
+        "@2020-01-01 + 9223372036854775807 days",
+        "@2020-01-01T10:00 + 9223372036854775807 'ms'",
+    ] {
+        let expr = Expression::parse(text).unwrap();
+        let items = expr.evaluate(&resource, &env);
+        assert!(
+            matches!(items.as_deref(), Ok([]) | Err(_)),
+            "{text}: {items:?}"
+        );
+    }
+}
