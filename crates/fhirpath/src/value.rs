@@ -268,6 +268,24 @@ fn unit_scale(unit: &str) -> Option<(&'static str, Decimal)> {
         .and_then(|(_, dim, factor)| factor.parse().ok().map(|f| (*dim, f)))
 }
 
+/// The product of two quantities of one convertible dimension with different units, in the
+/// dimension's base unit squared (`2 'cm' * 2 'm'` is `0.04 'm2'`).
+pub(crate) fn same_dimension_product(a: &Quantity, b: &Quantity) -> Option<Quantity> {
+    if canonical_unit(&a.unit) == canonical_unit(&b.unit) {
+        return None;
+    }
+    let (da, fa) = unit_scale(&a.unit)?;
+    let (db, fb) = unit_scale(&b.unit)?;
+    if da != db || da == "1" {
+        return None;
+    }
+    let value = a
+        .value
+        .checked_mul(fa)?
+        .checked_mul(b.value.checked_mul(fb)?)?;
+    Some(Quantity::new(value, format!("{da}2")))
+}
+
 /// Both quantities in one unit, when their units are equal or convertible.
 pub(crate) fn comparable(a: &Quantity, b: &Quantity) -> Option<(Decimal, Decimal)> {
     let (ua, ub) = (canonical_unit(&a.unit), canonical_unit(&b.unit));
