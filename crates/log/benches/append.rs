@@ -98,6 +98,7 @@ async fn run(dir: &Path, durability: Durability, appenders: usize, per_append: u
         seconds,
         p50: at(0.5),
         p99: at(0.99),
+        records_per_batch: stats.records as f64 / stats.batches.max(1) as f64,
     }
 }
 
