@@ -112,12 +112,25 @@ fn main() {
     let ceiling = sync_ceiling(&base);
     println!("disk sync ceiling (4 KB write + fdatasync, one thread): {ceiling:.0} syncs/s\n");
     println!(
-        "| {:<34} | {:>9} | {:>11} | {:>7} | {:>9} | {:>9} |",
-        "case (1 KB events, 4 partitions)", "appenders", "events/s", "MB/s", "p50 ack", "p99 ack"
+        "| {:<34} | {:>9} | {:>11} | {:>7} | {:>9} | {:>9} | {:>9} |",
+        "case (1 KB events, 4 partitions)",
+        "appenders",
+        "events/s",
+        "MB/s",
+        "p50 ack",
+        "p99 ack",
+        "rec/batch"
     );
+    let dashes = |n: usize| "-".repeat(n);
     println!(
-        "|{:-<36}|{:->11}|{:->13}|{:->9}|{:->11}|{:->11}|",
-        "", "", "", "", "", ""
+        "|{}|{}|{}|{}|{}|{}|{}|",
+        dashes(36),
+        dashes(11),
+        dashes(13),
+        dashes(9),
+        dashes(11),
+        dashes(11),
+        dashes(11)
     );
     let cases: [(&str, Durability, usize, usize); 8] = [
         ("fsync, one sync per append", Durability::Fsync, 1, 1),
