@@ -78,7 +78,7 @@ async fn transaction_processes_deletes_before_creates_and_updates() {
     server.get("Patient/old").await.expect(410);
     // Same lastUpdated for the whole transaction: one commit.
     let history = server.get("_history?_count=2").await;
-    let stamps: Vec<&str> = entries(&history.json).iter().map(|e| e["response"]["lastModified"].as_str().unwrap()).collect::<Vec<_>>();
+    let stamps: Vec<&str> = entries(&history.json).iter().map(|e| e["response"]["lastModified"].as_str().unwrap()).collect();
     assert_eq!(stamps[0], stamps[1]);
 }
 
@@ -95,7 +95,7 @@ async fn batch_runs_entries_independently() {
     let reply = server.post("", &bundle).await;
     reply.expect(200);
     assert_eq!(reply.json["type"], "batch-response");
-    let statuses: Vec<&str> = entries(&reply.json).iter().map(|e| e["response"]["status"].as_str().unwrap()).collect::<Vec<_>>();
+    let statuses: Vec<&str> = entries(&reply.json).iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["201 Created", "404 Not Found", "405 Method Not Allowed", "201 Created", "200 OK"]);
     assert_eq!(entries(&reply.json)[1]["response"]["outcome"]["resourceType"], "OperationOutcome");
     assert_eq!(entries(&reply.json)[4]["resource"]["total"], 1);

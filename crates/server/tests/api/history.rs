@@ -16,7 +16,7 @@ async fn history_at_every_level_with_since_and_paging() {
     let instance = server.get("Patient/h0/_history").await;
     instance.expect(200);
     assert_eq!(instance.json["type"], "history");
-    let versions: Vec<&str> = entries(&instance.json).iter().map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap()).collect::<Vec<_>>().into_iter().collect();
+    let versions: Vec<&str> = entries(&instance.json).iter().map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap()).collect();
     assert_eq!(versions, ["2", "1"], "newest first");
     assert_eq!(entries(&instance.json)[0]["request"]["method"], "PUT");
 

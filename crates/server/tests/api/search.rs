@@ -130,7 +130,7 @@ async fn unknown_parameters_are_reported_or_refused() {
     seed(&server).await;
     let lenient = server.get("Patient?family=smith&nonsense=1").await;
     lenient.expect(200);
-    let outcome: Vec<Value> = entries(&lenient.json).into_iter().filter(|e| e["search"]["mode"] == "outcome").collect();
+    let outcome: Vec<&Value> = entries(&lenient.json).iter().filter(|e| e["search"]["mode"] == "outcome").collect();
     assert_eq!(outcome.len(), 1);
     assert!(outcome[0]["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("nonsense"));
     assert_eq!(match_ids(&lenient.json).len(), 2);

@@ -164,8 +164,8 @@ fn uuid_like() -> String {
 }
 
 /// The entries of a Bundle.
-pub fn entries(bundle: &Value) -> Vec<Value> {
-    bundle["entry"].as_array().cloned().unwrap_or_default()
+pub fn entries(bundle: &Value) -> &[Value] {
+    bundle["entry"].as_array().map_or(&[], Vec::as_slice)
 }
 
 /// The ids of the `match` resources of a searchset.
