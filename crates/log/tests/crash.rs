@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flare_log::{Durability, EmbeddedLog, EmbeddedLogConfig, EventLog, NewRecord};
+use flare_log::{
+    Durability, EmbeddedLog, EmbeddedLogConfig, EventLog, NewRecord, StartFrom, conformance::poll_n,
+};
 
 const DIR_ENV: &str = "FLARE_LOG_CRASH_DIR";
 const ROUND_ENV: &str = "FLARE_LOG_CRASH_ROUND";
@@ -159,6 +161,9 @@ fn acknowledged_appends_survive_sigkill() {
             first.is_ok(),
             "round {round}: the writer acknowledged nothing"
         );
+        if round == 0 {
+            runtime.block_on(read_while_writing(&dir));
+        }
         std::thread::sleep(Duration::from_millis(rand::random_range(100..900)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -173,6 +178,36 @@ fn acknowledged_appends_survive_sigkill() {
 
         runtime.block_on(verify(&dir, &all_acks, round));
     }
+}
+
+/// A read-only view in this process follows the writer process through the files: a
+/// consumer is woken by its appends and sees only whole, valid records.
+async fn read_while_writing(dir: &Path) {
+    let reader = EmbeddedLog::open_reader(dir)
+        .await
+        .expect("a reader opens beside the writer");
+    let mut consumer = reader
+        .consumer("tail", &[TOPIC.to_string()], StartFrom::Latest)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let records = poll_n(consumer.as_mut(), 200).await;
+    eprintln!(
+        "reader process view: 200 live records in {:?}",
+        started.elapsed()
+    );
+    for record in &records {
+        let text = String::from_utf8_lossy(&record.payload);
+        let mut fields = text.split('/');
+        let round: u32 = fields.next().unwrap().parse().unwrap();
+        let writer: u32 = fields.next().unwrap().parse().unwrap();
+        let seq: u64 = fields.next().unwrap().parse().unwrap();
+        assert_eq!(record.payload, payload(round, writer, seq));
+    }
+    consumer
+        .commit(&records[0])
+        .await
+        .expect("a read-only process can commit");
 }
 
 async fn verify(dir: &Path, acks: &[Ack], round: u32) {
