@@ -26,7 +26,7 @@ use crate::{
     StoredVersion,
 };
 use search::ParamKindCache;
-use writer::{WriteJob, Writer};
+use writer::{ParamIds, WriteJob, Writer};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
@@ -123,6 +123,7 @@ impl SqliteStore {
         let outbox_changed = Arc::new(Notify::new());
         let writer = Writer {
             conn,
+            param_ids: ParamIds::default(),
             jobs: receiver,
             max_batch: config.max_batch_commits.max(1),
             outbox_changed: outbox_changed.clone(),
@@ -143,13 +144,9 @@ impl SqliteStore {
     }
 
     /// Refreshes the query planner's statistics (`PRAGMA optimize`); worth calling after a bulk
-    /// load and now and then (e.g. hourly).
+    /// load and now and then (e.g. hourly). Runs on the writer, between commits.
     pub async fn optimize(&self) -> Result<(), StoreError> {
-        self.read(|conn| {
-            conn.execute_batch("PRAGMA optimize=0x10002")?;
-            Ok(())
-        })
-        .await
+        self.write(|reply| WriteJob::Optimize { reply }).await
     }
 
     async fn write(

@@ -11,10 +11,12 @@ pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// - `resource`: one row per resource identity with its current version (`rid` is the compact
 ///   key the index tables point at; tombstones keep their row with `deleted = 1`).
 /// - `resource_version`: every version ever written (`body` NULL for a tombstone).
+/// - `search_param`: each (resource type, parameter code) seen, numbered: index rows carry the
+///   small `pid` instead of two strings, which keeps rows and b-tree keys short.
 /// - `idx_*`: search index rows of the *current* version of live resources only, replaced on
-///   every write. Each is clustered by `(rid, param, n)` (`n` = position in the version's entry
+///   every write. Each is clustered by `(rid, pid, n)` (`n` = position in the version's entry
 ///   list) so "does resource X have a value of param P matching ..." is one b-tree probe, and has
-///   one value index led by `(type, param, ...)` for finding candidates.
+///   one value index led by `pid` for finding candidates.
 /// - `outbox`: messages committed with the writes; AUTOINCREMENT keeps `seq` gap-free and
 ///   monotonic even after every row was acknowledged and deleted, and rolled-back savepoints
 ///   give their numbers back.
@@ -39,55 +41,63 @@ CREATE TABLE resource_version (
 CREATE UNIQUE INDEX resource_version_by_rid ON resource_version(rid, version);
 CREATE INDEX resource_version_by_time ON resource_version(last_updated);
 
+CREATE TABLE search_param (
+    pid INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    param TEXT NOT NULL
+);
+CREATE UNIQUE INDEX search_param_by_name ON search_param(type, param);
+CREATE INDEX search_param_by_param ON search_param(param);
+
 CREATE TABLE idx_string (
-    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
     norm TEXT NOT NULL, exact TEXT NOT NULL,
-    PRIMARY KEY (rid, param, n)
+    PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
-CREATE INDEX idx_string_value ON idx_string(type, param, norm);
+CREATE INDEX idx_string_value ON idx_string(pid, norm);
 
 CREATE TABLE idx_token (
-    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
     system TEXT, code TEXT, text TEXT,
-    PRIMARY KEY (rid, param, n)
+    PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
-CREATE INDEX idx_token_value ON idx_token(type, param, code, system);
+CREATE INDEX idx_token_value ON idx_token(pid, code, system);
 
 CREATE TABLE idx_reference (
-    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
     target_type TEXT, target_id TEXT, url TEXT NOT NULL,
-    PRIMARY KEY (rid, param, n)
+    PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
-CREATE INDEX idx_reference_target ON idx_reference(type, param, target_id, target_type);
-CREATE INDEX idx_reference_url ON idx_reference(type, param, url);
+CREATE INDEX idx_reference_target ON idx_reference(pid, target_id, target_type);
+CREATE INDEX idx_reference_url ON idx_reference(pid, url);
 
 CREATE TABLE idx_date (
-    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
     low INTEGER NOT NULL, high INTEGER NOT NULL,
-    PRIMARY KEY (rid, param, n)
+    PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
-CREATE INDEX idx_date_value ON idx_date(type, param, high, low);
+CREATE INDEX idx_date_value ON idx_date(pid, high, low);
 
 CREATE TABLE idx_number (
-    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
     value REAL, low REAL, high REAL,
-    PRIMARY KEY (rid, param, n)
+    PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
-CREATE INDEX idx_number_value ON idx_number(type, param, value);
+CREATE INDEX idx_number_value ON idx_number(pid, value);
 
 CREATE TABLE idx_quantity (
-    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
     value REAL, low REAL, high REAL, system TEXT, code TEXT, unit TEXT,
-    PRIMARY KEY (rid, param, n)
+    PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
-CREATE INDEX idx_quantity_value ON idx_quantity(type, param, value);
+CREATE INDEX idx_quantity_value ON idx_quantity(pid, value);
 
 CREATE TABLE idx_uri (
-    rid INTEGER NOT NULL, param TEXT NOT NULL, n INTEGER NOT NULL, type TEXT NOT NULL,
+    rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
     uri TEXT NOT NULL,
-    PRIMARY KEY (rid, param, n)
+    PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
-CREATE INDEX idx_uri_value ON idx_uri(type, param, uri);
+CREATE INDEX idx_uri_value ON idx_uri(pid, uri);
 
 CREATE TABLE outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

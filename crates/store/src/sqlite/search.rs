@@ -116,12 +116,14 @@ impl ParamKindCache {
             let found: bool = match resource_type {
                 Some(resource_type) => conn
                     .prepare_cached(&format!(
-                        "SELECT EXISTS (SELECT 1 FROM {table} WHERE type = ?1 AND param = ?2)"
+                        "SELECT EXISTS (SELECT 1 FROM {table} WHERE pid = \
+                         (SELECT pid FROM search_param WHERE type = ?1 AND param = ?2))"
                     ))?
                     .query_row(params![resource_type, param], |row| row.get(0))?,
                 None => conn
                     .prepare_cached(&format!(
-                        "SELECT EXISTS (SELECT 1 FROM {table} WHERE param = ?1)"
+                        "SELECT EXISTS (SELECT 1 FROM {table} WHERE pid IN \
+                         (SELECT pid FROM search_param WHERE param = ?1))"
                     ))?
                     .query_row(params![param], |row| row.get(0))?,
             };
@@ -473,20 +475,41 @@ fn group(predicates: &[Predicate]) -> Groups<'_> {
     groups
 }
 
+/// `{row}.pid` is search parameter `param` of `resource_type` (of any type when `None`). The
+/// subquery is uncorrelated, so SQLite evaluates it once per statement.
+fn param_match(sql: &mut Sql, row: &str, resource_type: Option<&str>, param: &str) -> String {
+    match resource_type {
+        Some(resource_type) => {
+            let (resource_type, param) = (
+                sql.bind(resource_type.to_owned()),
+                sql.bind(param.to_owned()),
+            );
+            format!(
+                "{row}.pid = (SELECT pid FROM search_param WHERE type = {resource_type} AND param = {param})"
+            )
+        }
+        None => format!(
+            "{row}.pid IN (SELECT pid FROM search_param WHERE param = {})",
+            sql.bind(param.to_owned())
+        ),
+    }
+}
+
 /// A boolean SQL expression: the resource whose rid is `rid` matches `clause`.
 fn clause_filter(
     sql: &mut Sql,
     clause: &Clause,
+    resource_type: Option<&str>,
     rid: &str,
     depth: usize,
 ) -> Result<String, StoreError> {
     if let Some(chain) = &clause.chain {
         let row = sql.alias("r");
-        let param = sql.bind(clause.param.clone());
+        let param = param_match(sql, &row, resource_type, &clause.param);
         let target_type = sql.bind(chain.target_type.clone());
         let targets = chain_targets(sql, chain, depth)?;
         return Ok(format!(
-            "EXISTS (SELECT 1 FROM idx_reference {row} WHERE {row}.rid = {rid} AND {row}.param = {param} \
+            "EXISTS (SELECT 1 FROM idx_reference {row} WHERE {row}.rid = {rid} AND {param} \
              AND {row}.target_type = {target_type} AND {row}.target_id IN ({targets}))"
         ));
     }
@@ -494,16 +517,16 @@ fn clause_filter(
         return Ok("1".to_owned());
     }
     let groups = group(&clause.predicates);
-    let param = sql.bind(clause.param.clone());
     let mut alternatives = Vec::new();
     for (kind, predicates) in &groups.positive {
         let row = sql.alias("x");
+        let param = param_match(sql, &row, resource_type, &clause.param);
         let conditions: Vec<String> = predicates
             .iter()
             .map(|p| predicate_condition(sql, &row, p))
             .collect();
         alternatives.push(format!(
-            "EXISTS (SELECT 1 FROM {table} {row} WHERE {row}.rid = {rid} AND {row}.param = {param} AND {any})",
+            "EXISTS (SELECT 1 FROM {table} {row} WHERE {row}.rid = {rid} AND {param} AND {any})",
             table = kind.table(),
             any = any_of(conditions)
         ));
@@ -512,23 +535,26 @@ fn clause_filter(
         // `:not=a,b`: no token of the parameter is a or b (resources without the parameter
         // match too).
         let row = sql.alias("x");
+        let param = param_match(sql, &row, resource_type, &clause.param);
         let conditions: Vec<String> = groups
             .negated
             .iter()
             .map(|p| predicate_condition(sql, &row, p))
             .collect();
         alternatives.push(format!(
-            "NOT EXISTS (SELECT 1 FROM idx_token {row} WHERE {row}.rid = {rid} AND {row}.param = {param} AND {any})",
+            "NOT EXISTS (SELECT 1 FROM idx_token {row} WHERE {row}.rid = {rid} AND {param} AND {any})",
             any = any_of(conditions)
         ));
     }
     for missing in &groups.missing {
-        let present: Vec<String> = INDEX_TABLES
-            .iter()
-            .map(|table| {
-                format!("EXISTS (SELECT 1 FROM {table} WHERE rid = {rid} AND param = {param})")
-            })
-            .collect();
+        let mut present = Vec::new();
+        for table in INDEX_TABLES {
+            let row = sql.alias("m");
+            let param = param_match(sql, &row, resource_type, &clause.param);
+            present.push(format!(
+                "EXISTS (SELECT 1 FROM {table} {row} WHERE {row}.rid = {rid} AND {param})"
+            ));
+        }
         let present = any_of(present);
         alternatives.push(if *missing {
             format!("NOT {present}")
@@ -559,7 +585,13 @@ fn chain_targets(
             let driver = clause_driver(sql, inner, Some(&chain.target_type), depth + 1)?;
             format!("{target}.rid IN ({driver})")
         }
-        None => clause_filter(sql, inner, &format!("{target}.rid"), depth + 1)?,
+        None => clause_filter(
+            sql,
+            inner,
+            Some(&chain.target_type),
+            &format!("{target}.rid"),
+            depth + 1,
+        )?,
     };
     Ok(format!(
         "SELECT {target}.id FROM resource {target} WHERE {target}.type = {target_type} AND {target}.deleted = 0 \
@@ -574,18 +606,13 @@ fn clause_driver(
     resource_type: Option<&str>,
     depth: usize,
 ) -> Result<String, StoreError> {
-    let type_condition = |sql: &mut Sql, row: &str| match resource_type {
-        Some(resource_type) => format!("{row}.type = {} AND ", sql.bind(resource_type.to_owned())),
-        None => String::new(),
-    };
     if let Some(chain) = &clause.chain {
         let row = sql.alias("r");
-        let of_type = type_condition(sql, &row);
-        let param = sql.bind(clause.param.clone());
+        let param = param_match(sql, &row, resource_type, &clause.param);
         let target_type = sql.bind(chain.target_type.clone());
         let targets = chain_targets(sql, chain, depth)?;
         return Ok(format!(
-            "SELECT {row}.rid FROM idx_reference {row} WHERE {of_type}{row}.param = {param} \
+            "SELECT {row}.rid FROM idx_reference {row} WHERE {param} \
              AND {row}.target_id IN ({targets}) AND {row}.target_type = {target_type}"
         ));
     }
@@ -593,14 +620,13 @@ fn clause_driver(
     let mut selects = Vec::new();
     for (kind, predicates) in &groups.positive {
         let row = sql.alias("x");
-        let of_type = type_condition(sql, &row);
-        let param = sql.bind(clause.param.clone());
+        let param = param_match(sql, &row, resource_type, &clause.param);
         let conditions: Vec<String> = predicates
             .iter()
             .map(|p| predicate_condition(sql, &row, p))
             .collect();
         selects.push(format!(
-            "SELECT {row}.rid FROM {table} {row} WHERE {of_type}{row}.param = {param} AND {any}",
+            "SELECT {row}.rid FROM {table} {row} WHERE {param} AND {any}",
             table = kind.table(),
             any = any_of(conditions)
         ));
@@ -667,7 +693,7 @@ pub(crate) fn search(
     };
     for (index, clause) in query.clauses.iter().enumerate() {
         if Some(index) != driver_index {
-            conditions.push(clause_filter(&mut sql, clause, "c.rid", 0)?);
+            conditions.push(clause_filter(&mut sql, clause, resource_type, "c.rid", 0)?);
         }
     }
     let order = order_by(conn, kinds, &mut sql, resource_type, &query.sort)?;
@@ -744,6 +770,7 @@ fn count_matches(
     query: &SearchQuery,
     driver: Option<usize>,
 ) -> Result<u64, StoreError> {
+    let resource_type = query.resource_type.as_deref();
     let mut sql = Sql::default();
     let mut conditions = vec!["c.deleted = 0".to_owned()];
     match driver {
@@ -764,7 +791,7 @@ fn count_matches(
     }
     for (index, clause) in query.clauses.iter().enumerate() {
         if Some(index) != driver {
-            conditions.push(clause_filter(&mut sql, clause, "c.rid", 0)?);
+            conditions.push(clause_filter(&mut sql, clause, resource_type, "c.rid", 0)?);
         }
     }
     let count_sql = format!(
@@ -798,11 +825,11 @@ fn order_by(
                 };
                 let row = sql.alias("s");
                 let aggregate = if key.descending { "max" } else { "min" };
+                let param = param_match(sql, &row, resource_type, param);
                 format!(
-                    "(SELECT {aggregate}({row}.{column}) FROM {table} {row} WHERE {row}.rid = c.rid AND {row}.param = {param})",
+                    "(SELECT {aggregate}({row}.{column}) FROM {table} {row} WHERE {row}.rid = c.rid AND {param})",
                     column = kind.sort_column(key.descending),
                     table = kind.table(),
-                    param = sql.bind(param.to_owned()),
                 )
             }
         };
@@ -860,7 +887,8 @@ fn includes(
             }
             let mut statement = conn.prepare_cached(
                 "SELECT DISTINCT target_type, target_id FROM idx_reference \
-                 WHERE rid = ?1 AND (?2 OR param = ?3) AND target_type IS NOT NULL AND target_id IS NOT NULL",
+                 WHERE rid = ?1 AND (?2 OR pid IN (SELECT pid FROM search_param WHERE param = ?3)) \
+                 AND target_type IS NOT NULL AND target_id IS NOT NULL",
             )?;
             let targets: Vec<(String, String)> = statement
                 .query_map(params![rid, any_param, include.param], |row| {
@@ -894,7 +922,9 @@ fn includes(
             }
             let sources: Vec<i64> = if include.param == "*" {
                 let mut statement = conn.prepare_cached(
-                    "SELECT DISTINCT rid FROM idx_reference WHERE type = ?1 AND target_id = ?2 AND target_type = ?3",
+                    "SELECT DISTINCT rid FROM idx_reference \
+                     WHERE pid IN (SELECT pid FROM search_param WHERE type = ?1) \
+                     AND target_id = ?2 AND target_type = ?3",
                 )?;
                 statement
                     .query_map(
@@ -905,7 +935,8 @@ fn includes(
             } else {
                 let mut statement = conn.prepare_cached(
                     "SELECT DISTINCT rid FROM idx_reference \
-                     WHERE type = ?1 AND param = ?2 AND target_id = ?3 AND target_type = ?4",
+                     WHERE pid = (SELECT pid FROM search_param WHERE type = ?1 AND param = ?2) \
+                     AND target_id = ?3 AND target_type = ?4",
                 )?;
                 statement
                     .query_map(

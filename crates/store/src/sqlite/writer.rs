@@ -1,5 +1,6 @@
 //! The single writer thread: group commit of queued commits, each in its own savepoint.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use flare_search::{IndexEntry, IndexValue};
@@ -20,12 +21,18 @@ pub(crate) enum WriteJob {
         up_to_seq: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// `PRAGMA optimize`, run between batches (it may run ANALYZE).
+    Optimize {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl WriteJob {
     fn answer(self, result: Result<(), StoreError>) {
         let reply = match self {
-            WriteJob::Commit { reply, .. } | WriteJob::AckOutbox { reply, .. } => reply,
+            WriteJob::Commit { reply, .. }
+            | WriteJob::AckOutbox { reply, .. }
+            | WriteJob::Optimize { reply } => reply,
         };
         // The caller may have given up waiting (its future was dropped): nothing to tell it.
         let _ = reply.send(result);
@@ -34,6 +41,7 @@ impl WriteJob {
 
 pub(crate) struct Writer {
     pub(crate) conn: Arc<Mutex<Connection>>,
+    pub(crate) param_ids: ParamIds,
     pub(crate) jobs: mpsc::Receiver<WriteJob>,
     pub(crate) max_batch: usize,
     pub(crate) outbox_changed: Arc<Notify>,
@@ -44,22 +52,38 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let mut batch: Vec<WriteJob> = Vec::with_capacity(self.max_batch);
         while let Some(first) = self.jobs.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.max_batch {
+            // Maintenance runs between batches, never inside one.
+            let mut maintenance = None;
+            match first {
+                WriteJob::Optimize { .. } => maintenance = Some(first),
+                job => batch.push(job),
+            }
+            while maintenance.is_none() && batch.len() < self.max_batch {
                 match self.jobs.try_recv() {
+                    Ok(job @ WriteJob::Optimize { .. }) => maintenance = Some(job),
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
             }
-            let mut conn = self.conn.lock();
-            let (results, outbox_added) = run_batch(&mut conn, &batch);
-            drop(conn);
-            // Wake the relay before answering: by the time a caller sees its commit succeed,
-            // the relay is already on its way to pick up the messages.
-            if outbox_added {
-                self.outbox_changed.notify_one();
+            if !batch.is_empty() {
+                let mut conn = self.conn.lock();
+                let (results, outbox_added) = run_batch(&mut conn, &mut self.param_ids, &batch);
+                drop(conn);
+                // Wake the relay before answering: by the time a caller sees its commit
+                // succeed, the relay is already on its way to pick up the messages.
+                if outbox_added {
+                    self.outbox_changed.notify_one();
+                }
+                for (job, result) in batch.drain(..).zip(results) {
+                    job.answer(result);
+                }
             }
-            for (job, result) in batch.drain(..).zip(results) {
+            if let Some(job) = maintenance {
+                let result = self
+                    .conn
+                    .lock()
+                    .execute_batch("PRAGMA optimize=0x10002")
+                    .map_err(StoreError::from);
                 job.answer(result);
             }
         }
@@ -68,7 +92,11 @@ impl Writer {
 
 /// Runs a batch in one transaction; returns each job's result and whether outbox rows were
 /// added by a successful job.
-fn run_batch(conn: &mut Connection, batch: &[WriteJob]) -> (Vec<Result<(), StoreError>>, bool) {
+fn run_batch(
+    conn: &mut Connection,
+    param_ids: &mut ParamIds,
+    batch: &[WriteJob],
+) -> (Vec<Result<(), StoreError>>, bool) {
     if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = StoreError::from(err);
         return (
@@ -82,7 +110,7 @@ fn run_batch(conn: &mut Connection, batch: &[WriteJob]) -> (Vec<Result<(), Store
     let mut results = Vec::with_capacity(batch.len());
     let mut outbox_added = false;
     for job in batch {
-        let result = run_in_savepoint(conn, job);
+        let result = run_in_savepoint(conn, param_ids, job);
         if result.is_ok()
             && let WriteJob::Commit { commit, .. } = job
         {
@@ -92,6 +120,7 @@ fn run_batch(conn: &mut Connection, batch: &[WriteJob]) -> (Vec<Result<(), Store
     }
     if let Err(err) = conn.execute_batch("COMMIT") {
         let message = StoreError::from(err).to_string();
+        param_ids.forget();
         // The transaction is still open after a failed COMMIT; undo it so the next batch starts
         // clean. Nothing of this batch was written.
         let _ = conn.execute_batch("ROLLBACK");
@@ -106,29 +135,42 @@ fn run_batch(conn: &mut Connection, batch: &[WriteJob]) -> (Vec<Result<(), Store
     (results, outbox_added)
 }
 
-fn run_in_savepoint(conn: &Connection, job: &WriteJob) -> Result<(), StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
+fn run_in_savepoint(
+    conn: &Connection,
+    param_ids: &mut ParamIds,
+    job: &WriteJob,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     let result = match job {
-        WriteJob::Commit { commit, .. } => apply_commit(conn, commit),
+        WriteJob::Commit { commit, .. } => apply_commit(conn, param_ids, commit),
         WriteJob::AckOutbox { up_to_seq, .. } => ack_outbox(conn, *up_to_seq),
+        WriteJob::Optimize { .. } => Err(StoreError::Database(
+            "internal error: optimize inside a batch".to_owned(),
+        )),
     };
     match result {
         Ok(()) => {
-            conn.execute_batch("RELEASE job")?;
+            conn.prepare_cached("RELEASE job")?.execute([])?;
             Ok(())
         }
         Err(err) => {
+            // Numbers handed out inside the savepoint are gone with it.
+            param_ids.forget();
             conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
             Err(err)
         }
     }
 }
 
-fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
+fn apply_commit(
+    conn: &Connection,
+    param_ids: &mut ParamIds,
+    commit: &Commit,
+) -> Result<(), StoreError> {
     // Writes apply in order, each checked against the state left by the ones before it, so a
     // commit that writes the same resource twice must expect its own first write.
     for write in &commit.writes {
-        apply_write(conn, write)?;
+        apply_write(conn, param_ids, write)?;
     }
     for message in &commit.outbox {
         insert_outbox(conn, message)?;
@@ -136,7 +178,11 @@ fn apply_commit(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn apply_write(conn: &Connection, write: &VersionWrite) -> Result<(), StoreError> {
+fn apply_write(
+    conn: &Connection,
+    param_ids: &mut ParamIds,
+    write: &VersionWrite,
+) -> Result<(), StoreError> {
     let version = &write.version;
     let key = &version.key;
     let version_id = to_sql_int(version.version_id, "version id")?;
@@ -190,54 +236,98 @@ fn apply_write(conn: &Connection, write: &VersionWrite) -> Result<(), StoreError
     ])?;
     if !deleted {
         for (n, entry) in write.index.iter().enumerate() {
-            insert_index_entry(conn, rid, n as i64, &key.resource_type, entry)?;
+            insert_index_entry(conn, param_ids, rid, n as i64, &key.resource_type, entry)?;
         }
     }
     Ok(())
 }
 
+/// The numbers of (resource type, search parameter) pairs, as stored in `search_param`.
+#[derive(Default)]
+pub(crate) struct ParamIds {
+    by_type: HashMap<String, HashMap<String, i64>>,
+}
+
+impl ParamIds {
+    fn get(
+        &mut self,
+        conn: &Connection,
+        resource_type: &str,
+        param: &str,
+    ) -> Result<i64, StoreError> {
+        if let Some(pid) = self
+            .by_type
+            .get(resource_type)
+            .and_then(|params| params.get(param))
+        {
+            return Ok(*pid);
+        }
+        let existing: Option<i64> = conn
+            .prepare_cached("SELECT pid FROM search_param WHERE type = ?1 AND param = ?2")?
+            .query_row(params![resource_type, param], |row| row.get(0))
+            .optional()?;
+        let pid = match existing {
+            Some(pid) => pid,
+            None => {
+                conn.prepare_cached("INSERT INTO search_param (type, param) VALUES (?1, ?2)")?
+                    .execute(params![resource_type, param])?;
+                conn.last_insert_rowid()
+            }
+        };
+        self.by_type
+            .entry(resource_type.to_owned())
+            .or_default()
+            .insert(param.to_owned(), pid);
+        Ok(pid)
+    }
+
+    /// Drops every remembered number (after a rollback, some may no longer exist).
+    fn forget(&mut self) {
+        self.by_type.clear();
+    }
+}
+
 fn insert_index_entry(
     conn: &Connection,
+    param_ids: &mut ParamIds,
     rid: i64,
     n: i64,
     resource_type: &str,
     entry: &IndexEntry,
 ) -> Result<(), StoreError> {
-    let param = entry.param.as_str();
+    let pid = param_ids.get(conn, resource_type, &entry.param)?;
     match &entry.value {
         IndexValue::String { normalized, exact } => conn
-            .prepare_cached(
-                "INSERT INTO idx_string (rid, param, n, type, norm, exact) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![rid, param, n, resource_type, normalized, exact])?,
+            .prepare_cached("INSERT INTO idx_string (rid, pid, n, norm, exact) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![rid, pid, n, normalized, exact])?,
         IndexValue::Token { system, code, text } => conn
             .prepare_cached(
-                "INSERT INTO idx_token (rid, param, n, type, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO idx_token (rid, pid, n, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![rid, param, n, resource_type, system, code, text])?,
+            .execute(params![rid, pid, n, system, code, text])?,
         IndexValue::Reference { target_type, target_id, url } => conn
             .prepare_cached(
-                "INSERT INTO idx_reference (rid, param, n, type, target_type, target_id, url) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO idx_reference (rid, pid, n, target_type, target_id, url) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![rid, param, n, resource_type, target_type, target_id, url])?,
+            .execute(params![rid, pid, n, target_type, target_id, url])?,
         IndexValue::Date { low_ms, high_ms } => conn
-            .prepare_cached("INSERT INTO idx_date (rid, param, n, type, low, high) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![rid, param, n, resource_type, low_ms, high_ms])?,
+            .prepare_cached("INSERT INTO idx_date (rid, pid, n, low, high) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![rid, pid, n, low_ms, high_ms])?,
         IndexValue::Number { value, low, high } => conn
             .prepare_cached(
-                "INSERT INTO idx_number (rid, param, n, type, value, low, high) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO idx_number (rid, pid, n, value, low, high) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![rid, param, n, resource_type, value, low, high])?,
+            .execute(params![rid, pid, n, value, low, high])?,
         IndexValue::Quantity { value, low, high, system, code, unit } => conn
             .prepare_cached(
-                "INSERT INTO idx_quantity (rid, param, n, type, value, low, high, system, code, unit) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO idx_quantity (rid, pid, n, value, low, high, system, code, unit) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
-            .execute(params![rid, param, n, resource_type, value, low, high, system, code, unit])?,
+            .execute(params![rid, pid, n, value, low, high, system, code, unit])?,
         IndexValue::Uri(uri) => conn
-            .prepare_cached("INSERT INTO idx_uri (rid, param, n, type, uri) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![rid, param, n, resource_type, uri])?,
+            .prepare_cached("INSERT INTO idx_uri (rid, pid, n, uri) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![rid, pid, n, uri])?,
     };
     Ok(())
 }
