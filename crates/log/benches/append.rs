@@ -1,6 +1,6 @@
 //! Append throughput of the embedded log: 1 KB events, one sync per append versus group commit
 //! with N concurrent appenders, beside the disk's own sync ceiling (4 KB write + fdatasync in a
-//! loop). Run with `cargo bench -p flare-log --bench append`; prints a table, takes ~30 s.
+//! loop). Run with `cargo bench -p flare-log --bench append`; prints a table, takes ~50 s.
 
 use std::{
     fs::OpenOptions,
@@ -43,14 +43,20 @@ struct Outcome {
     records_per_batch: f64,
 }
 
-async fn run(dir: &Path, durability: Durability, appenders: usize, per_append: usize) -> Outcome {
+async fn run(
+    dir: &Path,
+    durability: Durability,
+    partitions: u32,
+    appenders: usize,
+    per_append: usize,
+) -> Outcome {
     let _ = std::fs::remove_dir_all(dir);
     let config = EmbeddedLogConfig {
         durability,
         ..EmbeddedLogConfig::in_dir(dir)
     };
     let log = Arc::new(EmbeddedLog::open(config).await.unwrap());
-    log.ensure_topic("bench", 4).await.unwrap();
+    log.ensure_topic("bench", partitions).await.unwrap();
     let started = Instant::now();
     let deadline = started + RUN_FOR;
     let mut tasks = Vec::new();
@@ -113,13 +119,7 @@ fn main() {
     println!("disk sync ceiling (4 KB write + fdatasync, one thread): {ceiling:.0} syncs/s\n");
     println!(
         "| {:<34} | {:>9} | {:>11} | {:>7} | {:>9} | {:>9} | {:>9} |",
-        "case (1 KB events, 4 partitions)",
-        "appenders",
-        "events/s",
-        "MB/s",
-        "p50 ack",
-        "p99 ack",
-        "rec/batch"
+        "case (1 KB events)", "appenders", "events/s", "MB/s", "p50 ack", "p99 ack", "rec/batch"
     );
     let dashes = |n: usize| "-".repeat(n);
     println!(
@@ -132,18 +132,75 @@ fn main() {
         dashes(11),
         dashes(11)
     );
-    let cases: [(&str, Durability, usize, usize); 8] = [
-        ("fsync, one sync per append", Durability::Fsync, 1, 1),
-        ("fsync, group commit", Durability::Fsync, 8, 1),
-        ("fsync, group commit", Durability::Fsync, 64, 1),
-        ("fsync, group commit", Durability::Fsync, 256, 1),
-        ("fsync, group commit", Durability::Fsync, 1024, 1),
-        ("fsync, 100 records per append", Durability::Fsync, 8, 100),
-        ("interval 10 ms", Durability::IntervalMs(10), 64, 1),
-        ("none", Durability::None, 64, 1),
+    let cases: [(&str, Durability, u32, usize, usize); 10] = [
+        (
+            "fsync, one sync per append, 4 part.",
+            Durability::Fsync,
+            4,
+            1,
+            1,
+        ),
+        (
+            "fsync, group commit, 4 partitions",
+            Durability::Fsync,
+            4,
+            8,
+            1,
+        ),
+        (
+            "fsync, group commit, 4 partitions",
+            Durability::Fsync,
+            4,
+            64,
+            1,
+        ),
+        (
+            "fsync, group commit, 4 partitions",
+            Durability::Fsync,
+            4,
+            256,
+            1,
+        ),
+        (
+            "fsync, group commit, 4 partitions",
+            Durability::Fsync,
+            4,
+            1024,
+            1,
+        ),
+        (
+            "fsync, group commit, 1 partition",
+            Durability::Fsync,
+            1,
+            256,
+            1,
+        ),
+        (
+            "fsync, group commit, 1 partition",
+            Durability::Fsync,
+            1,
+            1024,
+            1,
+        ),
+        (
+            "fsync, 100 records/append, 4 part.",
+            Durability::Fsync,
+            4,
+            8,
+            100,
+        ),
+        (
+            "interval 10 ms, 4 partitions",
+            Durability::IntervalMs(10),
+            4,
+            64,
+            1,
+        ),
+        ("none, 4 partitions", Durability::None, 4, 64, 1),
     ];
-    for (name, durability, appenders, per_append) in cases {
-        let outcome = runtime.block_on(run(&base.join("log"), durability, appenders, per_append));
+    for (name, durability, partitions, appenders, per_append) in cases {
+        let dir = base.join("log");
+        let outcome = runtime.block_on(run(&dir, durability, partitions, appenders, per_append));
         let rate = outcome.events as f64 / outcome.seconds;
         println!(
             "| {:<34} | {:>9} | {:>11.0} | {:>7.1} | {:>9.2?} | {:>9.2?} | {:>9.1} |",
