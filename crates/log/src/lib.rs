@@ -3,6 +3,12 @@
 //!
 //! [`EventLog`] is the contract every backend meets (embedded here; Kafka later). Callers hold an
 //! `Arc<dyn EventLog>` and never learn which backend they talk to.
+//!
+//! - [`embedded::EmbeddedLog`]: segment files in a local directory, group commit under an
+//!   `fsync` policy, crash recovery, retention, read-only views from other processes.
+//! - [`partitioner`]: Kafka's murmur2 key partitioner, so keys land where a broker puts them.
+//! - `conformance` (cargo feature `conformance`): the behaviour every backend must show, as
+//!   reusable async test functions.
 
 use std::{fmt, time::Duration};
 
