@@ -328,6 +328,12 @@ fn load_topic(config: &EmbeddedLogConfig, name: &str, mode: OpenMode) -> Result<
         path: meta_path.display().to_string(),
         reason: e.to_string(),
     })?;
+    if meta.partitions == 0 {
+        return Err(LogError::Corrupt {
+            path: meta_path.display().to_string(),
+            reason: "a topic must have at least one partition".into(),
+        });
+    }
     let mut partitions = Vec::with_capacity(meta.partitions as usize);
     for id in 0..meta.partitions {
         let partition_dir = dir.join(id.to_string());

@@ -384,7 +384,9 @@ impl Segment {
         let next_offset = take_u64(&mut rest).ok()?;
         let max_timestamp = take_u64(&mut rest).ok()? as i64;
         let count = take_u64(&mut rest).ok()?;
-        if self.file.metadata().ok()?.len() != size || rest.len() as u64 != count * 24 {
+        if self.file.metadata().ok()?.len() != size
+            || Some(rest.len() as u64) != count.checked_mul(24)
+        {
             return None;
         }
         let mut index = Vec::with_capacity(count as usize);

@@ -456,7 +456,9 @@ impl Writer {
             return Ok(());
         }
         let now = (self.shared.clock)();
-        let cutoff = config.retention_ms.map(|ms| now.saturating_sub(ms as i64));
+        let cutoff = config
+            .retention_ms
+            .map(|ms| now.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
         let topics: Vec<_> = self.shared.topics.read().values().cloned().collect();
         for topic in topics {
             for partition in &topic.partitions {
