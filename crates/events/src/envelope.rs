@@ -5,7 +5,10 @@
 //!  "metadata":{"eventId":"…","timestamp":"…","source":"…","correlationId":"…",
 //!              "resourceType":"Patient","resourceId":"123","versionId":"1","action":"created"}}
 //! ```
-//! Deletes carry no `data`: the metadata names the id and the tombstone version.
+//! Deletes carry no `data`: the metadata names the id and the tombstone version. A resource too
+//! large to travel inline (see [`ChangeEvent::to_bounded_json_bytes`]) is left out too, and
+//! `dataRef` names the version to read instead (the claim-check pattern), so one huge resource
+//! never blocks the log.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -71,6 +74,9 @@ pub struct ChangeEvent {
     pub event_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// `Type/id/_history/n` when `data` was left out because the resource was too large.
+    #[serde(default, rename = "dataRef", skip_serializing_if = "Option::is_none")]
+    pub data_ref: Option<String>,
     pub metadata: EventMetadata,
 }
 
@@ -78,7 +84,20 @@ impl ChangeEvent {
     /// Builds the event for a new version; `resource` is `None` for a delete.
     pub fn new(metadata: EventMetadata, resource: Option<Value>) -> Self {
         let event_type = format!("{}{}", metadata.resource_type, metadata.action.suffix());
-        Self { event_type, data: resource, metadata }
+        Self { event_type, data: resource, data_ref: None, metadata }
+    }
+
+    /// The JSON payload, at most `max_bytes` long where the resource is what makes it larger:
+    /// then `data` is replaced by `dataRef`.
+    pub fn to_bounded_json_bytes(&mut self, max_bytes: usize) -> Vec<u8> {
+        let bytes = self.to_json_bytes();
+        if bytes.len() <= max_bytes || self.data.is_none() {
+            return bytes;
+        }
+        let m = &self.metadata;
+        self.data_ref = Some(format!("{}/{}/_history/{}", m.resource_type, m.resource_id, m.version_id));
+        self.data = None;
+        self.to_json_bytes()
     }
 
     pub fn to_json_bytes(&self) -> Vec<u8> {
@@ -134,6 +153,21 @@ mod tests {
         assert_eq!(v["metadata"]["versionId"], "2");
         assert_eq!(v["metadata"]["action"], "updated");
         assert_eq!(ChangeEvent::from_json_bytes(&event.to_json_bytes()).unwrap(), event);
+    }
+
+    #[test]
+    fn oversized_resources_travel_by_reference() {
+        let big = json!({"resourceType": "Patient", "text": {"div": "x".repeat(5000)}});
+        let mut event = ChangeEvent::new(metadata(Action::Updated), Some(big.clone()));
+        let small = event.to_bounded_json_bytes(1000);
+        assert!(small.len() < 1000);
+        let v: Value = serde_json::from_slice(&small).unwrap();
+        assert!(v.get("data").is_none());
+        assert_eq!(v["dataRef"], "Patient/p1/_history/2");
+        let mut fits = ChangeEvent::new(metadata(Action::Updated), Some(big));
+        let v: Value = serde_json::from_slice(&fits.to_bounded_json_bytes(10_000)).unwrap();
+        assert_eq!(v["data"]["resourceType"], "Patient");
+        assert!(v.get("dataRef").is_none());
     }
 
     #[test]

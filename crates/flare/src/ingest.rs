@@ -93,19 +93,19 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
                             match write_item(target, &item, tally).await {
                                 Ok(entry_failures) => {
                                     for message in entry_failures {
-                                        progress.println(format!("failed {}: {message}", item.source));
+                                        progress.suspend(|| eprintln!("failed {}: {message}", item.source));
                                     }
                                 }
                                 Err(message) => {
                                     tally.failed.fetch_add(1, Ordering::Relaxed);
-                                    progress.println(format!("failed {}: {message}", item.source));
+                                    progress.suspend(|| eprintln!("failed {}: {message}", item.source));
                                 }
                             }
                         }
                     }
                     Err(message) => {
                         tally.failed.fetch_add(1, Ordering::Relaxed);
-                        progress.println(format!("failed {}: {message}", file.display()));
+                        progress.suspend(|| eprintln!("failed {}: {message}", file.display()));
                     }
                 }
                 progress.inc(1);

@@ -41,13 +41,17 @@ pub struct FhirConfig {
     pub default_count: usize,
     /// The largest `_count` honoured (larger values are clamped). Default: 1000.
     pub max_count: usize,
+    /// Largest change-event payload, in bytes; a resource that would make an event larger
+    /// travels as a `dataRef` instead of inline `data`. Keep it below the log's record limit
+    /// (1 MiB on the embedded log and on Kafka by default). Default: 1,000,000.
+    pub max_event_bytes: usize,
     /// Topic naming of change events.
     pub events: RoutingConfig,
 }
 
 impl Default for FhirConfig {
     fn default() -> Self {
-        Self { source: "flare".into(), default_count: 20, max_count: 1000, events: RoutingConfig::default() }
+        Self { source: "flare".into(), default_count: 20, max_count: 1000, max_event_bytes: 1_000_000, events: RoutingConfig::default() }
     }
 }
 

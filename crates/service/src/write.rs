@@ -124,7 +124,7 @@ impl Fhir {
         let partition_key = partition_key(&key.resource_type, &key.id, routed);
         let index = body.as_ref().map(|r| self.registry().extract(r)).unwrap_or_default();
         let body_text = body.as_ref().map(Value::to_string);
-        let event = ChangeEvent::new(
+        let mut event = ChangeEvent::new(
             EventMetadata {
                 event_id: uuid::Uuid::now_v7().to_string(),
                 timestamp: last_updated,
@@ -141,7 +141,7 @@ impl Fhir {
             topic,
             key: Some(partition_key.into_bytes()),
             headers: event.headers(ctx.traceparent.as_deref()),
-            payload: event.to_json_bytes(),
+            payload: event.to_bounded_json_bytes(config.max_event_bytes),
             timestamp_ms: now_ms,
         };
         let version = StoredVersion { key: key.clone(), version_id, last_updated_ms: now_ms, body: body_text };
