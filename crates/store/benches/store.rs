@@ -2,7 +2,7 @@
 //! database, printed as a table.
 //!
 //! `cargo bench -p flare-store --bench store -- [--patients N] [--observations N] [--single-commits N]
-//! [--durability full|normal|off]` (defaults: 100000 patients, 1000000 observations, 12000
+//! [--durability full|normal|off] [--db PATH]` (defaults: 100000 patients, 1000000 observations, 12000
 //! single-resource commits, full). The
 //! database is a file in a temporary directory, opened with the default configuration
 //! (`synchronous=FULL`), and a relay task drains the outbox while commits run, as in the server.
@@ -31,6 +31,8 @@ const CODES: [&str; 20] = [
 ];
 
 struct Settings {
+    /// Keep the database at this path instead of a temporary directory.
+    db: Option<std::path::PathBuf>,
     durability: Durability,
     patients: usize,
     observations: usize,
@@ -39,6 +41,7 @@ struct Settings {
 
 fn settings() -> Settings {
     let mut settings = Settings {
+        db: None,
         durability: Durability::Full,
         patients: 100_000,
         observations: 1_000_000,
@@ -55,6 +58,7 @@ fn settings() -> Settings {
             "--patients" => settings.patients = value(),
             "--observations" => settings.observations = value(),
             "--single-commits" => settings.single_commits = value(),
+            "--db" => settings.db = Some(pair[1].clone().into()),
             "--durability" => {
                 settings.durability = match pair[1].as_str() {
                     "full" => Durability::Full,
@@ -440,7 +444,7 @@ fn main() {
 
 async fn run(settings: Settings) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("bench.db");
+    let path = settings.db.clone().unwrap_or_else(|| dir.path().join("bench.db"));
     let sqlite = Arc::new(
         SqliteStore::open(SqliteConfig {
             durability: settings.durability,

@@ -1,6 +1,16 @@
 //! The embedded backend: SQLite in WAL mode, one writer thread with group commit, a small pool
 //! of read-only connections.
 //!
+//! - **Writes** queue on a channel to one thread. It takes everything queued (up to
+//!   [`SqliteConfig::max_batch_commits`]) and runs it in one transaction, each commit inside its
+//!   own savepoint: a commit whose expectations fail rolls back alone and gets
+//!   [`StoreError::Conflict`], the others go through, and the whole batch costs one fsync.
+//!   Callers are answered after the transaction commits.
+//! - **Reads** run on `spawn_blocking` threads, each with a read-only connection from a pool
+//!   (WAL lets them read a consistent snapshot while the writer writes). An in-memory database
+//!   has one connection, shared by the writer and the reads.
+//! - **Search** is translated to SQL over per-kind index tables (see `search.rs` for the plans).
+//!
 //! All SQL and connection handling of the crate lives under this module.
 
 mod config;
@@ -212,6 +222,7 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
             }
         }
         conn.pragma_update(None, "synchronous", config.durability.pragma_value())?;
+        conn.pragma_update(None, "wal_autocheckpoint", config.wal_autocheckpoint_pages)?;
     }
     Ok(())
 }
