@@ -68,6 +68,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<WriterHandle, LogError> {
         shared,
         unsynced: HashMap::new(),
         failure: None,
+        acker: start_acker(),
     };
     let thread = std::thread::Builder::new()
         .name("flare-log-writer".into())
@@ -86,6 +87,8 @@ struct Writer {
     next_sync: Instant,
     next_retention: Instant,
     retention_every: Duration,
+    /// Delivers acknowledgements from inside the runtime (see [`start_acker`]).
+    acker: Option<tokio::sync::mpsc::UnboundedSender<Acks>>,
     /// Set after a failed write or sync: the page cache may no longer match what was
     /// acknowledged, so nothing more is accepted until the log is reopened (and recovered).
     failure: Option<String>,
@@ -315,8 +318,18 @@ impl Writer {
                     .fetch_add(positions.len() as u64, Ordering::Relaxed);
                 let records = positions.iter().map(|p| p.len() as u64).sum();
                 stats.records.fetch_add(records, Ordering::Relaxed);
-                for (request, positions) in requests.into_iter().zip(positions) {
-                    let _ = request.reply.send(Ok(positions));
+                let acks: Acks = requests
+                    .into_iter()
+                    .map(|r| r.reply)
+                    .zip(positions)
+                    .collect();
+                match &self.acker {
+                    Some(acker) => {
+                        if let Err(unsent) = acker.send(acks) {
+                            deliver(unsent.0);
+                        }
+                    }
+                    None => deliver(acks),
                 }
                 self.shared
                     .generation
@@ -495,6 +508,33 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+type Acks = Vec<(
+    oneshot::Sender<Result<Vec<Position>, LogError>>,
+    Vec<Position>,
+)>;
+
+fn deliver(acks: Acks) {
+    for (reply, positions) in acks {
+        let _ = reply.send(Ok(positions));
+    }
+}
+
+/// A task in the opening runtime that completes the callers' acknowledgements. Waking a task
+/// from a thread outside the runtime costs a futex wake-up each; from inside a worker, the
+/// hundreds of wake-ups of one batch are queued locally (in benches/append.rs, 64 appenders
+/// without syncs went from ~96k to ~159k events/s). Without a runtime, the writer thread
+/// delivers them itself.
+fn start_acker() -> Option<tokio::sync::mpsc::UnboundedSender<Acks>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (acker, mut batches) = tokio::sync::mpsc::unbounded_channel::<Acks>();
+    runtime.spawn(async move {
+        while let Some(acks) = batches.recv().await {
+            deliver(acks);
+        }
+    });
+    Some(acker)
 }
 
 fn create_segment(partition: &Partition, base_offset: u64) -> Result<Chunk, LogError> {
