@@ -386,7 +386,13 @@ async fn interval_and_none_policies_append_and_survive_reopen() {
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let syncs = log.stats().syncs;
+        match durability {
+            // Acknowledged after write(2); the timer synced the files since.
+            Durability::IntervalMs(_) => assert!(syncs >= 1, "no periodic sync happened"),
+            _ => assert_eq!(syncs, 0),
+        }
         drop(log);
         let log = open(config).await;
         let total: u64 = log
