@@ -86,11 +86,19 @@ fn decimal_boundary(value: Decimal, digits: Option<i64>, high: bool) -> Option<D
     } else {
         value.checked_sub(half)?
     };
-    let factor = Decimal::from_i128_with_scale(10i128.checked_pow(digits)?, 0);
-    let scaled = edge.checked_mul(factor)?;
-    let rounded = if high { scaled.ceil() } else { scaled.floor() };
-    let mut result = rounded.checked_div(factor)?;
+    // Moving towards zero truncates; moving away from zero rounds half away from zero (the
+    // behaviour the official suite pins down, including `-0.0`).
+    let away_from_zero = high == edge.is_sign_positive();
+    let mut result = if away_from_zero {
+        edge.round_dp_with_strategy(digits, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+    } else {
+        edge.trunc_with_scale(digits)
+    };
     result.rescale(digits);
+    // A negative value whose boundary rounds to zero keeps its sign (`-0.0`).
+    if result.is_zero() {
+        result.set_sign_negative(edge.is_sign_negative());
+    }
     Some(result)
 }
 

@@ -88,6 +88,8 @@ pub(crate) fn eval<'a>(
                     Some(negated) => ItemValue::Integer(negated),
                     None => return Ok(Vec::new()),
                 },
+                // Zero has no sign to flip.
+                ItemValue::Decimal(d) if d.is_zero() => ItemValue::Decimal(*d),
                 ItemValue::Decimal(d) => ItemValue::Decimal(-d),
                 ItemValue::Quantity(q) => {
                     ItemValue::Quantity(crate::value::Quantity::new(-q.value, q.unit.clone()))
