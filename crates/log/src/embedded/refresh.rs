@@ -3,6 +3,8 @@
 //! segments, new complete frames and segments deleted by retention.
 
 use std::{
+    collections::HashSet,
+    path::{Component, Path, PathBuf},
     sync::{Arc, mpsc},
     thread::JoinHandle,
     time::Duration,
@@ -20,7 +22,7 @@ const FALLBACK_POLL: Duration = Duration::from_millis(100);
 
 pub(crate) struct RefresherHandle {
     watcher: Option<notify::RecommendedWatcher>,
-    wake: mpsc::Sender<()>,
+    wake: mpsc::Sender<Vec<PathBuf>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -40,8 +42,8 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<RefresherHandle, LogError> {
     let watcher = {
         let wake = wake.clone();
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = wake.send(());
+            if let Ok(event) = event {
+                let _ = wake.send(event.paths);
             }
         })
         .and_then(|mut watcher| {
@@ -72,12 +74,17 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<RefresherHandle, LogError> {
                         .recv()
                         .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
                 };
-                if let Err(mpsc::RecvTimeoutError::Disconnected) = woken_up {
-                    break;
+                let mut scope = Scope::default();
+                match woken_up {
+                    Ok(paths) => scope.add(&shared.topics_dir(), paths),
+                    Err(mpsc::RecvTimeoutError::Timeout) => scope.everything = true,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
                 // One refresh covers every change signalled so far.
-                while woken.try_recv().is_ok() {}
-                match refresh(&shared) {
+                while let Ok(paths) = woken.try_recv() {
+                    scope.add(&shared.topics_dir(), paths);
+                }
+                match refresh(&shared, &scope) {
                     Ok(true) => shared.generation.send_modify(|g| *g = g.wrapping_add(1)),
                     Ok(false) => {}
                     Err(error) => tracing::warn!(%error, "refreshing the log view failed"),
@@ -92,20 +99,66 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<RefresherHandle, LogError> {
     })
 }
 
-/// Brings the view up to date with the files; true if anything changed.
-pub(crate) fn refresh(shared: &Shared) -> Result<bool, LogError> {
+/// What changed on disk, from the paths of file events.
+#[derive(Default)]
+pub(crate) struct Scope {
+    /// Look at every topic and partition (polling, or a path that could not be placed).
+    pub everything: bool,
+    /// Look for new topics.
+    pub topics: bool,
+    /// Partitions whose files changed.
+    pub partitions: HashSet<(String, u32)>,
+}
+
+impl Scope {
+    fn add(&mut self, topics_dir: &Path, paths: Vec<PathBuf>) {
+        for path in paths {
+            let parts: Vec<String> = match path.strip_prefix(topics_dir) {
+                Ok(relative) => relative
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(part) => part.to_str().map(str::to_owned),
+                        _ => None,
+                    })
+                    .collect(),
+                Err(_) => {
+                    self.everything = true;
+                    continue;
+                }
+            };
+            match parts.as_slice() {
+                [topic, partition, ..] if partition.parse::<u32>().is_ok() => {
+                    let partition = partition.parse().unwrap_or_default();
+                    self.partitions.insert((topic.clone(), partition));
+                }
+                _ => self.topics = true,
+            }
+        }
+    }
+}
+
+/// Brings the view up to date with the files in `scope`; true if anything changed.
+pub(crate) fn refresh(shared: &Shared, scope: &Scope) -> Result<bool, LogError> {
     let mut changed = false;
-    for name in list_topic_names(&shared.topics_dir())? {
-        if shared.topic(&name).is_none() {
-            let topic = load_topic(&shared.config, &name, OpenMode::Reader)?;
-            shared.topics.write().insert(name, Arc::new(topic));
-            changed = true;
+    if scope.everything || scope.topics {
+        for name in list_topic_names(&shared.topics_dir())? {
+            if shared.topic(&name).is_none() {
+                let topic = load_topic(&shared.config, &name, OpenMode::Reader)?;
+                shared.topics.write().insert(name, Arc::new(topic));
+                changed = true;
+            }
         }
     }
     let topics: Vec<_> = shared.topics.read().values().cloned().collect();
     for topic in topics {
         for partition in &topic.partitions {
-            changed |= refresh_partition(partition, shared.config.index_interval_bytes)?;
+            let in_scope = scope.everything
+                || scope
+                    .partitions
+                    .contains(&(topic.name.clone(), partition.id));
+            if in_scope {
+                changed |= refresh_partition(partition, shared.config.index_interval_bytes)?;
+            }
         }
     }
     Ok(changed)
@@ -147,4 +200,35 @@ fn refresh_partition(partition: &Partition, interval: u64) -> Result<bool, LogEr
         state.segments.push(segment);
     }
     Ok(before != (state.start_offset(), state.end_offset()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_events_map_to_the_partitions_and_topics_they_touch() {
+        let root = Path::new("/data/topics");
+        let mut scope = Scope::default();
+        scope.add(
+            root,
+            vec![
+                root.join("fhir.Patient/2/00000000000000000000.log"),
+                root.join("fhir.Patient/2"),
+                root.join("fhir.Observation/0/00000000000000000100.index"),
+            ],
+        );
+        assert!(!scope.everything && !scope.topics);
+        let expected: HashSet<(String, u32)> = [
+            ("fhir.Patient".to_string(), 2),
+            ("fhir.Observation".to_string(), 0),
+        ]
+        .into();
+        assert_eq!(scope.partitions, expected);
+
+        scope.add(root, vec![root.join("fhir.Encounter/topic.json")]);
+        assert!(scope.topics && !scope.everything);
+        scope.add(root, vec![PathBuf::from("/elsewhere/x")]);
+        assert!(scope.everything);
+    }
 }
