@@ -53,6 +53,12 @@ conformance_tests!(
     seek_to_time,
 );
 
+/// `run_all` is what a new backend calls; keep it working as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_conformance_suite_runs_through_run_all() {
+    conformance::run_all(|| fresh_log("run-all")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_on_append() {
     let worst = conformance::wake_on_append(fresh_log("wake").await).await;
