@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flare_log::{Durability, EmbeddedLog, EmbeddedLogConfig, EventLog, NewRecord};
+use flare_log::{Durability, EmbeddedLog, EmbeddedLogConfig, EventLog, NewRecord, StartFrom};
 
 const EVENT_BYTES: usize = 1024;
 const RUN_FOR: Duration = Duration::from_secs(3);
@@ -260,8 +260,33 @@ async fn open_times(dir: &Path) {
         std::fs::remove_file(active.with_extension("index")).unwrap();
     }
     let started = Instant::now();
-    drop(EmbeddedLog::open(config).await.unwrap());
+    let log = EmbeddedLog::open(config).await.unwrap();
     let crashed = started.elapsed();
+
+    let started = Instant::now();
+    let topics = ["large".to_string()];
+    let mut consumer = log
+        .consumer("bench", &topics, StartFrom::Earliest)
+        .await
+        .unwrap();
+    let mut consumed = 0usize;
+    loop {
+        let records = consumer
+            .poll(1000, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if records.is_empty() {
+            break;
+        }
+        consumed += records.len();
+    }
+    let reading = started.elapsed().as_secs_f64();
+    println!(
+        "consume it with one consumer (4 partitions, polls of 1000): {:.0} events/s, {:.0} MB/s",
+        consumed as f64 / reading,
+        (consumed * EVENT_BYTES) as f64 / reading / 1e6
+    );
+    drop(log);
     println!(
         "open a {} MB log (4 partitions, 64 MB segments): {clean:.2?} after a clean stop, \
          {crashed:.2?} as after a crash ({} MB of active segments scanned)",
