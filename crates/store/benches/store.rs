@@ -200,7 +200,11 @@ fn patient(n: usize, at_ms: i64) -> (VersionWrite, OutboxMessage) {
     let given = [
         "Anna", "Ben", "Carla", "Dev", "Eve", "Farid", "Gita", "Hugo",
     ][n % 8];
-    let gender = if n % 2 == 0 { "female" } else { "male" };
+    let gender = if n.is_multiple_of(2) {
+        "female"
+    } else {
+        "male"
+    };
     let birth = END_MS - ((n as i64 * 7_919) % 30_000) * DAY;
     let body = format!(
         r#"{{"resourceType":"Patient","id":"{id}","meta":{{"versionId":"1"}},"identifier":[{{"system":"{MRN}","value":"MRN{n}"}}],"name":[{{"family":"{family}","given":["{given}"]}}],"gender":"{gender}","birthDate":"{birth}","address":[{{"city":"Springfield","postalCode":"{zip}"}}]}}"#,
@@ -428,6 +432,29 @@ async fn measure(
     }
 }
 
+/// CPU time (user + system) used so far by the store's writer thread, from /proc (Linux; the
+/// machine may be shared, so this shows what the single writer costs apart from waiting).
+fn writer_cpu_time() -> Option<Duration> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("flare-store-wri") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ is 100 on Linux.
+        return Some(Duration::from_millis(ticks * 10));
+    }
+    None
+}
+
+fn cpu_since(before: Option<Duration>) -> Option<Duration> {
+    Some(writer_cpu_time()?.saturating_sub(before?))
+}
+
 fn rate(count: usize, took: Duration) -> String {
     format!("{:>9.0}/s", count as f64 / took.as_secs_f64())
 }
@@ -444,7 +471,10 @@ fn main() {
 
 async fn run(settings: Settings) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = settings.db.clone().unwrap_or_else(|| dir.path().join("bench.db"));
+    let path = settings
+        .db
+        .clone()
+        .unwrap_or_else(|| dir.path().join("bench.db"));
     let sqlite = Arc::new(
         SqliteStore::open(SqliteConfig {
             durability: settings.durability,
@@ -462,12 +492,25 @@ async fn run(settings: Settings) {
     );
     println!();
     println!(
-        "{:<58} {:>10} {:>12}",
-        "commit phase", "resources", "throughput"
+        "{:<50} {:>9} {:>12} {:>16}",
+        "commit phase", "resources", "wall rate", "per writer CPU·s"
     );
+    let phase =
+        |label: &'static str, count: usize, took: Duration, writer_cpu: Option<Duration>| {
+            let per_cpu = writer_cpu
+                .filter(|cpu| !cpu.is_zero())
+                .map_or("-".to_owned(), |cpu| {
+                    format!("{:.0}/s", count as f64 / cpu.as_secs_f64())
+                });
+            println!(
+                "{label:<50} {count:>9} {:>12} {per_cpu:>16}",
+                rate(count, took)
+            );
+        };
 
     // 1. Single-resource commits from 8 concurrent tasks.
     let single = settings.single_commits;
+    let cpu_before = writer_cpu_time();
     let took = load(
         &store,
         0..single,
@@ -476,14 +519,15 @@ async fn run(settings: Settings) {
         Arc::new(|n| patient(n, END_MS + n as i64)),
     )
     .await;
-    println!(
-        "{:<58} {:>10} {:>12}",
-        "Patient, 1 per commit, 8 concurrent tasks",
+    phase(
+        "Patient, 1 per commit, 8 tasks",
         single,
-        rate(single, took)
+        took,
+        cpu_since(cpu_before),
     );
 
     // 2. 200-resource commits.
+    let cpu_before = writer_cpu_time();
     let took = load(
         &store,
         single..patients,
@@ -492,12 +536,13 @@ async fn run(settings: Settings) {
         Arc::new(|n| patient(n, END_MS + n as i64)),
     )
     .await;
-    println!(
-        "{:<58} {:>10} {:>12}",
-        "Patient, 200 per commit, 4 concurrent tasks",
+    phase(
+        "Patient, 200 per commit, 4 tasks",
         patients - single,
-        rate(patients - single, took)
+        took,
+        cpu_since(cpu_before),
     );
+    let cpu_before = writer_cpu_time();
     let took = load(
         &store,
         0..observations,
@@ -506,11 +551,11 @@ async fn run(settings: Settings) {
         Arc::new(move |n| observation(n, patients, observations, END_MS + n as i64)),
     )
     .await;
-    println!(
-        "{:<58} {:>10} {:>12}",
-        "Observation, 200 per commit, 4 concurrent tasks",
+    phase(
+        "Observation, 200 per commit, 4 tasks",
         observations,
-        rate(observations, took)
+        took,
+        cpu_since(cpu_before),
     );
     stop_relay.notify_one();
     let relayed = relay.await.expect("relay");
