@@ -79,10 +79,12 @@ impl Writer {
                 }
             }
             if let Some(job) = maintenance {
+                // analysis_limit bounds ANALYZE to a sample per index: a full ANALYZE of a
+                // multi-GB database takes tens of seconds and blocks every commit meanwhile.
                 let result = self
                     .conn
                     .lock()
-                    .execute_batch("PRAGMA optimize=0x10002")
+                    .execute_batch("PRAGMA analysis_limit=1000; PRAGMA optimize=0x10002")
                     .map_err(StoreError::from);
                 job.answer(result);
             }
