@@ -25,7 +25,7 @@ pub struct IngestArgs {
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// Files loaded at the same time.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -159,6 +159,12 @@ fn is_fhir_file(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("json" | "ndjson" | "xml")) && !path.ends_with("package.json")
 }
 
+/// Files are local and trusted more than request bodies: allow large Bundles, keep the depth
+/// limit that protects the stack.
+fn file_limits() -> flare_fhir::ParseLimits {
+    flare_fhir::ParseLimits { max_bytes: 1 << 30, ..flare_fhir::ParseLimits::default() }
+}
+
 fn read_items(path: &Path) -> Result<Vec<Item>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let name = path.display().to_string();
@@ -180,7 +186,7 @@ fn read_items(path: &Path) -> Result<Vec<Item>, String> {
             Ok(vec![Item { source: name, resource }])
         }
         _ => {
-            let resource = flare_fhir::parse_json(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+            let resource = flare_fhir::parse_json_with(&bytes, file_limits()).map_err(|e| format!("not JSON: {e}"))?;
             Ok(vec![Item { source: name, resource }])
         }
     }

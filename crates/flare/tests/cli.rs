@@ -108,6 +108,12 @@ fn without_server_meta(mut resource: Value) -> Value {
     resource
 }
 
+/// Official examples that violate R4 itself, with the rule they break.
+const KNOWN_INVALID: &[(&str, &str)] = &[(
+    "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json",
+    "its id has 66 characters; R4 ids have at most 64",
+)];
+
 fn examples_dir() -> Option<PathBuf> {
     std::env::var_os("FLARE_R4_EXAMPLES").map(PathBuf::from)
 }
@@ -139,9 +145,15 @@ fn official_r4_examples_ingest_and_read_back_identical() {
         expected.insert((t.to_owned(), id.to_owned()), resource);
     }
     // Failures may only come from executing transaction/batch examples (they reference
-    // resources that do not exist).
+    // resources and operations that do not exist here) and from the examples that break R4's
+    // own rules.
     for line in stderr.lines().chain(stdout.lines()).filter(|l| l.starts_with("failed ")) {
-        assert!(executed_bundles.iter().any(|b| line.contains(b.as_str())), "an example resource was refused: {line}");
+        let known_invalid = KNOWN_INVALID.iter().any(|(file, _)| line.contains(file));
+        assert!(known_invalid || executed_bundles.iter().any(|b| line.contains(b.as_str())), "an example resource was refused: {line}");
+    }
+    for (file, _) in KNOWN_INVALID {
+        let stem = file.trim_end_matches(".json");
+        expected.retain(|(t, id), _| format!("{t}-{id}") != stem);
     }
 
     let served = Served::start(dir.path());

@@ -25,7 +25,16 @@ pub struct SearchParam {
     /// The FHIRPath expression, keeping only the branches for this resource type.
     pub expression: Option<String>,
     /// `None` when there is no expression or it does not compile (reported at build time).
-    pub(crate) compiled: Option<CompiledPath>,
+    pub(crate) compiled: Option<Evaluator>,
+}
+
+/// How a parameter's expression is evaluated: the typed-path fast path for the plain paths
+/// most R4 expressions are, the full FHIRPath engine for the rest (`exists() and …`,
+/// `entry[0].resource`, `(value as CodeableConcept).text`).
+#[derive(Debug)]
+pub(crate) enum Evaluator {
+    Path(CompiledPath),
+    FhirPath(flare_fhirpath::Expression),
 }
 
 /// One row of a CapabilityStatement's `rest.resource.searchParam`.
@@ -124,13 +133,16 @@ impl Registry {
             .filter(|text| !text.is_empty());
         let compiled = match (&expression, definition.kind) {
             (Some(text), kind) if extractable(kind) => match CompiledPath::compile(text) {
-                Ok(compiled) => Some(compiled),
-                Err(message) => {
-                    tracing::warn!(url = %definition.url, %message, "search parameter expression does not compile");
-                    self.compile_failures
-                        .push((definition.url.clone(), message));
-                    None
-                }
+                Ok(compiled) => Some(Evaluator::Path(compiled)),
+                Err(_) => match flare_fhirpath::Expression::parse(text) {
+                    Ok(expression) => Some(Evaluator::FhirPath(expression)),
+                    Err(error) => {
+                        let message = error.to_string();
+                        tracing::warn!(url = %definition.url, %message, "search parameter expression does not compile");
+                        self.compile_failures.push((definition.url.clone(), message));
+                        None
+                    }
+                },
             },
             _ => None,
         };
@@ -203,16 +215,25 @@ impl Registry {
             let Some(compiled) = &param.compiled else {
                 continue;
             };
-            items.clear();
-            compiled.evaluate(resource_type, resource, &mut items);
-            for item in &items {
-                convert(
-                    &param.code,
-                    param.kind,
-                    item.type_name,
-                    item.value,
-                    &mut entries,
-                );
+            match compiled {
+                Evaluator::Path(path) => {
+                    items.clear();
+                    path.evaluate(resource_type, resource, &mut items);
+                    for item in &items {
+                        convert(&param.code, param.kind, item.type_name, item.value, &mut entries);
+                    }
+                }
+                Evaluator::FhirPath(expression) => match expression.evaluate(resource, &flare_fhirpath::Env::new()) {
+                    Ok(results) => {
+                        for item in &results {
+                            let type_name = fhir_type_of(&item.type_name);
+                            convert(&param.code, param.kind, type_name, &item.to_json(), &mut entries);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(param = %param.code, %error, "search expression failed on a resource; the parameter is not indexed for it");
+                    }
+                },
             }
         }
         entries
@@ -221,6 +242,22 @@ impl Registry {
     /// Definitions whose expression could not be compiled: `(url, message)`.
     pub fn compile_failures(&self) -> &[(String, String)] {
         &self.compile_failures
+    }
+}
+
+/// The FHIR type name of a FHIRPath result: system types (`System.Boolean`) as the FHIR
+/// primitive they stand for, FHIR types as they are.
+fn fhir_type_of(type_name: &str) -> &str {
+    match type_name {
+        "System.Boolean" => "boolean",
+        "System.String" => "string",
+        "System.Integer" => "integer",
+        "System.Decimal" => "decimal",
+        "System.Date" => "date",
+        "System.DateTime" => "dateTime",
+        "System.Time" => "time",
+        "System.Quantity" => "Quantity",
+        other => other,
     }
 }
 

@@ -333,7 +333,11 @@ fn parse_entry(ctx: &RequestContext, index: usize, raw: Value) -> Result<Entry, 
         resource,
         full_url: raw.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
         if_match,
-        if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(|q| q.trim_start_matches('?').to_owned()),
+        // The query part; some clients send the whole `Type?query`.
+        if_none_exist: request
+            .get("ifNoneExist")
+            .and_then(Value::as_str)
+            .map(|q| q.strip_prefix(&format!("{resource_type}?")).unwrap_or(q).trim_start_matches('?').to_owned()),
     })
 }
 

@@ -154,3 +154,17 @@ async fn post_search_and_system_search() {
     system.expect(200);
     assert_eq!(match_ids(&system.json), ["o1"]);
 }
+
+#[tokio::test]
+async fn expressions_beyond_plain_paths_are_indexed_by_the_fhirpath_engine() {
+    let server = TestServer::start().await;
+    server.put("Patient/alive", &json!({"resourceType": "Patient", "id": "alive", "deceasedBoolean": false})).await.expect(201);
+    server.put("Patient/gone", &json!({"resourceType": "Patient", "id": "gone", "deceasedDateTime": "2020-01-01"})).await.expect(201);
+    server.put("Patient/unknown", &json!({"resourceType": "Patient", "id": "unknown"})).await.expect(201);
+    // `Patient.deceased.exists() and Patient.deceased != false`
+    assert_eq!(ids(&server, "Patient?deceased=true").await, ["gone"]);
+    let text = json!({"resourceType": "Observation", "id": "coded", "status": "final", "code": {"text": "x"}, "valueCodeableConcept": {"text": "Positive for influenza"}});
+    server.put("Observation/coded", &text).await.expect(201);
+    // `(Observation.value as CodeableConcept).text | (Observation.value as string)`
+    assert_eq!(ids(&server, "Observation?value-string=positive").await, ["coded"]);
+}
