@@ -20,6 +20,20 @@ mod memory {
     flare_store::conformance_tests!(super::memory_store);
 }
 
+/// A low scan threshold, so the conformance data exercises the id-order walk too.
+async fn memory_store_walking() -> (Arc<dyn Store>, ()) {
+    let config = SqliteConfig {
+        search_scan_threshold: 500,
+        ..SqliteConfig::in_memory()
+    };
+    let store = SqliteStore::open(config).expect("open in-memory store");
+    (Arc::new(store), ())
+}
+
+mod memory_walking {
+    flare_store::conformance_tests!(super::memory_store_walking);
+}
+
 mod file {
     flare_store::conformance_tests!(super::file_store);
 }

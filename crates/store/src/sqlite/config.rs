@@ -30,6 +30,11 @@ pub struct SqliteConfig {
     /// file. Larger values copy a page changed by many commits once instead of many times, at
     /// the cost of a larger WAL file. Default: 8192 (32 MiB).
     pub wal_autocheckpoint_pages: u32,
+    /// A default-ordered search whose best index lookup yields more candidates than this walks
+    /// the resources in id order instead of collecting and sorting every candidate. The walk is
+    /// fast when matches are common and spread out, slow when they are rare or bunched at the
+    /// end of the id order (ids that grow with time, searched for recent dates). Default: 50000.
+    pub search_scan_threshold: usize,
 }
 
 impl Default for SqliteConfig {
@@ -43,6 +48,7 @@ impl Default for SqliteConfig {
             max_batch_commits: 512,
             mmap_size_mib: 256,
             wal_autocheckpoint_pages: 8192,
+            search_scan_threshold: 50_000,
         }
     }
 }

@@ -57,6 +57,7 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     outbox_changed: Arc<Notify>,
     kinds: Arc<ParamKindCache>,
+    search_scan_threshold: usize,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -150,6 +151,7 @@ impl SqliteStore {
             readers: Arc::new(readers),
             outbox_changed,
             kinds: Arc::new(ParamKindCache::default()),
+            search_scan_threshold: config.search_scan_threshold,
         })
     }
 
@@ -270,7 +272,8 @@ impl Store for SqliteStore {
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let query = query.clone();
         let kinds = self.kinds.clone();
-        self.read(move |conn| search::search(conn, &kinds, &query))
+        let scan_threshold = self.search_scan_threshold;
+        self.read(move |conn| search::search(conn, &kinds, &query, scan_threshold))
             .await
     }
 

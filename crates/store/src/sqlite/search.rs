@@ -26,7 +26,8 @@ use crate::{SearchPage, StoreError, StoredVersion};
 
 /// Above this many candidates from the best driver, a default-ordered page is found by walking
 /// the type in id order instead of collecting and sorting every candidate.
-const DRIVER_SCAN_THRESHOLD: usize = 2_000;
+/// Candidates counted per drivable clause when choosing the driver.
+const DRIVER_PROBE_CAP: usize = 2_000;
 /// Deepest chain followed (`a.b.c=x` is depth 2).
 const MAX_CHAIN_DEPTH: usize = 2;
 
@@ -644,6 +645,7 @@ pub(crate) fn search(
     conn: &Connection,
     kinds: &ParamKindCache,
     query: &SearchQuery,
+    scan_threshold: usize,
 ) -> Result<SearchPage, StoreError> {
     let resource_type = query.resource_type.as_deref();
     let driver = choose_driver(conn, query)?;
@@ -663,12 +665,9 @@ pub(crate) fn search(
 
     let default_order = query.sort.is_empty();
     let plan = match driver {
-        Some((index, size)) if !default_order || size <= DRIVER_SCAN_THRESHOLD => {
-            Plan::Driven { driver: index }
-        }
-        // A known small total means the driver's extra candidates are filtered out: collecting
-        // them is still cheaper than walking the type looking for rare matches.
-        Some((index, _)) if total.is_some_and(|total| total as usize <= DRIVER_SCAN_THRESHOLD) => {
+        Some((index, _)) if !default_order => Plan::Driven { driver: index },
+        Some((index, size)) if size <= DRIVER_PROBE_CAP => Plan::Driven { driver: index },
+        Some((index, _)) if driver_size(conn, query, index, scan_threshold)? <= scan_threshold => {
             Plan::Driven { driver: index }
         }
         _ => Plan::Scan,
@@ -724,7 +723,7 @@ pub(crate) fn search(
 }
 
 /// The drivable clause expected to yield the fewest candidates, with its size (measured up to
-/// just past [`DRIVER_SCAN_THRESHOLD`]).
+/// just past [`DRIVER_PROBE_CAP`]).
 fn choose_driver(
     conn: &Connection,
     query: &SearchQuery,
@@ -742,7 +741,7 @@ fn choose_driver(
     // as much as the search.
     let mut best: Option<(usize, usize)> = None;
     for (index, _) in costs.iter().filter(|(_, cost)| *cost == cheapest) {
-        let size = driver_size(conn, query, *index)?;
+        let size = driver_size(conn, query, *index, DRIVER_PROBE_CAP)?;
         if best.is_none_or(|(_, best_size)| size < best_size) {
             best = Some((*index, size));
         }
@@ -750,7 +749,13 @@ fn choose_driver(
     Ok(best)
 }
 
-fn driver_size(conn: &Connection, query: &SearchQuery, index: usize) -> Result<usize, StoreError> {
+/// How many candidates a drivable clause yields, counted up to just past `cap`.
+fn driver_size(
+    conn: &Connection,
+    query: &SearchQuery,
+    index: usize,
+    cap: usize,
+) -> Result<usize, StoreError> {
     let mut sql = Sql::default();
     let driver = clause_driver(
         &mut sql,
@@ -758,7 +763,7 @@ fn driver_size(conn: &Connection, query: &SearchQuery, index: usize) -> Result<u
         query.resource_type.as_deref(),
         0,
     )?;
-    let cap = sql.bind(to_limit(DRIVER_SCAN_THRESHOLD + 1));
+    let cap = sql.bind(to_limit(cap + 1));
     let count: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM ({driver} LIMIT {cap})"))?
         .query_row(params_from_iter(&sql.values), |row| row.get(0))?;
