@@ -3,7 +3,7 @@
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use flare_log::{EmbeddedLog, EventLog, StartFrom};
+use flare_log::{EmbeddedLog, EventLog, LogError, StartFrom};
 
 use crate::config::{CommonArgs, log_config};
 
@@ -70,8 +70,25 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
             let start = if from_beginning { StartFrom::Earliest } else { StartFrom::Latest };
             let commit = group.is_some();
             let group = group.unwrap_or_else(|| format!("flare-tail-{}", std::process::id()));
-            let mut consumer = log.consumer(&group, std::slice::from_ref(&topic), start).await?;
             let idle = idle_exit_ms.map(Duration::from_millis);
+            // Like a console consumer, wait for a topic that does not exist yet.
+            let waiting_since = std::time::Instant::now();
+            let mut consumer = loop {
+                match log.consumer(&group, std::slice::from_ref(&topic), start).await {
+                    Ok(consumer) => break consumer,
+                    Err(LogError::UnknownTopic(_)) => {
+                        if idle.is_some_and(|idle| waiting_since.elapsed() >= idle) {
+                            eprintln!("topic `{topic}` does not exist (see `flare events topics`)");
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        if waiting_since.elapsed() < Duration::from_millis(150) {
+                            eprintln!("waiting for topic `{topic}` to appear…");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            };
             let mut printed = 0u64;
             let stdout = std::io::stdout();
             loop {

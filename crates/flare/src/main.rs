@@ -1,6 +1,7 @@
 //! `flare`: the command line of the Flare FHIR event platform.
 
 mod app;
+mod bench;
 mod config;
 mod events_cmd;
 mod ingest;
@@ -48,6 +49,15 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Print an annotated config file with every default.
     ConfigExample,
+    /// Measure a `flare serve` child process (CRUD mix, Bundle ingest, search, write -> event
+    /// latency) and the embedded log, and print one table per measurement.
+    ///
+    /// Examples:
+    ///   flare bench --quick
+    ///   flare bench --only crud,log
+    ///   flare bench --patients 20000 --observations 200000
+    #[command(verbatim_doc_comment)]
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +80,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Events { command } => events_cmd::run(command).await,
             Command::Ingest(args) => ingest::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::ConfigExample => {
                 print!("{}", config::example());
                 Ok(std::process::ExitCode::SUCCESS)

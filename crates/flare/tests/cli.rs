@@ -96,6 +96,63 @@ fn events_tail_follows_a_running_server() {
     assert_eq!(unique.len(), 3);
 }
 
+#[test]
+fn a_killed_server_loses_no_event_and_duplicates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (base, stop) = (served.base.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let http = client();
+                let mut acknowledged = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = json!({"resourceType": "Patient", "id": format!("w{w}-{i}"), "gender": "other"});
+                    match http.put(format!("{base}/Patient/w{w}-{i}")).header("content-type", "application/fhir+json").body(body.to_string()).send() {
+                        Ok(r) if r.status().as_u16() == 201 => acknowledged.push(format!("w{w}-{i}")),
+                        Ok(r) => panic!("unexpected {}", r.status()),
+                        Err(_) => break, // the server is gone
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGKILL while writes are in flight.
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged: Vec<String> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    assert!(acknowledged.len() > 50, "only {} writes before the kill", acknowledged.len());
+
+    let served = Served::start(dir.path());
+    let http = client();
+    for id in &acknowledged {
+        assert_eq!(http.get(format!("{}/Patient/{id}", served.base)).send().unwrap().status().as_u16(), 200, "acknowledged Patient/{id} was lost");
+    }
+    let history: Value = http.get(format!("{}/Patient/_history?_count=1", served.base)).send().unwrap().json().unwrap();
+    let versions = history["total"].as_u64().unwrap();
+    let output = flare()
+        .args(["events", "tail", "fhir.Patient", "--from-beginning", "--idle-exit-ms", "2000", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut versions_seen: Vec<String> = events
+        .iter()
+        .map(|e| format!("{}@{}", e["value"]["metadata"]["resourceId"], e["value"]["metadata"]["versionId"]))
+        .collect();
+    versions_seen.sort();
+    versions_seen.dedup();
+    assert_eq!(events.len() as u64, versions, "one event per stored version after the crash");
+    assert_eq!(versions_seen.len(), events.len(), "no event appears twice");
+}
+
 /// Removes what the server maintains, so stored and original resources compare.
 fn without_server_meta(mut resource: Value) -> Value {
     if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
