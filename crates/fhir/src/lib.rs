@@ -7,6 +7,7 @@ pub mod operation_outcome;
 pub mod parse;
 pub mod search_params;
 pub mod validate;
+pub mod xml;
 
 pub use operation_outcome::{Issue, IssueCode, OperationOutcome, Severity};
 pub use parse::{ParseError, ParseLimits, parse_json, parse_json_with};
