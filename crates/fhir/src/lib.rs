@@ -2,6 +2,7 @@
 //! search parameter definitions, parsing and validation, XML ⇄ JSON and
 //! OperationOutcome.
 
+pub mod format;
 pub mod model;
 pub mod operation_outcome;
 pub mod parse;
