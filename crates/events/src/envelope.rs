@@ -84,7 +84,12 @@ impl ChangeEvent {
     /// Builds the event for a new version; `resource` is `None` for a delete.
     pub fn new(metadata: EventMetadata, resource: Option<Value>) -> Self {
         let event_type = format!("{}{}", metadata.resource_type, metadata.action.suffix());
-        Self { event_type, data: resource, data_ref: None, metadata }
+        Self {
+            event_type,
+            data: resource,
+            data_ref: None,
+            metadata,
+        }
     }
 
     /// The JSON payload, at most `max_bytes` long where the resource is what makes it larger:
@@ -95,7 +100,10 @@ impl ChangeEvent {
             return bytes;
         }
         let m = &self.metadata;
-        self.data_ref = Some(format!("{}/{}/_history/{}", m.resource_type, m.resource_id, m.version_id));
+        self.data_ref = Some(format!(
+            "{}/{}/_history/{}",
+            m.resource_type, m.resource_id, m.version_id
+        ));
         self.data = None;
         self.to_json_bytes()
     }
@@ -112,10 +120,22 @@ impl ChangeEvent {
     /// The headers that travel with the event (values as bytes, as on Kafka).
     pub fn headers(&self, traceparent: Option<&str>) -> Vec<(String, Vec<u8>)> {
         let mut headers = vec![
-            (header::CONTENT_TYPE.to_owned(), b"application/fhir+json".to_vec()),
-            (header::EVENT_ID.to_owned(), self.metadata.event_id.clone().into_bytes()),
-            (header::CORRELATION_ID.to_owned(), self.metadata.correlation_id.clone().into_bytes()),
-            (header::EVENT_TYPE.to_owned(), self.event_type.clone().into_bytes()),
+            (
+                header::CONTENT_TYPE.to_owned(),
+                b"application/fhir+json".to_vec(),
+            ),
+            (
+                header::EVENT_ID.to_owned(),
+                self.metadata.event_id.clone().into_bytes(),
+            ),
+            (
+                header::CORRELATION_ID.to_owned(),
+                self.metadata.correlation_id.clone().into_bytes(),
+            ),
+            (
+                header::EVENT_TYPE.to_owned(),
+                self.event_type.clone().into_bytes(),
+            ),
         ];
         if let Some(tp) = traceparent {
             headers.push((header::TRACEPARENT.to_owned(), tp.as_bytes().to_vec()));
@@ -144,7 +164,10 @@ mod tests {
 
     #[test]
     fn envelope_has_the_documented_shape() {
-        let event = ChangeEvent::new(metadata(Action::Updated), Some(json!({"resourceType": "Patient"})));
+        let event = ChangeEvent::new(
+            metadata(Action::Updated),
+            Some(json!({"resourceType": "Patient"})),
+        );
         let v: Value = serde_json::from_slice(&event.to_json_bytes()).unwrap();
         assert_eq!(v["type"], "PatientUpdated");
         assert_eq!(v["data"]["resourceType"], "Patient");
@@ -152,7 +175,10 @@ mod tests {
         assert_eq!(v["metadata"]["correlationId"], "c1");
         assert_eq!(v["metadata"]["versionId"], "2");
         assert_eq!(v["metadata"]["action"], "updated");
-        assert_eq!(ChangeEvent::from_json_bytes(&event.to_json_bytes()).unwrap(), event);
+        assert_eq!(
+            ChangeEvent::from_json_bytes(&event.to_json_bytes()).unwrap(),
+            event
+        );
     }
 
     #[test]
@@ -182,7 +208,12 @@ mod tests {
     fn headers_name_the_event_and_trace() {
         let event = ChangeEvent::new(metadata(Action::Created), None);
         let headers = event.headers(Some("00-abc-def-01"));
-        let get = |k: &str| headers.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(get(header::CONTENT_TYPE).unwrap(), b"application/fhir+json");
         assert_eq!(get(header::EVENT_ID).unwrap(), b"e1");
         assert_eq!(get(header::TRACEPARENT).unwrap(), b"00-abc-def-01");

@@ -54,7 +54,11 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn EventLog>) -> Self {
-        Self { store, log, stats: Arc::default() }
+        Self {
+            store,
+            log,
+            stats: Arc::default(),
+        }
     }
 
     pub fn stats(&self) -> Arc<RelayStats> {
@@ -68,7 +72,9 @@ impl Relay {
         loop {
             let after = self.stats.last_seq.load(Ordering::Acquire);
             let entries = self.store.outbox_after(after, BATCH).await?;
-            let Some(last) = entries.last().map(|e| e.seq) else { return Ok(moved) };
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                return Ok(moved);
+            };
             moved += self.append(entries).await?;
             self.store.outbox_ack(last).await?;
             self.stats.last_seq.store(last, Ordering::Release);
@@ -80,12 +86,20 @@ impl Relay {
     /// appends the rest.
     pub async fn recover(&self) -> Result<usize, RelayError> {
         let pending = self.store.outbox_after(0, usize::MAX).await?;
-        let Some(last) = pending.last().map(|e| e.seq) else { return Ok(0) };
+        let Some(last) = pending.last().map(|e| e.seq) else {
+            return Ok(0);
+        };
         let in_log = self.seqs_already_in_log(&pending).await?;
-        let (done, todo): (Vec<_>, Vec<_>) = pending.into_iter().partition(|e| in_log.contains(&e.seq));
+        let (done, todo): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|e| in_log.contains(&e.seq));
         if !done.is_empty() {
-            tracing::warn!(count = done.len(), "outbox entries were already in the log after a restart; not appending them twice");
-            self.stats.recovered_duplicates.fetch_add(done.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                count = done.len(),
+                "outbox entries were already in the log after a restart; not appending them twice"
+            );
+            self.stats
+                .recovered_duplicates
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
         }
         let moved = self.append(todo).await?;
         self.store.outbox_ack(last).await?;
@@ -135,7 +149,11 @@ impl Relay {
         let count = entries.len();
         let mut by_topic: BTreeMap<String, Vec<NewRecord>> = BTreeMap::new();
         for OutboxEntry { seq, message } in entries {
-            let mut headers: Vec<Header> = message.headers.into_iter().map(|(k, v)| Header::new(k, v)).collect();
+            let mut headers: Vec<Header> = message
+                .headers
+                .into_iter()
+                .map(|(k, v)| Header::new(k, v))
+                .collect();
             headers.push(Header::new(header::OUTBOX_SEQ, seq.to_string()));
             by_topic.entry(message.topic).or_default().push(NewRecord {
                 key: message.key,
@@ -147,14 +165,19 @@ impl Relay {
         for (topic, records) in by_topic {
             self.log.append(&topic, records).await?;
         }
-        self.stats.relayed.fetch_add(count as u64, Ordering::Relaxed);
+        self.stats
+            .relayed
+            .fetch_add(count as u64, Ordering::Relaxed);
         Ok(count)
     }
 
     /// The outbox sequence numbers among `pending` that are already in the log. Only the tail
     /// of each partition can hold them, since the relay is the log's only writer of change
     /// events and appends in sequence order.
-    async fn seqs_already_in_log(&self, pending: &[OutboxEntry]) -> Result<HashSet<u64>, RelayError> {
+    async fn seqs_already_in_log(
+        &self,
+        pending: &[OutboxEntry],
+    ) -> Result<HashSet<u64>, RelayError> {
         let topics: HashSet<&str> = pending.iter().map(|e| e.message.topic.as_str()).collect();
         let lowest = pending.first().map_or(0, |e| e.seq);
         let mut found = HashSet::new();
@@ -162,9 +185,14 @@ impl Relay {
             if !topics.contains(info.name.as_str()) {
                 continue;
             }
-            for (partition, (&start, &end)) in info.start_offsets.iter().zip(&info.end_offsets).enumerate() {
+            for (partition, (&start, &end)) in
+                info.start_offsets.iter().zip(&info.end_offsets).enumerate()
+            {
                 let tail = (pending.len() as u64).min(end - start);
-                let records = self.log.read(&info.name, partition as u32, end - tail, tail as usize).await?;
+                let records = self
+                    .log
+                    .read(&info.name, partition as u32, end - tail, tail as usize)
+                    .await?;
                 found.extend(
                     records
                         .iter()

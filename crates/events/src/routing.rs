@@ -72,24 +72,39 @@ impl Default for RoutingConfig {
 impl RoutingConfig {
     /// The topic for an event. `resource` is the new version, or for a delete the last live
     /// version, so that a retraction travels on the same topic as what it retracts.
-    pub fn topic_for(&self, resource_type: &str, action: Action, resource: Option<&Value>) -> String {
-        if let Some(route) = self.routes.iter().find(|r| r.matches(resource_type, action, resource)) {
+    pub fn topic_for(
+        &self,
+        resource_type: &str,
+        action: Action,
+        resource: Option<&Value>,
+    ) -> String {
+        if let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| r.matches(resource_type, action, resource))
+        {
             return route.topic.clone();
         }
         match self.strategy {
             TopicStrategy::Resource => format!("{}.{}", self.prefix, resource_type),
             TopicStrategy::Action => format!("{}.{}", self.prefix, action.as_str()),
-            TopicStrategy::Hybrid => format!("{}.{}.{}", self.prefix, resource_type, action.as_str()),
+            TopicStrategy::Hybrid => {
+                format!("{}.{}.{}", self.prefix, resource_type, action.as_str())
+            }
         }
     }
 }
 
 impl Route {
     fn matches(&self, resource_type: &str, action: Action, resource: Option<&Value>) -> bool {
-        if self.resource_type != resource_type || !(self.actions.is_empty() || self.actions.contains(&action)) {
+        if self.resource_type != resource_type
+            || !(self.actions.is_empty() || self.actions.contains(&action))
+        {
             return false;
         }
-        let Some(wanted) = &self.category else { return true };
+        let Some(wanted) = &self.category else {
+            return true;
+        };
         let (system, code) = match wanted.split_once('|') {
             Some((s, c)) => (Some(s), c),
             None => (None, wanted.as_str()),
@@ -106,13 +121,21 @@ impl Route {
             .flatten()
             .any(|coding| {
                 coding.get("code").and_then(Value::as_str) == Some(code)
-                    && system.is_none_or(|s| coding.get("system").and_then(Value::as_str) == Some(s))
+                    && system
+                        .is_none_or(|s| coding.get("system").and_then(Value::as_str) == Some(s))
             })
     }
 }
 
 /// Elements that put a resource in a patient's compartment, in order of preference.
-const PATIENT_LINKS: &[&str] = &["patient", "subject", "beneficiary", "individual", "who", "actor"];
+const PATIENT_LINKS: &[&str] = &[
+    "patient",
+    "subject",
+    "beneficiary",
+    "individual",
+    "who",
+    "actor",
+];
 
 /// The partition key: the patient compartment (`Patient/123`) when the resource has one, so all
 /// of one patient's events stay in order; otherwise the resource itself (`Type/id`).
@@ -124,7 +147,10 @@ pub fn partition_key(resource_type: &str, id: &str, resource: Option<&Value>) ->
         .and_then(|r| {
             PATIENT_LINKS.iter().find_map(|element| {
                 let reference = r.get(*element)?.get("reference")?.as_str()?;
-                let tail = reference.rsplit("Patient/").next().filter(|_| reference.contains("Patient/"))?;
+                let tail = reference
+                    .rsplit("Patient/")
+                    .next()
+                    .filter(|_| reference.contains("Patient/"))?;
                 let patient_id = tail.split('/').next().filter(|id| !id.is_empty())?;
                 Some(format!("Patient/{patient_id}"))
             })
@@ -143,53 +169,104 @@ mod tests {
 
     #[test]
     fn strategies_name_topics() {
-        let mut config = RoutingConfig { routes: vec![], ..Default::default() };
-        assert_eq!(config.topic_for("Patient", Action::Created, None), "fhir.Patient");
+        let mut config = RoutingConfig {
+            routes: vec![],
+            ..Default::default()
+        };
+        assert_eq!(
+            config.topic_for("Patient", Action::Created, None),
+            "fhir.Patient"
+        );
         config.strategy = TopicStrategy::Action;
-        assert_eq!(config.topic_for("Patient", Action::Deleted, None), "fhir.deleted");
+        assert_eq!(
+            config.topic_for("Patient", Action::Deleted, None),
+            "fhir.deleted"
+        );
         config.strategy = TopicStrategy::Hybrid;
-        assert_eq!(config.topic_for("Patient", Action::Updated, None), "fhir.Patient.updated");
+        assert_eq!(
+            config.topic_for("Patient", Action::Updated, None),
+            "fhir.Patient.updated"
+        );
     }
 
     #[test]
     fn routes_match_by_category_and_action() {
         let config = RoutingConfig::default();
-        assert_eq!(config.topic_for("Observation", Action::Created, Some(&vitals())), "fhir.observation.vitals");
+        assert_eq!(
+            config.topic_for("Observation", Action::Created, Some(&vitals())),
+            "fhir.observation.vitals"
+        );
         let lab = json!({"resourceType": "Observation", "category": [{"coding": [{"code": "laboratory"}]}]});
-        assert_eq!(config.topic_for("Observation", Action::Deleted, Some(&lab)), "fhir.observation.labs");
+        assert_eq!(
+            config.topic_for("Observation", Action::Deleted, Some(&lab)),
+            "fhir.observation.labs"
+        );
         let other = json!({"resourceType": "Observation"});
-        assert_eq!(config.topic_for("Observation", Action::Created, Some(&other)), "fhir.Observation");
+        assert_eq!(
+            config.topic_for("Observation", Action::Created, Some(&other)),
+            "fhir.Observation"
+        );
 
         let only_creates = RoutingConfig {
-            routes: vec![Route { topic: "fhir.encounter".into(), resource_type: "Encounter".into(), category: None, actions: vec![Action::Created] }],
+            routes: vec![Route {
+                topic: "fhir.encounter".into(),
+                resource_type: "Encounter".into(),
+                category: None,
+                actions: vec![Action::Created],
+            }],
             ..Default::default()
         };
-        assert_eq!(only_creates.topic_for("Encounter", Action::Created, None), "fhir.encounter");
-        assert_eq!(only_creates.topic_for("Encounter", Action::Updated, None), "fhir.Encounter");
+        assert_eq!(
+            only_creates.topic_for("Encounter", Action::Created, None),
+            "fhir.encounter"
+        );
+        assert_eq!(
+            only_creates.topic_for("Encounter", Action::Updated, None),
+            "fhir.Encounter"
+        );
     }
 
     #[test]
     fn category_with_system_must_match_the_system() {
         let config = RoutingConfig {
-            routes: vec![Route { topic: "t".into(), resource_type: "Observation".into(), category: Some("urn:other|vital-signs".into()), actions: vec![] }],
+            routes: vec![Route {
+                topic: "t".into(),
+                resource_type: "Observation".into(),
+                category: Some("urn:other|vital-signs".into()),
+                actions: vec![],
+            }],
             ..Default::default()
         };
-        assert_eq!(config.topic_for("Observation", Action::Created, Some(&vitals())), "fhir.Observation");
+        assert_eq!(
+            config.topic_for("Observation", Action::Created, Some(&vitals())),
+            "fhir.Observation"
+        );
     }
 
     #[test]
     fn partition_key_is_the_patient_compartment() {
         assert_eq!(partition_key("Patient", "7", None), "Patient/7");
-        assert_eq!(partition_key("Observation", "o1", Some(&vitals())), "Patient/42");
-        let absolute = json!({"patient": {"reference": "http://example.org/fhir/Patient/9/_history/2"}});
-        assert_eq!(partition_key("Immunization", "i1", Some(&absolute)), "Patient/9");
+        assert_eq!(
+            partition_key("Observation", "o1", Some(&vitals())),
+            "Patient/42"
+        );
+        let absolute =
+            json!({"patient": {"reference": "http://example.org/fhir/Patient/9/_history/2"}});
+        assert_eq!(
+            partition_key("Immunization", "i1", Some(&absolute)),
+            "Patient/9"
+        );
         let group = json!({"subject": {"reference": "Group/1"}});
-        assert_eq!(partition_key("Observation", "o2", Some(&group)), "Observation/o2");
+        assert_eq!(
+            partition_key("Observation", "o2", Some(&group)),
+            "Observation/o2"
+        );
     }
 
     #[test]
     fn config_rejects_unknown_fields() {
-        let err = serde_json::from_value::<RoutingConfig>(json!({"strategy": "resource", "bogus": 1}));
+        let err =
+            serde_json::from_value::<RoutingConfig>(json!({"strategy": "resource", "bogus": 1}));
         assert!(err.is_err());
         let ok: RoutingConfig = serde_json::from_value(json!({"strategy": "hybrid"})).unwrap();
         assert_eq!(ok.strategy, TopicStrategy::Hybrid);

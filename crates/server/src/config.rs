@@ -17,6 +17,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), public_url: None, max_body_bytes: 32 * 1024 * 1024 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            max_body_bytes: 32 * 1024 * 1024,
+        }
     }
 }

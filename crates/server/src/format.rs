@@ -1,8 +1,8 @@
 //! Request body decoding and response encoding: JSON or XML, pretty or not.
 
 use axum::http::HeaderMap;
-use flare_service::FhirError;
 use flare_fhir::operation_outcome::IssueCode;
+use flare_service::FhirError;
 use serde_json::Value;
 
 /// A FHIR wire format.
@@ -31,10 +31,21 @@ pub struct Rendering {
 /// The format a MIME type or `_format` value names, ignoring parameters such as `charset`
 /// and `fhirVersion`.
 pub fn format_of(mime: &str) -> Option<Format> {
-    let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
-        "application/fhir+json" | "application/json" | "json" | "application/json+fhir" => Some(Format::Json),
-        "application/fhir+xml" | "application/xml" | "text/xml" | "xml" | "application/xml+fhir" => Some(Format::Xml),
+        "application/fhir+json" | "application/json" | "json" | "application/json+fhir" => {
+            Some(Format::Json)
+        }
+        "application/fhir+xml"
+        | "application/xml"
+        | "text/xml"
+        | "xml"
+        | "application/xml+fhir" => Some(Format::Xml),
         _ => None,
     }
 }
@@ -44,13 +55,23 @@ impl Rendering {
         let pretty = params.iter().any(|(n, v)| n == "_pretty" && v == "true");
         if let Some((_, value)) = params.iter().find(|(n, _)| n == "_format") {
             let format = format_of(value).ok_or_else(|| {
-                FhirError::new(406, IssueCode::NotSupported, format!("_format={value} is not supported: use json or xml"))
+                FhirError::new(
+                    406,
+                    IssueCode::NotSupported,
+                    format!("_format={value} is not supported: use json or xml"),
+                )
             })?;
             return Ok(Self { format, pretty });
         }
-        let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         // The first acceptable FHIR format in the client's list; anything else means JSON.
-        let format = accept.split(',').find_map(format_of).unwrap_or(Format::Json);
+        let format = accept
+            .split(',')
+            .find_map(format_of)
+            .unwrap_or(Format::Json);
         Ok(Self { format, pretty })
     }
 
@@ -61,7 +82,9 @@ impl Rendering {
             (Format::Json, true) => Ok(serde_json::to_vec_pretty(resource).unwrap_or_default()),
             (Format::Xml, _) => flare_fhir::xml::from_json(resource)
                 .map(String::into_bytes)
-                .map_err(|err| FhirError::internal(format!("the resource could not be rendered as XML: {err}"))),
+                .map_err(|err| {
+                    FhirError::internal(format!("the resource could not be rendered as XML: {err}"))
+                }),
         }
     }
 }
@@ -69,7 +92,9 @@ impl Rendering {
 /// Decodes a request body in the format its `Content-Type` names: 415 for other types, 400
 /// for malformed content.
 pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, FhirError> {
-    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let format = match content_type {
         None => Format::Json,
         Some(ct) => format_of(ct).ok_or_else(|| {
@@ -81,15 +106,31 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, FhirError>
         })?,
     };
     if body.is_empty() {
-        return Err(FhirError::new(400, IssueCode::Required, "the request has no body: send a FHIR resource"));
+        return Err(FhirError::new(
+            400,
+            IssueCode::Required,
+            "the request has no body: send a FHIR resource",
+        ));
     }
     match format {
-        Format::Json => flare_fhir::parse_json(body)
-            .map_err(|err| FhirError::new(400, IssueCode::Structure, format!("the body is not valid JSON: {err}"))),
+        Format::Json => flare_fhir::parse_json(body).map_err(|err| {
+            FhirError::new(
+                400,
+                IssueCode::Structure,
+                format!("the body is not valid JSON: {err}"),
+            )
+        }),
         Format::Xml => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| FhirError::new(400, IssueCode::Structure, "the XML body is not UTF-8 text"))?;
-            flare_fhir::xml::to_json(text).map_err(|err| FhirError::new(400, IssueCode::Structure, format!("the body is not valid FHIR XML: {err}")))
+            let text = std::str::from_utf8(body).map_err(|_| {
+                FhirError::new(400, IssueCode::Structure, "the XML body is not UTF-8 text")
+            })?;
+            flare_fhir::xml::to_json(text).map_err(|err| {
+                FhirError::new(
+                    400,
+                    IssueCode::Structure,
+                    format!("the body is not valid FHIR XML: {err}"),
+                )
+            })
         }
     }
 }

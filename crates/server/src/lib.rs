@@ -39,7 +39,10 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir", any(fhir_http::handle))
         .route("/fhir/", any(fhir_http::handle))
         .route("/fhir/{*path}", any(fhir_http::handle))
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/metrics", get(metrics::render))
         .with_state(state)
 }
@@ -50,5 +53,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -26,18 +26,34 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
     out.push_str("# HELP flare_http_requests_total FHIR API requests by status class.\n# TYPE flare_http_requests_total counter\n");
     for (class, count) in state.metrics.by_class.iter().enumerate().skip(1) {
-        let _ = writeln!(out, "flare_http_requests_total{{class=\"{class}xx\"}} {}", count.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "flare_http_requests_total{{class=\"{class}xx\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
     }
     let relay = &state.relay;
     out.push_str("# HELP flare_outbox_relayed_total Change events moved from the outbox to the log.\n# TYPE flare_outbox_relayed_total counter\n");
-    let _ = writeln!(out, "flare_outbox_relayed_total {}", relay.relayed.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "flare_outbox_relayed_total {}",
+        relay.relayed.load(Ordering::Relaxed)
+    );
     out.push_str("# HELP flare_outbox_relay_errors_total Failed relay rounds (retried).\n# TYPE flare_outbox_relay_errors_total counter\n");
-    let _ = writeln!(out, "flare_outbox_relay_errors_total {}", relay.errors.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "flare_outbox_relay_errors_total {}",
+        relay.errors.load(Ordering::Relaxed)
+    );
     out.push_str("# HELP flare_log_end_offset Next offset of each log partition.\n# TYPE flare_log_end_offset gauge\n");
     if let Ok(topics) = state.log.topics().await {
         for topic in topics {
             for (partition, end) in topic.end_offsets.iter().enumerate() {
-                let _ = writeln!(out, "flare_log_end_offset{{topic=\"{}\",partition=\"{partition}\"}} {end}", topic.name);
+                let _ = writeln!(
+                    out,
+                    "flare_log_end_offset{{topic=\"{}\",partition=\"{partition}\"}} {end}",
+                    topic.name
+                );
             }
         }
     }

@@ -58,9 +58,18 @@ struct Entry {
 
 impl Fhir {
     /// `POST [base]` with a batch or transaction Bundle: the response Bundle.
-    pub async fn process_bundle(&self, ctx: &RequestContext, bundle: Value, prefer: ReturnPreference) -> Result<Value, FhirError> {
+    pub async fn process_bundle(
+        &self,
+        ctx: &RequestContext,
+        bundle: Value,
+        prefer: ReturnPreference,
+    ) -> Result<Value, FhirError> {
         self.check_resource(&bundle, Some("Bundle"))?;
-        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let kind = bundle
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if kind != "batch" && kind != "transaction" {
             return Err(FhirError::unprocessable(format!(
                 "a Bundle posted to the base must be a `batch` or a `transaction`, not `{kind}`; to store the Bundle itself, POST it to /Bundle"
@@ -81,7 +90,12 @@ impl Fhir {
         self.transaction(ctx, entries, prefer).await
     }
 
-    async fn batch(&self, ctx: &RequestContext, raw_entries: Vec<Value>, prefer: ReturnPreference) -> Value {
+    async fn batch(
+        &self,
+        ctx: &RequestContext,
+        raw_entries: Vec<Value>,
+        prefer: ReturnPreference,
+    ) -> Value {
         let mut responses = Vec::with_capacity(raw_entries.len());
         for (index, raw) in raw_entries.into_iter().enumerate() {
             let result = match parse_entry(ctx, index, raw) {
@@ -93,33 +107,65 @@ impl Fhir {
         json!({"resourceType": "Bundle", "type": "batch-response", "entry": responses})
     }
 
-    async fn batch_entry(&self, ctx: &RequestContext, entry: Entry, prefer: ReturnPreference) -> Result<Value, FhirError> {
+    async fn batch_entry(
+        &self,
+        ctx: &RequestContext,
+        entry: Entry,
+        prefer: ReturnPreference,
+    ) -> Result<Value, FhirError> {
         let t = entry.resource_type.as_str();
         let outcome = match (entry.method, entry.id.as_deref(), entry.query.as_deref()) {
             (Method::Get, ..) => return self.read_entry(ctx, &entry).await,
             (Method::Post, _, _) => {
-                let resource = entry.resource.ok_or_else(|| missing_resource(entry.index))?;
-                self.create(ctx, t, resource, entry.if_none_exist.as_deref()).await?
+                let resource = entry
+                    .resource
+                    .ok_or_else(|| missing_resource(entry.index))?;
+                self.create(ctx, t, resource, entry.if_none_exist.as_deref())
+                    .await?
             }
             (Method::Put, Some(id), _) => {
-                let resource = entry.resource.ok_or_else(|| missing_resource(entry.index))?;
+                let resource = entry
+                    .resource
+                    .ok_or_else(|| missing_resource(entry.index))?;
                 self.update(ctx, t, id, resource, entry.if_match).await?
             }
             (Method::Put, None, Some(query)) => {
-                let resource = entry.resource.ok_or_else(|| missing_resource(entry.index))?;
-                self.conditional_update(ctx, t, query, resource, entry.if_match).await?
+                let resource = entry
+                    .resource
+                    .ok_or_else(|| missing_resource(entry.index))?;
+                self.conditional_update(ctx, t, query, resource, entry.if_match)
+                    .await?
             }
             (Method::Delete, Some(id), _) => self.delete(ctx, t, id, entry.if_match).await?,
             (Method::Delete, None, Some(query)) => self.conditional_delete(ctx, t, query).await?,
-            _ => return Err(FhirError::bad_request(format!("entry {}: PUT and DELETE need an id or search criteria in request.url", entry.index))),
+            _ => {
+                return Err(FhirError::bad_request(format!(
+                    "entry {}: PUT and DELETE need an id or search criteria in request.url",
+                    entry.index
+                )));
+            }
         };
         Ok(write_entry(&ctx.base_url, &outcome, prefer))
     }
 
-    async fn transaction(&self, ctx: &RequestContext, mut entries: Vec<Entry>, prefer: ReturnPreference) -> Result<Value, FhirError> {
-        let has_conditionals = entries.iter().any(|e| e.if_none_exist.is_some() || (e.method != Method::Get && e.query.is_some()))
-            || entries.iter().filter_map(|e| e.resource.as_ref()).any(has_conditional_reference);
-        let _guard = if has_conditionals { Some(self.inner.conditional.lock().await) } else { None };
+    async fn transaction(
+        &self,
+        ctx: &RequestContext,
+        mut entries: Vec<Entry>,
+        prefer: ReturnPreference,
+    ) -> Result<Value, FhirError> {
+        let has_conditionals = entries
+            .iter()
+            .any(|e| e.if_none_exist.is_some() || (e.method != Method::Get && e.query.is_some()))
+            || entries
+                .iter()
+                .filter_map(|e| e.resource.as_ref())
+                .any(has_conditional_reference);
+        let _guard = if has_conditionals {
+            Some(self.inner.conditional.lock().await)
+        } else {
+            None
+        };
 
         // 1. Identities: which resource each write entry targets.
         let mut targets: HashMap<usize, Option<ResourceKey>> = HashMap::new();
@@ -129,7 +175,11 @@ impl Fhir {
             let t = &entry.resource_type;
             let target = match (entry.method, &entry.id, &entry.query) {
                 (Method::Post, _, _) => match &entry.if_none_exist {
-                    Some(query) => match self.conditional_match(ctx, t, query, "If-None-Exist").await.map_err(|e| e.at_entry(entry.index))? {
+                    Some(query) => match self
+                        .conditional_match(ctx, t, query, "If-None-Exist")
+                        .await
+                        .map_err(|e| e.at_entry(entry.index))?
+                    {
                         Some(found) => {
                             let key = found.key.clone();
                             existing.insert(entry.index, found);
@@ -141,14 +191,32 @@ impl Fhir {
                 },
                 (_, Some(id), _) => Some(ResourceKey::new(t, id)),
                 (Method::Put, None, Some(query)) => {
-                    let found = self.conditional_match(ctx, t, query, "conditional update").await.map_err(|e| e.at_entry(entry.index))?;
-                    let body_id = entry.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
-                    Some(ResourceKey::new(t, found.map(|f| f.key.id).or(body_id).unwrap_or_else(new_id)))
+                    let found = self
+                        .conditional_match(ctx, t, query, "conditional update")
+                        .await
+                        .map_err(|e| e.at_entry(entry.index))?;
+                    let body_id = entry
+                        .resource
+                        .as_ref()
+                        .and_then(|r| r.get("id"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    Some(ResourceKey::new(
+                        t,
+                        found.map(|f| f.key.id).or(body_id).unwrap_or_else(new_id),
+                    ))
                 }
-                (Method::Delete, None, Some(query)) => {
-                    self.conditional_match(ctx, t, query, "conditional delete").await.map_err(|e| e.at_entry(entry.index))?.map(|f| f.key)
+                (Method::Delete, None, Some(query)) => self
+                    .conditional_match(ctx, t, query, "conditional delete")
+                    .await
+                    .map_err(|e| e.at_entry(entry.index))?
+                    .map(|f| f.key),
+                _ => {
+                    return Err(FhirError::bad_request(format!(
+                        "entry {}: request.url needs an id or search criteria",
+                        entry.index
+                    )));
                 }
-                _ => return Err(FhirError::bad_request(format!("entry {}: request.url needs an id or search criteria", entry.index))),
             };
             if let (Some(full_url), Some(key)) = (&entry.full_url, &target) {
                 aliases.insert(full_url.clone(), key.to_string());
@@ -158,7 +226,9 @@ impl Fhir {
         let mut seen = HashSet::new();
         for (index, key) in targets.iter().filter_map(|(i, k)| Some((i, k.as_ref()?))) {
             if !existing.contains_key(index) && !seen.insert(key.clone()) {
-                return Err(FhirError::bad_request(format!("the transaction writes {key} more than once; combine those entries into one")));
+                return Err(FhirError::bad_request(format!(
+                    "the transaction writes {key} more than once; combine those entries into one"
+                )));
             }
         }
 
@@ -173,10 +243,15 @@ impl Fhir {
                 });
                 for reference in conditional {
                     let (t, query) = reference.split_once('?').unwrap_or_default();
-                    let found = self.conditional_match(ctx, t, query, "conditional reference").await.map_err(|e| e.at_entry(entry.index))?;
+                    let found = self
+                        .conditional_match(ctx, t, query, "conditional reference")
+                        .await
+                        .map_err(|e| e.at_entry(entry.index))?;
                     let Some(found) = found else {
-                        return Err(FhirError::precondition_failed(format!("conditional reference `{reference}` matches no resource"))
-                            .at_entry(entry.index));
+                        return Err(FhirError::precondition_failed(format!(
+                            "conditional reference `{reference}` matches no resource"
+                        ))
+                        .at_entry(entry.index));
                     };
                     aliases.insert(reference, found.key.to_string());
                 }
@@ -199,28 +274,49 @@ impl Fhir {
             let mut planned: Vec<PlannedWrite> = Vec::new();
             for entry in &order {
                 if let Some(found) = existing.get(&entry.index) {
-                    outcomes.insert(entry.index, WriteOutcome { kind: WriteKind::Existing, version: Some(found.clone()) });
+                    outcomes.insert(
+                        entry.index,
+                        WriteOutcome {
+                            kind: WriteKind::Existing,
+                            version: Some(found.clone()),
+                        },
+                    );
                     continue;
                 }
                 let Some(key) = targets.get(&entry.index).cloned().flatten() else {
-                    outcomes.insert(entry.index, WriteOutcome { kind: WriteKind::NothingToDelete, version: None });
+                    outcomes.insert(
+                        entry.index,
+                        WriteOutcome {
+                            kind: WriteKind::NothingToDelete,
+                            version: None,
+                        },
+                    );
                     continue;
                 };
                 let current = self.store().current(&key).await?;
                 if let Some(wanted) = entry.if_match
                     && current.as_ref().map(|v| v.version_id) != Some(wanted)
                 {
-                    return Err(FhirError::precondition_failed(format!("If-Match asked for version {wanted} of {key}, which is not current")).at_entry(entry.index));
+                    return Err(FhirError::precondition_failed(format!(
+                        "If-Match asked for version {wanted} of {key}, which is not current"
+                    ))
+                    .at_entry(entry.index));
                 }
                 let body = match entry.method {
                     Method::Delete => None,
                     _ => {
-                        let mut resource = entry.resource.clone().ok_or_else(|| missing_resource(entry.index))?;
+                        let mut resource = entry
+                            .resource
+                            .clone()
+                            .ok_or_else(|| missing_resource(entry.index))?;
                         if entry.method == Method::Put
                             && let Some(body_id) = resource.get("id").and_then(Value::as_str)
                             && body_id != key.id
                         {
-                            return Err(FhirError::bad_request(format!("the resource id `{body_id}` does not match {key}")).at_entry(entry.index));
+                            return Err(FhirError::bad_request(format!(
+                                "the resource id `{body_id}` does not match {key}"
+                            ))
+                            .at_entry(entry.index));
                         }
                         resource["id"] = json!(key.id);
                         Some(resource)
@@ -228,16 +324,31 @@ impl Fhir {
                 };
                 match (&body, &current) {
                     (None, None) => {
-                        return Err(FhirError::not_found(format!("{key} does not exist")).at_entry(entry.index));
+                        return Err(FhirError::not_found(format!("{key} does not exist"))
+                            .at_entry(entry.index));
                     }
                     (None, Some(v)) if v.is_deleted() => {
-                        outcomes.insert(entry.index, WriteOutcome { kind: WriteKind::NothingToDelete, version: current.clone() });
+                        outcomes.insert(
+                            entry.index,
+                            WriteOutcome {
+                                kind: WriteKind::NothingToDelete,
+                                version: current.clone(),
+                            },
+                        );
                         continue;
                     }
                     _ => {}
                 }
-                let p = self.plan(ctx, &key, current.as_ref(), body, now).map_err(|e| e.at_entry(entry.index))?;
-                outcomes.insert(entry.index, WriteOutcome { kind: p.kind, version: Some(p.write.version.clone()) });
+                let p = self
+                    .plan(ctx, &key, current.as_ref(), body, now)
+                    .map_err(|e| e.at_entry(entry.index))?;
+                outcomes.insert(
+                    entry.index,
+                    WriteOutcome {
+                        kind: p.kind,
+                        version: Some(p.write.version.clone()),
+                    },
+                );
                 planned.push(p);
             }
             match self.commit(planned).await {
@@ -252,7 +363,10 @@ impl Fhir {
         for entry in &entries {
             let response = match outcomes.get(&entry.index) {
                 Some(outcome) => write_entry(&ctx.base_url, outcome, prefer),
-                None => self.read_entry(ctx, entry).await.unwrap_or_else(|err| error_entry(&err)),
+                None => self
+                    .read_entry(ctx, entry)
+                    .await
+                    .unwrap_or_else(|err| error_entry(&err)),
             };
             responses.push(response);
         }
@@ -266,12 +380,28 @@ impl Fhir {
             (Some(id), Some(v)) => self.vread(t, id, v).await?,
             (Some(id), None) => self.read(t, id).await?,
             (None, _) => {
-                let params = entry.query.as_deref().map(parse_query_string).unwrap_or_default();
-                let bundle = self.search(ctx, &SearchRequest { resource_type: Some(t.clone()), params }).await?;
+                let params = entry
+                    .query
+                    .as_deref()
+                    .map(parse_query_string)
+                    .unwrap_or_default();
+                let bundle = self
+                    .search(
+                        ctx,
+                        &SearchRequest {
+                            resource_type: Some(t.clone()),
+                            params,
+                        },
+                    )
+                    .await?;
                 return Ok(json!({"resource": bundle, "response": {"status": "200 OK"}}));
             }
         };
-        let resource: Value = version.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+        let resource: Value = version
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
         Ok(json!({
             "fullUrl": format!("{}/{}", ctx.base_url, version.key),
             "resource": resource,
@@ -281,19 +411,44 @@ impl Fhir {
 }
 
 fn parse_entry(ctx: &RequestContext, index: usize, raw: Value) -> Result<Entry, FhirError> {
-    let request = raw.get("request").ok_or_else(|| FhirError::bad_request(format!("entry {index} has no `request`: say what to do with it (method and url)")))?;
+    let request = raw.get("request").ok_or_else(|| {
+        FhirError::bad_request(format!(
+            "entry {index} has no `request`: say what to do with it (method and url)"
+        ))
+    })?;
     let method = match request.get("method").and_then(Value::as_str) {
         Some("GET" | "HEAD") => Method::Get,
         Some("POST") => Method::Post,
         Some("PUT") => Method::Put,
         Some("DELETE") => Method::Delete,
         Some(other) => {
-            return Err(FhirError::new(405, IssueCode::NotSupported, format!("entry {index}: method {other} is not supported in a Bundle; use GET, POST, PUT or DELETE")));
+            return Err(FhirError::new(
+                405,
+                IssueCode::NotSupported,
+                format!(
+                    "entry {index}: method {other} is not supported in a Bundle; use GET, POST, PUT or DELETE"
+                ),
+            ));
         }
-        None => return Err(FhirError::new(400, IssueCode::Required, format!("entry {index}: request.method is missing"))),
+        None => {
+            return Err(FhirError::new(
+                400,
+                IssueCode::Required,
+                format!("entry {index}: request.method is missing"),
+            ));
+        }
     };
-    let url = request.get("url").and_then(Value::as_str).ok_or_else(|| FhirError::new(400, IssueCode::Required, format!("entry {index}: request.url is missing")))?;
-    let url = url.strip_prefix(&ctx.base_url).unwrap_or(url).trim_start_matches('/');
+    let url = request.get("url").and_then(Value::as_str).ok_or_else(|| {
+        FhirError::new(
+            400,
+            IssueCode::Required,
+            format!("entry {index}: request.url is missing"),
+        )
+    })?;
+    let url = url
+        .strip_prefix(&ctx.base_url)
+        .unwrap_or(url)
+        .trim_start_matches('/');
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q.to_owned())),
         None => (url, None),
@@ -302,8 +457,14 @@ fn parse_entry(ctx: &RequestContext, index: usize, raw: Value) -> Result<Entry, 
     let (resource_type, id, version) = match segments.as_slice() {
         [t] => (*t, None, None),
         [t, id] => (*t, Some((*id).to_owned()), None),
-        [t, id, "_history", v] if method == Method::Get => (*t, Some((*id).to_owned()), Some((*v).to_owned())),
-        _ => return Err(FhirError::bad_request(format!("entry {index}: request.url `{url}` is not of the form Type, Type/id or Type?criteria"))),
+        [t, id, "_history", v] if method == Method::Get => {
+            (*t, Some((*id).to_owned()), Some((*v).to_owned()))
+        }
+        _ => {
+            return Err(FhirError::bad_request(format!(
+                "entry {index}: request.url `{url}` is not of the form Type, Type/id or Type?criteria"
+            )));
+        }
     };
     check_type(resource_type).map_err(|e| e.at_entry(index))?;
     if let Some(id) = &id {
@@ -311,16 +472,25 @@ fn parse_entry(ctx: &RequestContext, index: usize, raw: Value) -> Result<Entry, 
     }
     let resource = raw.get("resource").cloned();
     if let Some(r) = &resource {
-        let actual = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        let actual = r
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if actual != resource_type {
-            return Err(FhirError::bad_request(format!("entry {index}: the resource is a {actual} but request.url names {resource_type}")));
+            return Err(FhirError::bad_request(format!(
+                "entry {index}: the resource is a {actual} but request.url names {resource_type}"
+            )));
         }
     }
     if matches!(method, Method::Post | Method::Put) && resource.is_none() {
         return Err(missing_resource(index));
     }
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
-        Some(tag) => Some(parse_etag(tag).ok_or_else(|| FhirError::bad_request(format!("entry {index}: ifMatch `{tag}` is not a version tag like W/\"3\"")))?),
+        Some(tag) => Some(parse_etag(tag).ok_or_else(|| {
+            FhirError::bad_request(format!(
+                "entry {index}: ifMatch `{tag}` is not a version tag like W/\"3\""
+            ))
+        })?),
         None => None,
     };
     Ok(Entry {
@@ -331,23 +501,36 @@ fn parse_entry(ctx: &RequestContext, index: usize, raw: Value) -> Result<Entry, 
         version,
         query,
         resource,
-        full_url: raw.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+        full_url: raw
+            .get("fullUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         if_match,
         // The query part; some clients send the whole `Type?query`.
-        if_none_exist: request
-            .get("ifNoneExist")
-            .and_then(Value::as_str)
-            .map(|q| q.strip_prefix(&format!("{resource_type}?")).unwrap_or(q).trim_start_matches('?').to_owned()),
+        if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(|q| {
+            q.strip_prefix(&format!("{resource_type}?"))
+                .unwrap_or(q)
+                .trim_start_matches('?')
+                .to_owned()
+        }),
     })
 }
 
 /// The version number in an ETag: `W/"3"`, `"3"` or `3`.
 pub fn parse_etag(tag: &str) -> Option<u64> {
-    tag.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+    tag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
 }
 
 fn missing_resource(index: usize) -> FhirError {
-    FhirError::new(400, IssueCode::Required, format!("entry {index}: POST and PUT entries need a `resource`"))
+    FhirError::new(
+        400,
+        IssueCode::Required,
+        format!("entry {index}: POST and PUT entries need a `resource`"),
+    )
 }
 
 fn status_line(status: u16) -> String {
@@ -376,7 +559,10 @@ fn write_entry(base: &str, outcome: &WriteOutcome, prefer: ReturnPreference) -> 
         response["lastModified"] = json!(format_instant(v.last_updated_ms));
         entry["fullUrl"] = json!(format!("{base}/{}", v.key));
         if prefer == ReturnPreference::Representation
-            && let Some(resource) = v.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok())
+            && let Some(resource) = v
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<Value>(b).ok())
         {
             entry["resource"] = resource;
         }
@@ -423,14 +609,18 @@ fn rewrite_references(value: &mut Value, aliases: &HashMap<String, String>) -> R
             }
             Ok(())
         }
-        Value::Array(items) => items.iter_mut().try_for_each(|v| rewrite_references(v, aliases)),
+        Value::Array(items) => items
+            .iter_mut()
+            .try_for_each(|v| rewrite_references(v, aliases)),
         _ => Ok(()),
     }
 }
 
 /// `Patient?identifier=…`: a type, then search criteria, no id.
 fn is_conditional_reference(reference: &str) -> bool {
-    reference.split_once('?').is_some_and(|(t, q)| !t.contains('/') && !t.contains(':') && !q.is_empty())
+    reference
+        .split_once('?')
+        .is_some_and(|(t, q)| !t.contains('/') && !t.contains(':') && !q.is_empty())
 }
 
 fn has_conditional_reference(resource: &Value) -> bool {
@@ -459,7 +649,10 @@ mod tests {
         assert_eq!(obs["subject"]["reference"], "Patient/abc");
         assert_eq!(obs["performer"][0]["reference"], "Practitioner/9");
         let mut dangling = json!({"subject": {"reference": "urn:uuid:2"}});
-        assert_eq!(rewrite_references(&mut dangling, &aliases), Err("urn:uuid:2".to_owned()));
+        assert_eq!(
+            rewrite_references(&mut dangling, &aliases),
+            Err("urn:uuid:2".to_owned())
+        );
     }
 
     #[test]

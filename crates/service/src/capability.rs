@@ -5,7 +5,16 @@ use serde_json::{Value, json};
 use crate::Fhir;
 
 /// Interactions supported on every resource type.
-const TYPE_INTERACTIONS: &[&str] = &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
 
 impl Fhir {
     /// `GET /metadata`.

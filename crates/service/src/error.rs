@@ -14,7 +14,10 @@ pub struct FhirError {
 
 impl FhirError {
     pub fn new(status: u16, code: IssueCode, message: impl Into<String>) -> Self {
-        Self { status, issues: vec![Issue::error(code, message, "")] }
+        Self {
+            status,
+            issues: vec![Issue::error(code, message, "")],
+        }
     }
 
     pub fn with_issues(status: u16, issues: Vec<Issue>) -> Self {
@@ -68,10 +71,12 @@ impl FhirError {
 impl From<flare_store::StoreError> for FhirError {
     fn from(err: flare_store::StoreError) -> Self {
         match err {
-            flare_store::StoreError::Conflict { key, .. } => {
-                FhirError::conflict(format!("{key} was changed by another request at the same time; retry the request"))
+            flare_store::StoreError::Conflict { key, .. } => FhirError::conflict(format!(
+                "{key} was changed by another request at the same time; retry the request"
+            )),
+            flare_store::StoreError::UnsupportedSearch(msg) => {
+                FhirError::new(400, IssueCode::NotSupported, msg)
             }
-            flare_store::StoreError::UnsupportedSearch(msg) => FhirError::new(400, IssueCode::NotSupported, msg),
             other => FhirError::internal(format!("storage failed: {other}")),
         }
     }

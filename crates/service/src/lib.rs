@@ -23,8 +23,8 @@ use flare_search::Registry;
 use flare_store::Store;
 use serde::{Deserialize, Serialize};
 
-pub use context::RequestContext;
 pub use bundle::{ReturnPreference, parse_etag};
+pub use context::RequestContext;
 pub use error::FhirError;
 pub use read::parse_query_string;
 pub use read::{Bundle, ReadOutcome, SearchRequest};
@@ -51,7 +51,13 @@ pub struct FhirConfig {
 
 impl Default for FhirConfig {
     fn default() -> Self {
-        Self { source: "flare".into(), default_count: 20, max_count: 1000, max_event_bytes: 1_000_000, events: RoutingConfig::default() }
+        Self {
+            source: "flare".into(),
+            default_count: 20,
+            max_count: 1000,
+            max_event_bytes: 1_000_000,
+            events: RoutingConfig::default(),
+        }
     }
 }
 
@@ -72,7 +78,14 @@ struct Inner {
 
 impl Fhir {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, config: FhirConfig) -> Self {
-        Self { inner: Arc::new(Inner { store, registry, config, conditional: tokio::sync::Mutex::new(()) }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                config,
+                conditional: tokio::sync::Mutex::new(()),
+            }),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -37,23 +37,37 @@ impl Fhir {
         let key = ResourceKey::new(resource_type, id);
         match self.store().current(&key).await? {
             None => Err(FhirError::not_found(format!("{key} does not exist"))),
-            Some(v) if v.is_deleted() => Err(FhirError::gone(format!("{key} was deleted (version {})", v.version_id))),
+            Some(v) if v.is_deleted() => Err(FhirError::gone(format!(
+                "{key} was deleted (version {})",
+                v.version_id
+            ))),
             Some(v) => Ok(v),
         }
     }
 
     /// `GET [type]/[id]/_history/[vid]`: 404 if that version never existed, 410 if it is a
     /// deletion.
-    pub async fn vread(&self, resource_type: &str, id: &str, version: &str) -> Result<ReadOutcome, FhirError> {
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<ReadOutcome, FhirError> {
         check_type(resource_type)?;
         check_id(id)?;
         let key = ResourceKey::new(resource_type, id);
         let Ok(version_id) = version.parse::<u64>() else {
-            return Err(FhirError::not_found(format!("`{version}` is not a version of {key}: versions are numbers 1, 2, 3…")));
+            return Err(FhirError::not_found(format!(
+                "`{version}` is not a version of {key}: versions are numbers 1, 2, 3…"
+            )));
         };
         match self.store().version(&key, version_id).await? {
-            None => Err(FhirError::not_found(format!("{key} has no version {version_id}"))),
-            Some(v) if v.is_deleted() => Err(FhirError::gone(format!("version {version_id} of {key} is its deletion"))),
+            None => Err(FhirError::not_found(format!(
+                "{key} has no version {version_id}"
+            ))),
+            Some(v) if v.is_deleted() => Err(FhirError::gone(format!(
+                "version {version_id} of {key} is its deletion"
+            ))),
             Some(v) => Ok(v),
         }
     }
@@ -95,14 +109,29 @@ impl Fhir {
                 n if FORMAT_PARAMS.contains(&n) => {}
                 other => {
                     if ctx.strict {
-                        return Err(FhirError::new(400, IssueCode::NotSupported, format!("history does not support the parameter `{other}`; use _since, _count")));
+                        return Err(FhirError::new(
+                            400,
+                            IssueCode::NotSupported,
+                            format!(
+                                "history does not support the parameter `{other}`; use _since, _count"
+                            ),
+                        ));
                     }
                 }
             }
         }
         // Pin the page set to what existed at the first page so paging does not shift.
         let before_ms = before_ms.unwrap_or_else(|| now_ms() + 1);
-        let page = self.store().history(&HistoryQuery { scope, since_ms, before_ms: Some(before_ms), count, offset }).await?;
+        let page = self
+            .store()
+            .history(&HistoryQuery {
+                scope,
+                since_ms,
+                before_ms: Some(before_ms),
+                count,
+                offset,
+            })
+            .await?;
         let path = match (resource_type, id) {
             (None, _) => "_history".to_owned(),
             (Some(t), None) => format!("{t}/_history"),
@@ -113,8 +142,20 @@ impl Fhir {
             link_params.push(("_since".into(), format_instant(since)));
         }
         link_params.push(("_before".into(), format_instant(before_ms)));
-        let links = page_links(&ctx.base_url, &path, &link_params, count, offset, page.versions.len(), Some(page.total));
-        let entries: Vec<Value> = page.versions.iter().map(|v| history_entry(&ctx.base_url, v)).collect();
+        let links = page_links(
+            &ctx.base_url,
+            &path,
+            &link_params,
+            count,
+            offset,
+            page.versions.len(),
+            Some(page.total),
+        );
+        let entries: Vec<Value> = page
+            .versions
+            .iter()
+            .map(|v| history_entry(&ctx.base_url, v))
+            .collect();
         Ok(json!({
             "resourceType": "Bundle",
             "type": "history",
@@ -135,7 +176,11 @@ impl Fhir {
         if let Some(t) = resource_type {
             check_type(t)?;
         }
-        let params: Vec<(String, String)> = params.iter().filter(|(n, _)| !FORMAT_PARAMS.contains(&n.as_str())).cloned().collect();
+        let params: Vec<(String, String)> = params
+            .iter()
+            .filter(|(n, _)| !FORMAT_PARAMS.contains(&n.as_str()))
+            .cloned()
+            .collect();
         let mut parsed = self
             .registry()
             .parse(resource_type, &params)
@@ -144,7 +189,13 @@ impl Fhir {
             let issues = parsed
                 .ignored
                 .iter()
-                .map(|(name, reason)| Issue::error(IssueCode::NotSupported, format!("search parameter `{name}`: {reason}"), ""))
+                .map(|(name, reason)| {
+                    Issue::error(
+                        IssueCode::NotSupported,
+                        format!("search parameter `{name}`: {reason}"),
+                        "",
+                    )
+                })
                 .collect();
             return Err(FhirError::with_issues(400, issues));
         }
@@ -156,7 +207,11 @@ impl Fhir {
     }
 
     /// `GET [type]?…` / `POST [type]/_search` / system search: a searchset Bundle.
-    pub async fn search(&self, ctx: &RequestContext, request: &SearchRequest) -> Result<Bundle, FhirError> {
+    pub async fn search(
+        &self,
+        ctx: &RequestContext,
+        request: &SearchRequest,
+    ) -> Result<Bundle, FhirError> {
         let resource_type = request.resource_type.as_deref();
         let mut summary_data = false;
         let mut params = Vec::with_capacity(request.params.len());
@@ -187,10 +242,21 @@ impl Fhir {
             bundle.insert("total".into(), json!(total));
         }
         if query.count_only {
-            bundle.insert("link".into(), json!([{"relation": "self", "url": url_with(&ctx.base_url, path, &link_params)}]));
+            bundle.insert(
+                "link".into(),
+                json!([{"relation": "self", "url": url_with(&ctx.base_url, path, &link_params)}]),
+            );
             return Ok(Value::Object(bundle));
         }
-        let links = page_links(&ctx.base_url, path, &link_params, query.count, query.offset, page.matches.len(), page.total);
+        let links = page_links(
+            &ctx.base_url,
+            path,
+            &link_params,
+            query.count,
+            query.offset,
+            page.matches.len(),
+            page.total,
+        );
         bundle.insert("link".into(), json!(links));
         let shape = |v: &StoredVersion| -> Option<Value> {
             let mut resource: Value = serde_json::from_str(v.body.as_deref()?).ok()?;
@@ -202,7 +268,8 @@ impl Fhir {
             }
             Some(resource)
         };
-        let mut entries: Vec<Value> = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+        let mut entries: Vec<Value> =
+            Vec::with_capacity(page.matches.len() + page.included.len() + 1);
         for (mode, versions) in [("match", &page.matches), ("include", &page.included)] {
             for v in versions {
                 if let Some(resource) = shape(v) {
@@ -218,7 +285,13 @@ impl Fhir {
             let issues: Vec<Issue> = parsed
                 .ignored
                 .iter()
-                .map(|(name, reason)| Issue::warning(IssueCode::NotSupported, format!("search parameter `{name}` was ignored: {reason}"), ""))
+                .map(|(name, reason)| {
+                    Issue::warning(
+                        IssueCode::NotSupported,
+                        format!("search parameter `{name}` was ignored: {reason}"),
+                        "",
+                    )
+                })
                 .collect();
             entries.push(json!({"resource": OperationOutcome::from_issues(issues).to_json(), "search": {"mode": "outcome"}}));
         }
@@ -232,14 +305,22 @@ impl Fhir {
 }
 
 fn usize_param(name: &str, value: &str) -> Result<usize, FhirError> {
-    value
-        .parse()
-        .map_err(|_| FhirError::new(400, IssueCode::Value, format!("`{name}={value}` is not valid: {name} takes a whole number ≥ 0")))
+    value.parse().map_err(|_| {
+        FhirError::new(
+            400,
+            IssueCode::Value,
+            format!("`{name}={value}` is not valid: {name} takes a whole number ≥ 0"),
+        )
+    })
 }
 
 fn instant_param(name: &str, value: &str) -> Result<i64, FhirError> {
     parse_instant(value).ok_or_else(|| {
-        FhirError::new(400, IssueCode::Value, format!("`{name}={value}` is not an instant: use e.g. 2024-01-31T12:00:00Z"))
+        FhirError::new(
+            400,
+            IssueCode::Value,
+            format!("`{name}={value}` is not an instant: use e.g. 2024-01-31T12:00:00Z"),
+        )
     })
 }
 
@@ -248,7 +329,11 @@ fn history_entry(base: &str, v: &StoredVersion) -> Value {
     let etag = format!("W/\"{}\"", v.version_id);
     let last_modified = format_instant(v.last_updated_ms);
     let mut entry = json!({"fullUrl": format!("{base}/{}", v.key)});
-    match v.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
+    match v
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Value>(b).ok())
+    {
         Some(resource) => {
             let (method, url, status) = if v.version_id == 1 {
                 ("POST", v.key.resource_type.clone(), "201 Created")
@@ -257,11 +342,13 @@ fn history_entry(base: &str, v: &StoredVersion) -> Value {
             };
             entry["resource"] = resource;
             entry["request"] = json!({"method": method, "url": url});
-            entry["response"] = json!({"status": status, "etag": etag, "lastModified": last_modified});
+            entry["response"] =
+                json!({"status": status, "etag": etag, "lastModified": last_modified});
         }
         None => {
             entry["request"] = json!({"method": "DELETE", "url": v.key.to_string()});
-            entry["response"] = json!({"status": "204 No Content", "etag": etag, "lastModified": last_modified});
+            entry["response"] =
+                json!({"status": "204 No Content", "etag": etag, "lastModified": last_modified});
         }
     }
     entry
@@ -301,7 +388,11 @@ fn page_links(
 
 /// `base/path?a=1&b=2` with values percent-encoded.
 fn url_with(base: &str, path: &str, params: &[(String, String)]) -> String {
-    let mut url = if path.is_empty() { base.to_owned() } else { format!("{base}/{path}") };
+    let mut url = if path.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}/{path}")
+    };
     for (i, (name, value)) in params.iter().enumerate() {
         url.push(if i == 0 { '?' } else { '&' });
         url.push_str(&encode(name));
@@ -342,16 +433,23 @@ pub fn parse_query_string(query: &str) -> Vec<(String, String)> {
 }
 
 fn decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `_elements`: keeps the listed top-level elements plus the mandatory ones.
 fn keep_elements(resource: Value, elements: &[String]) -> Value {
-    let Value::Object(map) = resource else { return resource };
+    let Value::Object(map) = resource else {
+        return resource;
+    };
     let mut kept: Map<String, Value> = map
         .into_iter()
         .filter(|(name, _)| {
-            matches!(name.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|e| e == name || e.strip_prefix('_') == Some(name))
+            matches!(name.as_str(), "resourceType" | "id" | "meta")
+                || elements
+                    .iter()
+                    .any(|e| e == name || e.strip_prefix('_') == Some(name))
         })
         .collect();
     let mut resource = Value::Object(std::mem::take(&mut kept));
@@ -361,7 +459,9 @@ fn keep_elements(resource: Value, elements: &[String]) -> Value {
 
 /// Adds the SUBSETTED security tag, as FHIR requires for summarised resources.
 fn mark_subsetted(resource: &mut Value) {
-    let Some(map) = resource.as_object_mut() else { return };
+    let Some(map) = resource.as_object_mut() else {
+        return;
+    };
     let meta = map.entry("meta").or_insert_with(|| json!({}));
     if let Some(meta) = meta.as_object_mut() {
         let tag = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"});
@@ -383,17 +483,47 @@ mod tests {
         let params = parse_query_string("?identifier=http%3A%2F%2Fx%7C1&name=a+b&flag");
         assert_eq!(
             params,
-            vec![("identifier".into(), "http://x|1".into()), ("name".into(), "a b".into()), ("flag".into(), String::new())]
+            vec![
+                ("identifier".into(), "http://x|1".into()),
+                ("name".into(), "a b".into()),
+                ("flag".into(), String::new())
+            ]
         );
     }
 
     #[test]
     fn links_page_forward_and_back() {
-        let links = page_links("http://h/fhir", "Patient", &[("name".into(), "x y".into())], 10, 10, 10, Some(35));
-        let urls: Vec<(&str, &str)> = links.iter().map(|l| (l["relation"].as_str().unwrap(), l["url"].as_str().unwrap())).collect();
-        assert_eq!(urls[0], ("self", "http://h/fhir/Patient?name=x%20y&_count=10&_offset=10"));
-        assert_eq!(urls[1], ("previous", "http://h/fhir/Patient?name=x%20y&_count=10"));
-        assert_eq!(urls[2], ("next", "http://h/fhir/Patient?name=x%20y&_count=10&_offset=20"));
+        let links = page_links(
+            "http://h/fhir",
+            "Patient",
+            &[("name".into(), "x y".into())],
+            10,
+            10,
+            10,
+            Some(35),
+        );
+        let urls: Vec<(&str, &str)> = links
+            .iter()
+            .map(|l| (l["relation"].as_str().unwrap(), l["url"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            urls[0],
+            (
+                "self",
+                "http://h/fhir/Patient?name=x%20y&_count=10&_offset=10"
+            )
+        );
+        assert_eq!(
+            urls[1],
+            ("previous", "http://h/fhir/Patient?name=x%20y&_count=10")
+        );
+        assert_eq!(
+            urls[2],
+            (
+                "next",
+                "http://h/fhir/Patient?name=x%20y&_count=10&_offset=20"
+            )
+        );
         let last = page_links("http://h/fhir", "Patient", &[], 10, 30, 5, Some(35));
         assert!(last.iter().all(|l| l["relation"] != "next"));
     }

@@ -4,7 +4,8 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::form
 
 /// `2026-11-21T23:17:08.123Z` for milliseconds since the epoch.
 pub fn format_instant(ms: i64) -> String {
-    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&format).ok())
@@ -31,7 +32,10 @@ mod tests {
         let text = format_instant(1_700_000_000_123);
         assert_eq!(text, "2023-11-14T22:13:20.123Z");
         assert_eq!(parse_instant(&text), Some(1_700_000_000_123));
-        assert_eq!(parse_instant("2023-11-14T23:13:20.123+01:00"), Some(1_700_000_000_123));
+        assert_eq!(
+            parse_instant("2023-11-14T23:13:20.123+01:00"),
+            Some(1_700_000_000_123)
+        );
         assert_eq!(parse_instant("yesterday"), None);
     }
 }

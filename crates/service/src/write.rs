@@ -2,7 +2,9 @@
 //! store in one commit.
 
 use flare_events::{Action, ChangeEvent, EventMetadata, partition_key};
-use flare_store::{Commit, Expected, OutboxMessage, ResourceKey, StoreError, StoredVersion, VersionWrite};
+use flare_store::{
+    Commit, Expected, OutboxMessage, ResourceKey, StoreError, StoredVersion, VersionWrite,
+};
 use serde_json::{Value, json};
 
 use flare_fhir::operation_outcome::IssueCode;
@@ -52,7 +54,9 @@ pub struct WriteOutcome {
 impl WriteOutcome {
     /// `Type/id/_history/n`, the `Location` of a created or updated version.
     pub fn location(&self) -> Option<String> {
-        self.version.as_ref().map(|v| format!("{}/_history/{}", v.key, v.version_id))
+        self.version
+            .as_ref()
+            .map(|v| format!("{}/_history/{}", v.key, v.version_id))
     }
 }
 
@@ -65,9 +69,17 @@ pub(crate) struct PlannedWrite {
 
 impl Fhir {
     /// Checks a resource body against the R4 definitions and the type the URL names.
-    pub(crate) fn check_resource(&self, resource: &Value, expected_type: Option<&str>) -> Result<String, FhirError> {
+    pub(crate) fn check_resource(
+        &self,
+        resource: &Value,
+        expected_type: Option<&str>,
+    ) -> Result<String, FhirError> {
         let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
-            return Err(FhirError::new(400, IssueCode::Required, "the body is not a FHIR resource: `resourceType` is missing"));
+            return Err(FhirError::new(
+                400,
+                IssueCode::Required,
+                "the body is not a FHIR resource: `resourceType` is missing",
+            ));
         };
         if let Some(expected) = expected_type
             && resource_type != expected
@@ -122,7 +134,10 @@ impl Fhir {
         let config = self.config();
         let topic = config.events.topic_for(&key.resource_type, action, routed);
         let partition_key = partition_key(&key.resource_type, &key.id, routed);
-        let index = body.as_ref().map(|r| self.registry().extract(r)).unwrap_or_default();
+        let index = body
+            .as_ref()
+            .map(|r| self.registry().extract(r))
+            .unwrap_or_default();
         let body_text = body.as_ref().map(Value::to_string);
         let mut event = ChangeEvent::new(
             EventMetadata {
@@ -144,8 +159,21 @@ impl Fhir {
             payload: event.to_bounded_json_bytes(config.max_event_bytes),
             timestamp_ms: now_ms,
         };
-        let version = StoredVersion { key: key.clone(), version_id, last_updated_ms: now_ms, body: body_text };
-        Ok(PlannedWrite { write: VersionWrite { version, expected, index }, event, kind })
+        let version = StoredVersion {
+            key: key.clone(),
+            version_id,
+            last_updated_ms: now_ms,
+            body: body_text,
+        };
+        Ok(PlannedWrite {
+            write: VersionWrite {
+                version,
+                expected,
+                index,
+            },
+            event,
+            kind,
+        })
     }
 
     /// Commits planned writes atomically.
@@ -171,8 +199,14 @@ impl Fhir {
         let _guard = match if_none_exist {
             Some(query) => {
                 let guard = self.inner.conditional.lock().await;
-                if let Some(existing) = self.conditional_match(ctx, resource_type, query, "If-None-Exist").await? {
-                    return Ok(WriteOutcome { kind: WriteKind::Existing, version: Some(existing) });
+                if let Some(existing) = self
+                    .conditional_match(ctx, resource_type, query, "If-None-Exist")
+                    .await?
+                {
+                    return Ok(WriteOutcome {
+                        kind: WriteKind::Existing,
+                        version: Some(existing),
+                    });
                 }
                 Some(guard)
             }
@@ -182,7 +216,10 @@ impl Fhir {
         let planned = self.plan(ctx, &key, None, Some(resource), now_ms())?;
         let version = planned.write.version.clone();
         self.commit(vec![planned]).await?;
-        Ok(WriteOutcome { kind: WriteKind::Created, version: Some(version) })
+        Ok(WriteOutcome {
+            kind: WriteKind::Created,
+            version: Some(version),
+        })
     }
 
     /// Updates (or creates) `[type]/[id]` (`PUT`). `if_match` is the version the client read
@@ -205,15 +242,26 @@ impl Fhir {
                 )));
             }
             None => {
-                return Err(FhirError::new(400, IssueCode::Required, format!("an update must carry the id: add \"id\": \"{id}\" to the resource")));
+                return Err(FhirError::new(
+                    400,
+                    IssueCode::Required,
+                    format!("an update must carry the id: add \"id\": \"{id}\" to the resource"),
+                ));
             }
         }
         let key = ResourceKey::new(resource_type, id);
-        self.write_with_retries(ctx, &key, Some(resource), if_match).await
+        self.write_with_retries(ctx, &key, Some(resource), if_match)
+            .await
     }
 
     /// Deletes `[type]/[id]`: a tombstone version; reads then answer 410.
-    pub async fn delete(&self, ctx: &RequestContext, resource_type: &str, id: &str, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
+    pub async fn delete(
+        &self,
+        ctx: &RequestContext,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<WriteOutcome, FhirError> {
         check_id(id)?;
         check_type(resource_type)?;
         let key = ResourceKey::new(resource_type, id);
@@ -232,8 +280,14 @@ impl Fhir {
     ) -> Result<WriteOutcome, FhirError> {
         self.check_resource(&resource, Some(resource_type))?;
         let _guard = self.inner.conditional.lock().await;
-        let body_id = resource.get("id").and_then(Value::as_str).map(str::to_owned);
-        let id = match self.conditional_match(ctx, resource_type, query, "conditional update").await? {
+        let body_id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let id = match self
+            .conditional_match(ctx, resource_type, query, "conditional update")
+            .await?
+        {
             Some(found) => {
                 if let Some(body_id) = &body_id
                     && *body_id != found.key.id
@@ -252,17 +306,29 @@ impl Fhir {
         };
         check_id(&id)?;
         let key = ResourceKey::new(resource_type, &id);
-        self.write_with_retries(ctx, &key, Some(resource), if_match).await
+        self.write_with_retries(ctx, &key, Some(resource), if_match)
+            .await
     }
 
     /// `DELETE [type]?query`: deletes the one match; nothing matching is not an error; several
     /// matches are a 412 (Flare supports single conditional deletes).
-    pub async fn conditional_delete(&self, ctx: &RequestContext, resource_type: &str, query: &str) -> Result<WriteOutcome, FhirError> {
+    pub async fn conditional_delete(
+        &self,
+        ctx: &RequestContext,
+        resource_type: &str,
+        query: &str,
+    ) -> Result<WriteOutcome, FhirError> {
         check_type(resource_type)?;
         let _guard = self.inner.conditional.lock().await;
-        match self.conditional_match(ctx, resource_type, query, "conditional delete").await? {
+        match self
+            .conditional_match(ctx, resource_type, query, "conditional delete")
+            .await?
+        {
             Some(found) => self.write_with_retries(ctx, &found.key, None, None).await,
-            None => Ok(WriteOutcome { kind: WriteKind::NothingToDelete, version: None }),
+            None => Ok(WriteOutcome {
+                kind: WriteKind::NothingToDelete,
+                version: None,
+            }),
         }
     }
 
@@ -289,25 +355,40 @@ impl Fhir {
             match (&body, &current) {
                 (None, None) => return Err(FhirError::not_found(format!("{key} does not exist"))),
                 (None, Some(v)) if v.is_deleted() => {
-                    return Ok(WriteOutcome { kind: WriteKind::NothingToDelete, version: current });
+                    return Ok(WriteOutcome {
+                        kind: WriteKind::NothingToDelete,
+                        version: current,
+                    });
                 }
                 (Some(new), Some(v)) if !v.is_deleted() && same_content(new, v) => {
-                    return Ok(WriteOutcome { kind: WriteKind::Unchanged, version: current });
+                    return Ok(WriteOutcome {
+                        kind: WriteKind::Unchanged,
+                        version: current,
+                    });
                 }
                 _ => {}
             }
             let planned = self.plan(ctx, key, current.as_ref(), body.clone(), now_ms())?;
             let (kind, version) = (planned.kind, planned.write.version.clone());
             match self.commit(vec![planned]).await {
-                Ok(()) => return Ok(WriteOutcome { kind, version: Some(version) }),
+                Ok(()) => {
+                    return Ok(WriteOutcome {
+                        kind,
+                        version: Some(version),
+                    });
+                }
                 Err(StoreError::Conflict { .. }) if if_match.is_none() => continue,
                 Err(StoreError::Conflict { .. }) => {
-                    return Err(FhirError::precondition_failed(format!("{key} changed while the request ran; read it again and retry")));
+                    return Err(FhirError::precondition_failed(format!(
+                        "{key} changed while the request ran; read it again and retry"
+                    )));
                 }
                 Err(err) => return Err(err.into()),
             }
         }
-        Err(FhirError::conflict(format!("{key} is being changed by many requests at once; retry later")))
+        Err(FhirError::conflict(format!(
+            "{key} is being changed by many requests at once; retry later"
+        )))
     }
 
     /// The single resource a conditional interaction's query selects: `None` for no match,
@@ -321,7 +402,9 @@ impl Fhir {
     ) -> Result<Option<StoredVersion>, FhirError> {
         let params = crate::read::parse_query_string(query);
         if params.is_empty() {
-            return Err(FhirError::bad_request(format!("{what} needs search parameters, e.g. identifier=system|value")));
+            return Err(FhirError::bad_request(format!(
+                "{what} needs search parameters, e.g. identifier=system|value"
+            )));
         }
         let mut parsed = self.parse_search(ctx, Some(resource_type), &params, true)?;
         parsed.query.count = 2;
@@ -333,7 +416,9 @@ impl Fhir {
             _ => Err(FhirError::new(
                 412,
                 IssueCode::MultipleMatches,
-                format!("{what} `{resource_type}?{query}` matches more than one resource; make the criteria select exactly one"),
+                format!(
+                    "{what} `{resource_type}?{query}` matches more than one resource; make the criteria select exactly one"
+                ),
             )),
         }
     }
@@ -341,7 +426,9 @@ impl Fhir {
 
 /// True when `new` equals the stored version apart from `meta.versionId` / `lastUpdated`.
 fn same_content(new: &Value, current: &StoredVersion) -> bool {
-    let Some(Ok(old)) = current.body.as_deref().map(serde_json::from_str::<Value>) else { return false };
+    let Some(Ok(old)) = current.body.as_deref().map(serde_json::from_str::<Value>) else {
+        return false;
+    };
     strip_volatile_meta(new.clone()) == strip_volatile_meta(old)
 }
 
@@ -363,14 +450,20 @@ pub(crate) fn new_id() -> String {
 
 /// FHIR ids: 1–64 characters from `[A-Za-z0-9\-\.]`.
 pub(crate) fn check_id(id: &str) -> Result<(), FhirError> {
-    let valid = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if valid {
         Ok(())
     } else {
         Err(FhirError::new(
             400,
             IssueCode::Value,
-            format!("`{id}` is not a valid FHIR id: use 1-64 characters from A-Z, a-z, 0-9, '-' and '.'"),
+            format!(
+                "`{id}` is not a valid FHIR id: use 1-64 characters from A-Z, a-z, 0-9, '-' and '.'"
+            ),
         ))
     }
 }
@@ -379,6 +472,8 @@ pub(crate) fn check_type(resource_type: &str) -> Result<(), FhirError> {
     if flare_fhir::model::is_resource_type(resource_type) {
         Ok(())
     } else {
-        Err(FhirError::not_found(format!("`{resource_type}` is not a FHIR R4 resource type")))
+        Err(FhirError::not_found(format!(
+            "`{resource_type}` is not a FHIR R4 resource type"
+        )))
     }
 }

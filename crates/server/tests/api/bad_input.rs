@@ -9,9 +9,21 @@ use serde_json::json;
 use crate::common::TestServer;
 
 /// (name, method, path, content type, body, expected status)
-fn corpus() -> Vec<(&'static str, Method, &'static str, &'static str, Vec<u8>, u16)> {
+fn corpus() -> Vec<(
+    &'static str,
+    Method,
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+)> {
     let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
-    let object_bomb = format!("{{\"resourceType\":\"Patient\",\"extension\":{}1{}}}", "[{\"x\":".repeat(20_000), "}]".repeat(20_000)).into_bytes();
+    let object_bomb = format!(
+        "{{\"resourceType\":\"Patient\",\"extension\":{}1{}}}",
+        "[{\"x\":".repeat(20_000),
+        "}]".repeat(20_000)
+    )
+    .into_bytes();
     vec![
         ("malformed JSON", Method::POST, "Patient", "application/fhir+json", b"{\"resourceType\": \"Patient\",".to_vec(), 400),
         ("JSON that is not an object", Method::POST, "Patient", "application/fhir+json", b"[1,2,3]".to_vec(), 400),
@@ -43,13 +55,25 @@ fn corpus() -> Vec<(&'static str, Method, &'static str, &'static str, Vec<u8>, u
 #[tokio::test]
 async fn every_bad_input_gets_a_clear_error_and_nothing_is_lost() {
     let server = TestServer::start().await;
-    let keep = server.put("Patient/keep", &json!({"resourceType": "Patient", "id": "keep"})).await;
+    let keep = server
+        .put(
+            "Patient/keep",
+            &json!({"resourceType": "Patient", "id": "keep"}),
+        )
+        .await;
     keep.expect(201);
     for (name, method, path, content_type, body, status) in corpus() {
         let reply = server.send_raw(method, path, content_type, body).await;
         assert_eq!(reply.status.as_u16(), status, "{name}: {}", reply.text);
-        assert_eq!(reply.json["resourceType"], "OperationOutcome", "{name}: {}", reply.text);
-        assert!(!reply.diagnostics().is_empty(), "{name}: the outcome says nothing");
+        assert_eq!(
+            reply.json["resourceType"], "OperationOutcome",
+            "{name}: {}",
+            reply.text
+        );
+        assert!(
+            !reply.diagnostics().is_empty(),
+            "{name}: the outcome says nothing"
+        );
     }
     // Still up, and what was accepted is intact; nothing from the corpus was stored.
     server.get("Patient/keep").await.expect(200);
@@ -60,19 +84,36 @@ async fn every_bad_input_gets_a_clear_error_and_nothing_is_lost() {
 #[tokio::test]
 async fn validation_errors_locate_the_element() {
     let server = TestServer::start().await;
-    let reply = server.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "x", "given": ["a", 7]}]})).await;
+    let reply = server
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "x", "given": ["a", 7]}]}),
+        )
+        .await;
     reply.expect(400);
-    let expression = reply.json["issue"][0]["expression"][0].as_str().unwrap_or_default();
-    assert!(expression.starts_with("Patient.name[0].given"), "{}", reply.text);
+    let expression = reply.json["issue"][0]["expression"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        expression.starts_with("Patient.name[0].given"),
+        "{}",
+        reply.text
+    );
 }
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let config = ServerConfig { max_body_bytes: 10_000, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_body_bytes: 10_000,
+        ..ServerConfig::default()
+    };
     let server = TestServer::start_with(config, FhirConfig::default()).await;
     let big = json!({"resourceType": "Patient", "name": [{"family": "x".repeat(20_000)}]});
     let reply = server.post("Patient", &big).await;
     reply.expect(413);
     assert!(reply.diagnostics().contains("10000"));
-    server.post("Patient", &json!({"resourceType": "Patient"})).await.expect(201);
+    server
+        .post("Patient", &json!({"resourceType": "Patient"}))
+        .await
+        .expect(201);
 }

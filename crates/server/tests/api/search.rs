@@ -12,17 +12,47 @@ async fn seed(server: &TestServer) {
     for (id, family, birth, gender, mrn) in patients {
         let body = json!({"resourceType": "Patient", "id": id, "name": [{"family": family, "given": ["Sam"]}], "birthDate": birth, "gender": gender,
             "identifier": [{"system": "urn:mrn", "value": mrn}], "managingOrganization": {"reference": "Organization/o1"}});
-        server.put(&format!("Patient/{id}"), &body).await.expect(201);
+        server
+            .put(&format!("Patient/{id}"), &body)
+            .await
+            .expect(201);
     }
-    server.put("Organization/o1", &json!({"resourceType": "Organization", "id": "o1", "name": "General Hospital"})).await.expect(201);
-    let observations = [("o-rr", "p1", "9279-1", 24.0, "/min", "2024-03-01T10:00:00Z"), ("o-sbp", "p1", "8480-6", 95.0, "mm[Hg]", "2024-03-01T11:00:00Z"), ("o-rr2", "p2", "9279-1", 16.0, "/min", "2024-05-01T10:00:00Z")];
+    server
+        .put(
+            "Organization/o1",
+            &json!({"resourceType": "Organization", "id": "o1", "name": "General Hospital"}),
+        )
+        .await
+        .expect(201);
+    let observations = [
+        ("o-rr", "p1", "9279-1", 24.0, "/min", "2024-03-01T10:00:00Z"),
+        (
+            "o-sbp",
+            "p1",
+            "8480-6",
+            95.0,
+            "mm[Hg]",
+            "2024-03-01T11:00:00Z",
+        ),
+        (
+            "o-rr2",
+            "p2",
+            "9279-1",
+            16.0,
+            "/min",
+            "2024-05-01T10:00:00Z",
+        ),
+    ];
     for (id, patient, code, value, unit, when) in observations {
         let body = json!({"resourceType": "Observation", "id": id, "status": "final",
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
             "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": when,
             "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}});
-        server.put(&format!("Observation/{id}"), &body).await.expect(201);
+        server
+            .put(&format!("Observation/{id}"), &body)
+            .await
+            .expect(201);
     }
 }
 
@@ -58,17 +88,26 @@ async fn search_parameter_types_and_modifiers() {
         ("Patient?organization=Organization/o1", &["p1", "p2", "p3"]),
         ("Patient?email:missing=true", &["p1", "p2", "p3"]),
         ("Patient?birthdate:missing=false", &["p1", "p2", "p3"]),
-        ("Observation?code=http://loinc.org|9279-1", &["o-rr", "o-rr2"]),
+        (
+            "Observation?code=http://loinc.org|9279-1",
+            &["o-rr", "o-rr2"],
+        ),
         ("Observation?patient=p1", &["o-rr", "o-sbp"]),
         ("Observation?subject=Patient/p1&code=8480-6", &["o-sbp"]),
         ("Observation?value-quantity=gt20", &["o-rr", "o-sbp"]),
         ("Observation?value-quantity=le95||mm[Hg]", &["o-sbp"]),
         ("Observation?date=ge2024-04-01", &["o-rr2"]),
         ("Observation?date=2024-03-01", &["o-rr", "o-sbp"]),
-        ("Observation?category=vital-signs&date=lt2024-03-01T10:30:00Z", &["o-rr"]),
+        (
+            "Observation?category=vital-signs&date=lt2024-03-01T10:30:00Z",
+            &["o-rr"],
+        ),
         ("Observation?subject:Patient.family=jones", &[]),
         ("Observation?subject:Patient.family=smithson", &["o-rr2"]),
-        ("Observation?patient.identifier=urn:mrn|111", &["o-rr", "o-sbp"]),
+        (
+            "Observation?patient.identifier=urn:mrn|111",
+            &["o-rr", "o-sbp"],
+        ),
     ];
     for (query, expected) in cases {
         assert_eq!(ids(&server, query).await, *expected, "{query}");
@@ -80,19 +119,34 @@ async fn paging_sorting_and_counting() {
     let server = TestServer::start().await;
     for i in 0..25 {
         let body = json!({"resourceType": "Patient", "id": format!("pg{i:02}"), "name": [{"family": format!("Page{i:02}")}], "birthDate": format!("19{:02}-01-01", 50 + i)});
-        server.put(&format!("Patient/pg{i:02}"), &body).await.expect(201);
+        server
+            .put(&format!("Patient/pg{i:02}"), &body)
+            .await
+            .expect(201);
     }
     let first = server.get("Patient?_count=10&_sort=-birthdate").await;
     first.expect(200);
     assert_eq!(first.json["total"], 25);
     assert_eq!(match_ids(&first.json)[0], "pg24");
     let mut all = match_ids(&first.json);
-    let mut next = first.json["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_owned);
+    let mut next = first.json["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned);
     while let Some(url) = next {
         let page = server.get(&url).await;
         page.expect(200);
         all.extend(match_ids(&page.json));
-        next = page.json["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_owned);
+        next = page.json["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
     }
     let expected: Vec<String> = (0..25).rev().map(|i| format!("pg{i:02}")).collect();
     assert_eq!(all, expected, "pages are disjoint and in _sort order");
@@ -112,15 +166,26 @@ async fn paging_sorting_and_counting() {
 async fn include_and_revinclude() {
     let server = TestServer::start().await;
     seed(&server).await;
-    let reply = server.get("Patient?_id=p1&_include=Patient:organization&_revinclude=Observation:subject").await;
+    let reply = server
+        .get("Patient?_id=p1&_include=Patient:organization&_revinclude=Observation:subject")
+        .await;
     reply.expect(200);
     let mut included: Vec<String> = entries(&reply.json)
         .iter()
         .filter(|e| e["search"]["mode"] == "include")
-        .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
         .collect();
     included.sort();
-    assert_eq!(included, ["Observation/o-rr", "Observation/o-sbp", "Organization/o1"]);
+    assert_eq!(
+        included,
+        ["Observation/o-rr", "Observation/o-sbp", "Organization/o1"]
+    );
     assert_eq!(match_ids(&reply.json), ["p1"]);
 }
 
@@ -130,11 +195,26 @@ async fn unknown_parameters_are_reported_or_refused() {
     seed(&server).await;
     let lenient = server.get("Patient?family=smith&nonsense=1").await;
     lenient.expect(200);
-    let outcome: Vec<&Value> = entries(&lenient.json).iter().filter(|e| e["search"]["mode"] == "outcome").collect();
+    let outcome: Vec<&Value> = entries(&lenient.json)
+        .iter()
+        .filter(|e| e["search"]["mode"] == "outcome")
+        .collect();
     assert_eq!(outcome.len(), 1);
-    assert!(outcome[0]["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("nonsense"));
+    assert!(
+        outcome[0]["resource"]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("nonsense")
+    );
     assert_eq!(match_ids(&lenient.json).len(), 2);
-    let strict = server.call(Method::GET, "Patient?family=smith&nonsense=1", None, &[("prefer", "handling=strict")]).await;
+    let strict = server
+        .call(
+            Method::GET,
+            "Patient?family=smith&nonsense=1",
+            None,
+            &[("prefer", "handling=strict")],
+        )
+        .await;
     strict.expect(400);
     assert!(strict.diagnostics().contains("nonsense"));
     server.get("Patient?birthdate=notadate").await.expect(400);
@@ -146,7 +226,14 @@ async fn post_search_and_system_search() {
     let server = TestServer::start().await;
     seed(&server).await;
     let url = format!("{}/Patient/_search", server.base);
-    let reply = server.client.post(url).header("content-type", "application/x-www-form-urlencoded").body("family=jones").send().await.unwrap();
+    let reply = server
+        .client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("family=jones")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reply.status().as_u16(), 200);
     let bundle: Value = reply.json().await.unwrap();
     assert_eq!(match_ids(&bundle), ["p3"]);
@@ -158,13 +245,34 @@ async fn post_search_and_system_search() {
 #[tokio::test]
 async fn expressions_beyond_plain_paths_are_indexed_by_the_fhirpath_engine() {
     let server = TestServer::start().await;
-    server.put("Patient/alive", &json!({"resourceType": "Patient", "id": "alive", "deceasedBoolean": false})).await.expect(201);
-    server.put("Patient/gone", &json!({"resourceType": "Patient", "id": "gone", "deceasedDateTime": "2020-01-01"})).await.expect(201);
-    server.put("Patient/unknown", &json!({"resourceType": "Patient", "id": "unknown"})).await.expect(201);
+    server
+        .put(
+            "Patient/alive",
+            &json!({"resourceType": "Patient", "id": "alive", "deceasedBoolean": false}),
+        )
+        .await
+        .expect(201);
+    server
+        .put(
+            "Patient/gone",
+            &json!({"resourceType": "Patient", "id": "gone", "deceasedDateTime": "2020-01-01"}),
+        )
+        .await
+        .expect(201);
+    server
+        .put(
+            "Patient/unknown",
+            &json!({"resourceType": "Patient", "id": "unknown"}),
+        )
+        .await
+        .expect(201);
     // `Patient.deceased.exists() and Patient.deceased != false`
     assert_eq!(ids(&server, "Patient?deceased=true").await, ["gone"]);
     let text = json!({"resourceType": "Observation", "id": "coded", "status": "final", "code": {"text": "x"}, "valueCodeableConcept": {"text": "Positive for influenza"}});
     server.put("Observation/coded", &text).await.expect(201);
     // `(Observation.value as CodeableConcept).text | (Observation.value as string)`
-    assert_eq!(ids(&server, "Observation?value-string=positive").await, ["coded"]);
+    assert_eq!(
+        ids(&server, "Observation?value-string=positive").await,
+        ["coded"]
+    );
 }

@@ -13,7 +13,10 @@ use flare_log::{EmbeddedLog, EmbeddedLogConfig, EventLog, Record, StartFrom};
 use flare_search::Registry;
 use flare_server::{AppState, Metrics, ServerConfig};
 use flare_service::{Fhir, FhirConfig};
-use flare_store::{Store, sqlite::{SqliteConfig, SqliteStore}};
+use flare_store::{
+    Store,
+    sqlite::{SqliteConfig, SqliteStore},
+};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -48,16 +51,35 @@ impl Reply {
 
     /// The diagnostics of an OperationOutcome body, joined.
     pub fn diagnostics(&self) -> String {
-        self.json["issue"].as_array().into_iter().flatten().filter_map(|i| i["diagnostics"].as_str()).collect::<Vec<_>>().join(" | ")
+        self.json["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["diagnostics"].as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     /// Asserts the status and that an error body is an OperationOutcome.
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
         if status >= 400 {
-            assert_eq!(self.json["resourceType"], "OperationOutcome", "error body: {}", self.text);
-            assert!(!self.diagnostics().is_empty(), "an error must say what was wrong: {}", self.text);
+            assert_eq!(
+                self.json["resourceType"], "OperationOutcome",
+                "error body: {}",
+                self.text
+            );
+            assert!(
+                !self.diagnostics().is_empty(),
+                "an error must say what was wrong: {}",
+                self.text
+            );
         }
         self
     }
@@ -93,15 +115,34 @@ impl TestServer {
         tokio::spawn(flare_server::serve(listener, state, async move {
             let _ = shutdown.changed().await;
         }));
-        Self { base: format!("http://{address}/fhir"), log, store, client: reqwest::Client::new(), _stop: stop, _dir: dir }
+        Self {
+            base: format!("http://{address}/fhir"),
+            log,
+            store,
+            client: reqwest::Client::new(),
+            _stop: stop,
+            _dir: dir,
+        }
     }
 
     /// Sends a request; `body` is sent as FHIR JSON when given.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Reply {
-        let url = if path.starts_with("http") { path.to_owned() } else { format!("{}/{}", self.base, path.trim_start_matches('/')) };
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        };
         let mut request = self.client.request(method, url);
         if let Some(body) = body {
-            request = request.header("content-type", "application/fhir+json").body(body.to_string());
+            request = request
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string());
         }
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -111,7 +152,12 @@ impl TestServer {
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, text, json }
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -131,28 +177,60 @@ impl TestServer {
     }
 
     /// Sends raw bytes with a content type.
-    pub async fn send_raw(&self, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
-        let response = self.client.request(method, url).header("content-type", content_type).body(body).send().await.expect("the server answers");
+        let response = self
+            .client
+            .request(method, url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("the server answers");
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, text, json }
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
     }
 
     /// Every record of a topic from the start, waiting until at least `expected` arrived
     /// (or 5 s passed).
     pub async fn events(&self, topic: &str, expected: usize) -> Vec<Record> {
         let group = format!("test-{}", uuid_like());
-        let mut consumer = self.log.consumer(&group, &[topic.to_owned()], StartFrom::Earliest).await.unwrap();
+        let mut consumer = self
+            .log
+            .consumer(&group, &[topic.to_owned()], StartFrom::Earliest)
+            .await
+            .unwrap();
         let mut records = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while records.len() < expected && tokio::time::Instant::now() < deadline {
-            records.extend(consumer.poll(1000, Duration::from_millis(200)).await.unwrap());
+            records.extend(
+                consumer
+                    .poll(1000, Duration::from_millis(200))
+                    .await
+                    .unwrap(),
+            );
         }
         // Anything beyond what was expected arrives in the same round or not at all.
-        records.extend(consumer.poll(1000, Duration::from_millis(100)).await.unwrap());
+        records.extend(
+            consumer
+                .poll(1000, Duration::from_millis(100))
+                .await
+                .unwrap(),
+        );
         records
     }
 }
@@ -160,7 +238,11 @@ impl TestServer {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The entries of a Bundle.
