@@ -302,6 +302,7 @@ impl Validator {
             let extension = object.get(&format!("_{key}"));
             self.element_value(element, type_name, value, extension, &element_path, depth);
         }
+        self.required_elements(object, parent, path);
         if is_resource && let Some(contained) = object.get("contained").and_then(Value::as_array) {
             for (index, resource) in contained.iter().enumerate() {
                 if resource.get("contained").is_some() {
@@ -313,6 +314,37 @@ impl Validator {
                         &format!("{path}.contained[{index}]"),
                     );
                 }
+            }
+        }
+    }
+
+    /// Elements with `min` ≥ 1 must be present (a `_name` sibling with only
+    /// extensions counts: R4 allows a data-absent-reason instead of a value).
+    fn required_elements(&mut self, object: &Map<String, Value>, parent: &str, path: &str) {
+        let Some(elements) = model::elements(parent) else {
+            return;
+        };
+        for element in elements.iter().filter(|element| element.min > 0) {
+            let present = if element.choice {
+                element.types.iter().any(|code| {
+                    let key = format!("{}{}", element.name, model::choice_suffix(code));
+                    object.contains_key(&key) || object.contains_key(&format!("_{key}"))
+                })
+            } else {
+                object.contains_key(&element.name)
+                    || object.contains_key(&format!("_{}", element.name))
+            };
+            if !present {
+                let name = if element.choice {
+                    format!("{}[x]", element.name)
+                } else {
+                    element.name.clone()
+                };
+                self.error(
+                    IssueCode::Required,
+                    format!("{name} is required in {}: add it", display_parent(parent)),
+                    &format!("{path}.{}", element.name),
+                );
             }
         }
     }
@@ -803,6 +835,24 @@ mod tests {
             {"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string", "unknown": 1}]}]});
         let issue = single_issue(questionnaire);
         assert_eq!(issue.location, "Questionnaire.item[0].item[0].unknown");
+    }
+
+    #[test]
+    fn required_elements_must_be_present() {
+        let issue = single_issue(json!({"resourceType": "Observation", "code": {"text": "x"}}));
+        assert_eq!(issue.code, IssueCode::Required);
+        assert_eq!(issue.location, "Observation.status");
+        // A data-absent extension in place of the value counts as present.
+        let absent = json!({"resourceType": "Observation", "code": {"text": "x"},
+            "_status": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}});
+        assert_eq!(validate(&absent), Ok(()));
+        let issue = single_issue(json!({"resourceType": "Patient", "link": [{"type": "seealso"}]}));
+        assert_eq!(issue.location, "Patient.link[0].other");
+        let issue = single_issue(json!({"resourceType": "Extension"}));
+        assert_eq!(issue.code, IssueCode::NotSupported);
+        let issue =
+            single_issue(json!({"resourceType": "Patient", "extension": [{"valueString": "x"}]}));
+        assert_eq!(issue.location, "Patient.extension[0].url");
     }
 
     #[test]
