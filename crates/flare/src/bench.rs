@@ -68,30 +68,51 @@ const HTTP_DURABILITY: &str = "durability: defaults - store SQLite WAL synchrono
 const CRUD_CLIENTS: [usize; 3] = [1, 8, 32];
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let selected = |measurement: Measurement| args.only.is_empty() || args.only.contains(&measurement);
-    let (patients, observations) = if args.quick { (10_000, 100_000) } else { (100_000, 1_000_000) };
+    let selected =
+        |measurement: Measurement| args.only.is_empty() || args.only.contains(&measurement);
+    let (patients, observations) = if args.quick {
+        (10_000, 100_000)
+    } else {
+        (100_000, 1_000_000)
+    };
     let plan = Plan {
         step: Duration::from_secs(if args.quick { 3 } else { 5 }),
         load_budget: Duration::from_secs(if args.quick { 90 } else { 600 }),
         in_flight: 4,
-        shape: Shape::new(args.patients.unwrap_or(patients), args.observations.unwrap_or(observations)),
+        shape: Shape::new(
+            args.patients.unwrap_or(patients),
+            args.observations.unwrap_or(observations),
+        ),
     };
     let (cpu_model, processors) = report::cpu();
     let pinned = pin_this_process().await;
-    println!("flare bench{}: {processors} CPUs ({cpu_model}), load average {} at start", if args.quick { " --quick" } else { "" }, load_average_text());
+    println!(
+        "flare bench{}: {processors} CPUs ({cpu_model}), load average {} at start",
+        if args.quick { " --quick" } else { "" },
+        load_average_text()
+    );
     if pinned {
-        println!("load generator pinned to core {LOAD_CORE}, server to core {SERVER_CORE} (taskset)\n");
+        println!(
+            "load generator pinned to core {LOAD_CORE}, server to core {SERVER_CORE} (taskset)\n"
+        );
     } else {
         println!("taskset is unavailable: load generator and server share all cores\n");
     }
     let work_dir = match &args.work_dir {
-        Some(dir) => tempfile::Builder::new().prefix("flare-bench-").tempdir_in(dir),
+        Some(dir) => tempfile::Builder::new()
+            .prefix("flare-bench-")
+            .tempdir_in(dir),
         None => tempfile::Builder::new().prefix("flare-bench-").tempdir(),
     }
     .context("cannot create a scratch directory for the benchmark")?;
     let mut missed = Vec::new();
 
-    let http = [Measurement::Ingest, Measurement::Search, Measurement::Crud, Measurement::Latency];
+    let http = [
+        Measurement::Ingest,
+        Measurement::Search,
+        Measurement::Crud,
+        Measurement::Latency,
+    ];
     if http.iter().any(|m| selected(*m)) {
         let server = ServerProcess::start(&work_dir.path().join("server")).await?;
         if !server.pinned {
@@ -100,7 +121,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let result = http_measurements(&server, &plan, &selected, &mut missed).await;
         let server_log = server.stderr_file.clone();
         server.stop().await;
-        result.with_context(|| format!("the server's own messages are in {}", server_log.display()))?;
+        result.with_context(|| {
+            format!("the server's own messages are in {}", server_log.display())
+        })?;
     }
     if selected(Measurement::Log) {
         log_measurement(&work_dir.path().join("log-append"), &plan, &mut missed).await?;
@@ -136,25 +159,39 @@ async fn http_measurements(
             plan.shape.bundles(),
             plan.in_flight
         );
-        let loaded = ingest::load(&client, base, plan.shape, plan.in_flight, plan.load_budget).await?;
+        let loaded =
+            ingest::load(&client, base, plan.shape, plan.in_flight, plan.load_budget).await?;
         stored += loaded.outcome.resources;
         if selected(Measurement::Ingest) {
             let name = if loaded.outcome.cut_short {
-                format!("search dataset (stopped at the {} s budget)", plan.load_budget.as_secs())
+                format!(
+                    "search dataset (stopped at the {} s budget)",
+                    plan.load_budget.as_secs()
+                )
             } else {
                 "search dataset".to_owned()
             };
             print_table(&ingest::table(&[(name, &loaded.outcome)]), HTTP_DURABILITY);
             if loaded.outcome.resources_per_second() < ingest::TARGET_RESOURCES_PER_SECOND {
-                missed.push(format!("ingest {} resources/s", report::rate(loaded.outcome.resources_per_second())));
+                missed.push(format!(
+                    "ingest {} resources/s",
+                    report::rate(loaded.outcome.resources_per_second())
+                ));
             }
         }
         if selected(Measurement::Search) {
             let outcomes = search::run(&client, base, &loaded.patient_ids, plan.step).await?;
-            print_table(&search::table(&outcomes, loaded.patient_ids.len(), loaded.observations), HTTP_DURABILITY);
+            print_table(
+                &search::table(&outcomes, loaded.patient_ids.len(), loaded.observations),
+                HTTP_DURABILITY,
+            );
             for outcome in &outcomes {
                 if outcome.latency.quantile(0.5) >= search::TARGET_P50 {
-                    missed.push(format!("search {} p50 {}", outcome.query, outcome.latency.p50()));
+                    missed.push(format!(
+                        "search {} p50 {}",
+                        outcome.query,
+                        outcome.latency.p50()
+                    ));
                 }
             }
         }
@@ -166,20 +203,25 @@ async fn http_measurements(
             outcomes.push(crud::run(base, clients, plan.step).await?);
         }
         print_table(&crud::table(&outcomes, stored), HTTP_DURABILITY);
-        if let Some(outcome) = outcomes.iter().find(|o| o.clients == crud::TARGET_CLIENTS) {
-            if outcome.ops_per_second() < crud::TARGET_OPS_PER_SECOND || outcome.all.quantile(0.99) >= crud::TARGET_P99 {
-                missed.push(format!(
-                    "crud at {} clients {} ops/s, p99 {}",
-                    outcome.clients,
-                    report::rate(outcome.ops_per_second()),
-                    outcome.all.p99()
-                ));
-            }
+        if let Some(outcome) = outcomes.iter().find(|o| o.clients == crud::TARGET_CLIENTS)
+            && !outcome.meets_target()
+        {
+            missed.push(format!(
+                "crud at {} clients {} ops/s, p99 {}",
+                outcome.clients,
+                report::rate(outcome.ops_per_second()),
+                outcome.all.p99()
+            ));
         }
     }
     if selected(Measurement::Latency) {
-        eprintln!("latency: {} writes/s for {} s", event_latency::WRITES_PER_SECOND, plan.step.as_secs());
-        let outcome = event_latency::run(&client, base, &server.data_dir.join("log"), plan.step).await?;
+        eprintln!(
+            "latency: {} writes/s for {} s",
+            event_latency::WRITES_PER_SECOND,
+            plan.step.as_secs()
+        );
+        let outcome =
+            event_latency::run(&client, base, &server.data_dir.join("log"), plan.step).await?;
         print_table(&event_latency::table(&outcome), HTTP_DURABILITY);
         if outcome.visible.quantile(0.99) >= event_latency::TARGET_P99 || outcome.never_seen > 0 {
             missed.push(format!("write->event p99 {}", outcome.visible.p99()));
@@ -188,17 +230,32 @@ async fn http_measurements(
     Ok(())
 }
 
-async fn log_measurement(dir: &std::path::Path, plan: &Plan, missed: &mut Vec<String>) -> anyhow::Result<()> {
+async fn log_measurement(
+    dir: &std::path::Path,
+    plan: &Plan,
+    missed: &mut Vec<String>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     eprintln!("log: disk sync ceiling");
     let ceiling_dir = dir.to_owned();
-    let ceiling = tokio::task::spawn_blocking(move || log_append::sync_ceiling(&ceiling_dir, Duration::from_secs(2)))
-        .await
-        .context("the sync-ceiling loop failed")??;
-    let step = if plan.step > Duration::from_secs(3) { Duration::from_secs(3) } else { Duration::from_secs(2) };
+    let ceiling = tokio::task::spawn_blocking(move || {
+        log_append::sync_ceiling(&ceiling_dir, Duration::from_secs(2))
+    })
+    .await
+    .context("the sync-ceiling loop failed")??;
+    let step = if plan.step > Duration::from_secs(3) {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(2)
+    };
     let mut outcomes = Vec::new();
     for case in log_append::CASES {
-        eprintln!("log: {}, {} appenders for {} s", case.name, case.appenders, step.as_secs());
+        eprintln!(
+            "log: {}, {} appenders for {} s",
+            case.name,
+            case.appenders,
+            step.as_secs()
+        );
         outcomes.push(log_append::run(&dir.join("log"), case, step).await?);
     }
     print_table(
@@ -211,7 +268,10 @@ async fn log_measurement(dir: &std::path::Path, plan: &Plan, missed: &mut Vec<St
         .map(log_append::AppendOutcome::events_per_second)
         .fold(0.0, f64::max);
     if best < log_append::TARGET_EVENTS_PER_SECOND {
-        missed.push(format!("log group commit best {} events/s", report::rate(best)));
+        missed.push(format!(
+            "log group commit best {} events/s",
+            report::rate(best)
+        ));
     }
     Ok(())
 }

@@ -33,6 +33,12 @@ impl CrudOutcome {
     pub fn ops_per_second(&self) -> f64 {
         self.all.count() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    pub fn meets_target(&self) -> bool {
+        self.ops_per_second() >= TARGET_OPS_PER_SECOND
+            && self.all.quantile(0.99) < TARGET_P99
+            && self.failures == 0
+    }
 }
 
 struct ClientTally {
@@ -41,15 +47,26 @@ struct ClientTally {
 }
 
 /// Runs `clients` concurrent clients for `duration`.
-pub async fn run(fhir_base: &str, clients: usize, duration: Duration) -> anyhow::Result<CrudOutcome> {
+pub async fn run(
+    fhir_base: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<CrudOutcome> {
     // Every client gets its subject Patient before the clock starts.
     let mut prepared = Vec::new();
     for client_number in 0..clients {
         let client = http_client()?;
-        let (_, subject) = send(&client, Method::POST, &format!("{fhir_base}/Patient"), Some(&data::patient(client_number)))
-            .await
-            .context("creating a client's Patient failed")?;
-        let Some(subject) = subject else { bail!("the server did not return a Location for a created Patient") };
+        let (_, subject) = send(
+            &client,
+            Method::POST,
+            &format!("{fhir_base}/Patient"),
+            Some(&data::patient(client_number)),
+        )
+        .await
+        .context("creating a client's Patient failed")?;
+        let Some(subject) = subject else {
+            bail!("the server did not return a Location for a created Patient")
+        };
         prepared.push((client, format!("Patient/{subject}")));
     }
     let started = Instant::now();
@@ -57,7 +74,9 @@ pub async fn run(fhir_base: &str, clients: usize, duration: Duration) -> anyhow:
     let mut tasks = Vec::new();
     for (client_number, (client, subject)) in prepared.into_iter().enumerate() {
         let fhir_base = fhir_base.to_owned();
-        tasks.push(tokio::spawn(async move { client_loop(client, fhir_base, subject, client_number, deadline).await }));
+        tasks.push(tokio::spawn(async move {
+            client_loop(client, fhir_base, subject, client_number, deadline).await
+        }));
     }
     let mut outcome = CrudOutcome {
         clients,
@@ -85,13 +104,19 @@ async fn client_loop(
     client_number: usize,
     deadline: Instant,
 ) -> anyhow::Result<ClientTally> {
-    let mut tally = ClientTally { failures: 0, by_operation: Default::default() };
+    let mut tally = ClientTally {
+        failures: 0,
+        by_operation: Default::default(),
+    };
     let mut cycle = 0usize;
     while Instant::now() < deadline {
         let (resource_type, mut resource) = match cycle % 3 {
             0 => ("Patient", data::patient(client_number * 1_000_000 + cycle)),
             1 => ("Encounter", data::encounter(&subject, (cycle % 700) as u64)),
-            _ => ("Observation", data::observation(&subject, None, cycle, (cycle % 700) as u64, cycle as u64)),
+            _ => (
+                "Observation",
+                data::observation(&subject, None, cycle, (cycle % 700) as u64, cycle as u64),
+            ),
         };
         cycle += 1;
         let type_url = format!("{fhir_base}/{resource_type}");
@@ -109,7 +134,12 @@ async fn client_loop(
         let steps: [(usize, Method, Option<&Value>, &[StatusCode]); 3] = [
             (1, Method::GET, None, &[StatusCode::OK]),
             (2, Method::PUT, Some(&resource), &[StatusCode::OK]),
-            (3, Method::DELETE, None, &[StatusCode::OK, StatusCode::NO_CONTENT]),
+            (
+                3,
+                Method::DELETE,
+                None,
+                &[StatusCode::OK, StatusCode::NO_CONTENT],
+            ),
         ];
         for (operation, method, body, expected) in steps {
             let sent = Instant::now();
@@ -124,12 +154,22 @@ async fn client_loop(
 }
 
 /// Sends one request, reads the whole answer; returns the status and the id from `Location`.
-async fn send(client: &reqwest::Client, method: Method, url: &str, body: Option<&Value>) -> anyhow::Result<(StatusCode, Option<String>)> {
+async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(StatusCode, Option<String>)> {
     let mut request = client.request(method, url);
     if let Some(body) = body {
-        request = request.header("content-type", "application/fhir+json").body(serde_json::to_vec(body)?);
+        request = request
+            .header("content-type", "application/fhir+json")
+            .body(serde_json::to_vec(body)?);
     }
-    let response = request.send().await.with_context(|| format!("request to {url} failed"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("request to {url} failed"))?;
     let status = response.status();
     // `Location: <base>/<Type>/<id>/_history/<version>`.
     let id = response
@@ -139,7 +179,10 @@ async fn send(client: &reqwest::Client, method: Method, url: &str, body: Option<
         .and_then(|location| location.split("/_history/").next())
         .and_then(|path| path.rsplit('/').next())
         .map(str::to_owned);
-    response.bytes().await.context("reading a response failed")?;
+    response
+        .bytes()
+        .await
+        .context("reading a response failed")?;
     Ok((status, id))
 }
 
@@ -152,15 +195,31 @@ pub fn table(outcomes: &[CrudOutcome], stored_resources: usize) -> Table {
             millis(TARGET_P99),
             TARGET_CLIENTS
         ),
-        &["clients", "ops/s", "p50", "p99", "p99 create", "p99 read", "p99 update", "p99 delete", "errors", "target met"],
+        &[
+            "clients",
+            "ops/s",
+            "p50",
+            "p99",
+            "p99 create",
+            "p99 read",
+            "p99 update",
+            "p99 delete",
+            "errors",
+            "target met",
+        ],
     );
     for outcome in outcomes {
         let target = if outcome.clients == TARGET_CLIENTS {
-            met(outcome.ops_per_second() >= TARGET_OPS_PER_SECOND && outcome.all.quantile(0.99) < TARGET_P99 && outcome.failures == 0)
+            met(outcome.meets_target())
         } else {
             "-".into()
         };
-        let mut row = vec![outcome.clients.to_string(), rate(outcome.ops_per_second()), outcome.all.p50(), outcome.all.p99()];
+        let mut row = vec![
+            outcome.clients.to_string(),
+            rate(outcome.ops_per_second()),
+            outcome.all.p50(),
+            outcome.all.p99(),
+        ];
         row.extend(outcome.by_operation.iter().map(Latencies::p99));
         row.push(grouped(outcome.failures));
         row.push(target);

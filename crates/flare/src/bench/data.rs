@@ -21,14 +21,16 @@ pub const VITALS: [(&str, &str, &str, f64); 8] = [
 /// Observations fall on days from 2024-01-01 over this many days.
 pub const OBSERVATION_DAYS: u64 = 730;
 const FAMILY_STARTS: [&str; 24] = [
-    "Ander", "Bal", "Car", "Dal", "Eber", "Fitz", "Gar", "Hal", "Iver", "Jen", "Kel", "Lind", "Mar", "Nor", "Oster",
-    "Pen", "Quin", "Ros", "Stan", "Tal", "Ul", "Van", "Wes", "Yar",
+    "Ander", "Bal", "Car", "Dal", "Eber", "Fitz", "Gar", "Hal", "Iver", "Jen", "Kel", "Lind",
+    "Mar", "Nor", "Oster", "Pen", "Quin", "Ros", "Stan", "Tal", "Ul", "Van", "Wes", "Yar",
 ];
 const FAMILY_ENDS: [&str; 20] = [
-    "son", "berg", "ley", "ton", "field", "man", "wood", "ford", "strom", "dale", "sen", "worth", "holm", "by", "ridge",
-    "well", "mont", "hurst", "gaard", "croft",
+    "son", "berg", "ley", "ton", "field", "man", "wood", "ford", "strom", "dale", "sen", "worth",
+    "holm", "by", "ridge", "well", "mont", "hurst", "gaard", "croft",
 ];
-const GIVEN: [&str; 12] = ["Ada", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kit", "Lea"];
+const GIVEN: [&str; 12] = [
+    "Ada", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kit", "Lea",
+];
 
 /// How the dataset is cut into Bundles.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +50,12 @@ impl Shape {
         let encounters_per_patient = (per_patient / 5).max(1);
         let entries_per_patient = 1 + encounters_per_patient + per_patient;
         let patients_per_bundle = (200 / entries_per_patient).max(1);
-        Self { patients, observations, encounters_per_patient, patients_per_bundle }
+        Self {
+            patients,
+            observations,
+            encounters_per_patient,
+            patients_per_bundle,
+        }
     }
 
     /// Observations of patient `patient`: the total spread evenly, the first ones taking the
@@ -84,7 +91,11 @@ pub fn mix(value: u64) -> u64 {
 /// The family name of patient `patient`: one of 480 names.
 pub fn family_name(patient: usize) -> String {
     let h = mix(patient as u64) as usize;
-    format!("{}{}", FAMILY_STARTS[h % FAMILY_STARTS.len()], FAMILY_ENDS[(h / 97) % FAMILY_ENDS.len()])
+    format!(
+        "{}{}",
+        FAMILY_STARTS[h % FAMILY_STARTS.len()],
+        FAMILY_ENDS[(h / 97) % FAMILY_ENDS.len()]
+    )
 }
 
 pub fn mrn(patient: usize) -> String {
@@ -122,7 +133,7 @@ pub fn patient(patient: usize) -> Value {
         "resourceType": "Patient",
         "identifier": [{"system": MRN_SYSTEM, "value": mrn(patient)}],
         "name": [{"family": family_name(patient), "given": [GIVEN[(h % 12) as usize]]}],
-        "gender": if h % 2 == 0 { "female" } else { "male" },
+        "gender": if h.is_multiple_of(2) { "female" } else { "male" },
         "birthDate": format!("{}-{:02}-{:02}", 1930 + h % 90, 1 + (h / 7) % 12, 1 + (h / 11) % 28),
     })
 }
@@ -139,7 +150,13 @@ pub fn encounter(subject: &str, day: u64) -> Value {
 }
 
 /// Vital sign `vital` of [`VITALS`] for `subject`, on `day` (seconds vary with `seed`).
-pub fn observation(subject: &str, encounter: Option<&str>, vital: usize, day: u64, seed: u64) -> Value {
+pub fn observation(
+    subject: &str,
+    encounter: Option<&str>,
+    vital: usize,
+    day: u64,
+    seed: u64,
+) -> Value {
     let (code, display, unit, typical) = VITALS[vital % VITALS.len()];
     let h = mix(seed);
     let value = typical * (0.9 + (h % 200) as f64 / 1000.0);
@@ -159,7 +176,10 @@ pub fn observation(subject: &str, encounter: Option<&str>, vital: usize, day: u6
 }
 
 fn entry(full_url: &str, resource: Value) -> Value {
-    let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_owned();
+    let resource_type = resource["resourceType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     json!({"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": resource_type}})
 }
 
@@ -178,7 +198,8 @@ pub fn transaction(shape: &Shape, bundle: usize) -> (Value, Vec<(usize, usize)>)
         entries.push(entry(&patient_urn, patient(number)));
         let observations = shape.observations_of(number);
         let first_day = mix(number as u64 ^ 0x5EED) % OBSERVATION_DAYS;
-        let encounter_urns: Vec<String> = (0..shape.encounters_per_patient).map(|_| urn()).collect();
+        let encounter_urns: Vec<String> =
+            (0..shape.encounters_per_patient).map(|_| urn()).collect();
         for (index, encounter_urn) in encounter_urns.iter().enumerate() {
             let day = (first_day + index as u64 * 7) % OBSERVATION_DAYS;
             entries.push(entry(encounter_urn, encounter(&patient_urn, day)));
@@ -187,11 +208,20 @@ pub fn transaction(shape: &Shape, bundle: usize) -> (Value, Vec<(usize, usize)>)
             let encounter_index = index * encounter_urns.len() / observations.max(1);
             let day = (first_day + encounter_index as u64 * 7) % OBSERVATION_DAYS;
             let seed = (number as u64) << 20 | index as u64;
-            let resource = observation(&patient_urn, encounter_urns.get(encounter_index).map(String::as_str), index, day, seed);
+            let resource = observation(
+                &patient_urn,
+                encounter_urns.get(encounter_index).map(String::as_str),
+                index,
+                day,
+                seed,
+            );
             entries.push(entry(&urn(), resource));
         }
     }
-    (json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}), patient_entries)
+    (
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        patient_entries,
+    )
 }
 
 #[cfg(test)]
@@ -200,15 +230,22 @@ mod tests {
 
     #[test]
     fn the_shape_keeps_the_requested_totals_and_bundle_sizes() {
-        for (patients, observations) in [(100_000, 1_000_000), (10_000, 100_000), (7, 100), (1000, 0)] {
+        for (patients, observations) in
+            [(100_000, 1_000_000), (10_000, 100_000), (7, 100), (1000, 0)]
+        {
             let shape = Shape::new(patients, observations);
             let total: usize = (0..patients).map(|p| shape.observations_of(p)).sum();
             assert_eq!(total, observations);
-            let covered: usize = (0..shape.bundles()).map(|b| shape.patients_in(b).len()).sum();
+            let covered: usize = (0..shape.bundles())
+                .map(|b| shape.patients_in(b).len())
+                .sum();
             assert_eq!(covered, patients);
             let (bundle, _) = transaction(&shape, 0);
             let entries = bundle["entry"].as_array().unwrap().len();
-            assert!(entries <= 300, "{patients}/{observations}: {entries} entries");
+            assert!(
+                entries <= 300,
+                "{patients}/{observations}: {entries} entries"
+            );
         }
         let shape = Shape::new(100_000, 1_000_000);
         let (bundle, _) = transaction(&shape, 3);
@@ -236,14 +273,17 @@ mod tests {
     fn dates_cross_years_and_leap_days() {
         assert_eq!(date_after_2024(0), "2024-01-01");
         assert_eq!(date_after_2024(59), "2024-02-29");
-        assert_eq!(date_after_2024(365), "2025-01-01");
-        assert_eq!(date_after_2024(729), "2025-12-31");
+        assert_eq!(date_after_2024(365), "2024-12-31");
+        assert_eq!(date_after_2024(366), "2025-01-01");
+        assert_eq!(date_after_2024(730), "2025-12-31");
     }
 
     #[test]
     fn family_names_come_from_the_known_set() {
-        let names: Vec<String> =
-            FAMILY_STARTS.iter().flat_map(|start| FAMILY_ENDS.iter().map(move |end| format!("{start}{end}"))).collect();
+        let names: Vec<String> = FAMILY_STARTS
+            .iter()
+            .flat_map(|start| FAMILY_ENDS.iter().map(move |end| format!("{start}{end}")))
+            .collect();
         assert_eq!(names.len(), 480);
         for patient in 0..1000 {
             assert!(names.contains(&family_name(patient)));

@@ -42,19 +42,40 @@ pub struct LatencyOutcome {
 }
 
 /// Writes Patients at [`WRITES_PER_SECOND`] for `duration` while consuming their events.
-pub async fn run(client: &reqwest::Client, fhir_base: &str, log_dir: &Path, duration: Duration) -> anyhow::Result<LatencyOutcome> {
+pub async fn run(
+    client: &reqwest::Client,
+    fhir_base: &str,
+    log_dir: &Path,
+    duration: Duration,
+) -> anyhow::Result<LatencyOutcome> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     // The topic exists once a first Patient has been relayed.
     post_patient(client, fhir_base, &format!("{run_id}-warmup"), 0).await?;
-    let reader = EmbeddedLog::open_reader(log_dir).await.context("cannot open the server's log read-only")?;
+    let reader = EmbeddedLog::open_reader(log_dir)
+        .await
+        .context("cannot open the server's log read-only")?;
     let waited = Instant::now();
-    while !reader.topics().await?.iter().any(|topic| topic.name == TOPIC) {
+    while !reader
+        .topics()
+        .await?
+        .iter()
+        .any(|topic| topic.name == TOPIC)
+    {
         if waited.elapsed() > Duration::from_secs(10) {
-            bail!("topic {TOPIC} did not appear in {} within 10 s of a Patient write", log_dir.display());
+            bail!(
+                "topic {TOPIC} did not appear in {} within 10 s of a Patient write",
+                log_dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut consumer = reader.consumer(&format!("bench-{run_id}"), &[TOPIC.to_owned()], StartFrom::Latest).await?;
+    let mut consumer = reader
+        .consumer(
+            &format!("bench-{run_id}"),
+            &[TOPIC.to_owned()],
+            StartFrom::Latest,
+        )
+        .await?;
 
     let pending: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let visible = Arc::new(Mutex::new(Latencies::new()));
@@ -69,7 +90,9 @@ pub async fn run(client: &reqwest::Client, fhir_base: &str, log_dir: &Path, dura
                 let records = consumer.poll(1024, Duration::from_millis(20)).await?;
                 let seen = Instant::now();
                 for record in &records {
-                    let sent = record.header_str(CORRELATION_HEADER).and_then(|id| pending.lock().remove(id));
+                    let sent = record
+                        .header_str(CORRELATION_HEADER)
+                        .and_then(|id| pending.lock().remove(id));
                     if let Some(sent) = sent {
                         visible.lock().record(seen - sent);
                     }
@@ -123,10 +146,22 @@ pub async fn run(client: &reqwest::Client, fhir_base: &str, log_dir: &Path, dura
     let never_seen = pending.lock().len() as u64;
     let acknowledged = acknowledged.lock().clone();
     let visible = visible.lock().clone();
-    Ok(LatencyOutcome { writes, failures: failures.load(Ordering::Relaxed), elapsed, acknowledged, visible, never_seen })
+    Ok(LatencyOutcome {
+        writes,
+        failures: failures.load(Ordering::Relaxed),
+        elapsed,
+        acknowledged,
+        visible,
+        never_seen,
+    })
 }
 
-async fn post_patient(client: &reqwest::Client, fhir_base: &str, correlation_id: &str, number: usize) -> anyhow::Result<()> {
+async fn post_patient(
+    client: &reqwest::Client,
+    fhir_base: &str,
+    correlation_id: &str,
+    number: usize,
+) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&data::patient(number))?;
     let response = client
         .post(format!("{fhir_base}/Patient"))
@@ -151,9 +186,22 @@ pub fn table(outcome: &LatencyOutcome) -> Table {
             grouped(WRITES_PER_SECOND),
             millis(TARGET_P99)
         ),
-        &["measure", "writes", "achieved/s", "p50", "p99", "max", "errors", "never seen", "target met"],
+        &[
+            "measure",
+            "writes",
+            "achieved/s",
+            "p50",
+            "p99",
+            "max",
+            "errors",
+            "never seen",
+            "target met",
+        ],
     );
-    let achieved = format!("{:.0}", outcome.writes as f64 / outcome.elapsed.as_secs_f64().max(1e-9));
+    let achieved = format!(
+        "{:.0}",
+        outcome.writes as f64 / outcome.elapsed.as_secs_f64().max(1e-9)
+    );
     table.row(vec![
         "request start -> HTTP 201".into(),
         grouped(outcome.writes),
@@ -174,7 +222,9 @@ pub fn table(outcome: &LatencyOutcome) -> Table {
         outcome.visible.max(),
         grouped(outcome.failures),
         grouped(outcome.never_seen),
-        met(outcome.visible.count() > 0 && outcome.never_seen == 0 && outcome.visible.quantile(0.99) < TARGET_P99),
+        met(outcome.visible.count() > 0
+            && outcome.never_seen == 0
+            && outcome.visible.quantile(0.99) < TARGET_P99),
     ]);
     table
 }

@@ -44,7 +44,13 @@ impl IngestOutcome {
 
 /// Loads the dataset of `shape` through `POST /fhir` transactions, `in_flight` at a time. No
 /// Bundle is started after `budget`: the patients loaded are then a prefix of the dataset.
-pub async fn load(client: &reqwest::Client, fhir_base: &str, shape: Shape, in_flight: usize, budget: Duration) -> anyhow::Result<Loaded> {
+pub async fn load(
+    client: &reqwest::Client,
+    fhir_base: &str,
+    shape: Shape,
+    in_flight: usize,
+    budget: Duration,
+) -> anyhow::Result<Loaded> {
     let progress = ProgressBar::new(shape.resources() as u64);
     progress.set_style(
         ProgressStyle::with_template("loading {pos}/{len} resources ({per_sec}) {wide_bar} {eta}")
@@ -74,12 +80,19 @@ pub async fn load(client: &reqwest::Client, fhir_base: &str, shape: Shape, in_fl
                     .await
                     .context("transaction request failed")?;
                 let status = response.status();
-                let bytes = response.bytes().await.context("reading the transaction response failed")?;
+                let bytes = response
+                    .bytes()
+                    .await
+                    .context("reading the transaction response failed")?;
                 let latency = sent.elapsed();
                 if !status.is_success() {
-                    bail!("transaction {bundle} answered {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(500)]));
+                    bail!(
+                        "transaction {bundle} answered {status}: {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+                    );
                 }
-                let reply: Value = serde_json::from_slice(&bytes).context("the transaction response is not JSON")?;
+                let reply: Value = serde_json::from_slice(&bytes)
+                    .context("the transaction response is not JSON")?;
                 anyhow::Ok((reply, patients, entries, latency))
             }
         })
@@ -90,7 +103,10 @@ pub async fn load(client: &reqwest::Client, fhir_base: &str, shape: Shape, in_fl
         smallest = smallest.min(entries);
         largest = largest.max(entries);
         resources += entries;
-        let reply_entries = reply["entry"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let reply_entries = reply["entry"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for (number, index) in patients {
             // `response.location` is `Patient/<id>/_history/<version>`.
             let id = reply_entries
@@ -107,9 +123,15 @@ pub async fn load(client: &reqwest::Client, fhir_base: &str, shape: Shape, in_fl
     let elapsed = started.elapsed();
     drop(responses);
     progress.finish_and_clear();
-    let loaded_patients = if issued == 0 { 0 } else { shape.patients_in(issued - 1).end };
+    let loaded_patients = if issued == 0 {
+        0
+    } else {
+        shape.patients_in(issued - 1).end
+    };
     patient_ids.truncate(loaded_patients);
-    let observations = (0..loaded_patients).map(|patient| shape.observations_of(patient)).sum();
+    let observations = (0..loaded_patients)
+        .map(|patient| shape.observations_of(patient))
+        .sum();
     let outcome = IngestOutcome {
         in_flight,
         bundles: issued,
@@ -119,7 +141,11 @@ pub async fn load(client: &reqwest::Client, fhir_base: &str, shape: Shape, in_fl
         bundle_latency: latencies,
         cut_short: issued < shape.bundles(),
     };
-    Ok(Loaded { patient_ids, observations, outcome })
+    Ok(Loaded {
+        patient_ids,
+        observations,
+        outcome,
+    })
 }
 
 pub fn table(outcomes: &[(String, &IngestOutcome)]) -> Table {
@@ -128,7 +154,18 @@ pub fn table(outcomes: &[(String, &IngestOutcome)]) -> Table {
             "Transaction-Bundle ingest over HTTP (Patient + Encounters + Observations, urn:uuid references); target >= {} resources/s",
             grouped(TARGET_RESOURCES_PER_SECOND as u64)
         ),
-        &["run", "in flight", "bundles", "entries/bundle", "resources", "seconds", "resources/s", "bundle p50", "bundle p99", "target met"],
+        &[
+            "run",
+            "in flight",
+            "bundles",
+            "entries/bundle",
+            "resources",
+            "seconds",
+            "resources/s",
+            "bundle p50",
+            "bundle p99",
+            "target met",
+        ],
     );
     for (name, outcome) in outcomes {
         let (smallest, largest) = outcome.entries_per_bundle;
@@ -136,7 +173,11 @@ pub fn table(outcomes: &[(String, &IngestOutcome)]) -> Table {
             name.clone(),
             outcome.in_flight.to_string(),
             grouped(outcome.bundles as u64),
-            if smallest == largest { smallest.to_string() } else { format!("{smallest}-{largest}") },
+            if smallest == largest {
+                smallest.to_string()
+            } else {
+                format!("{smallest}-{largest}")
+            },
             grouped(outcome.resources as u64),
             format!("{:.1}", outcome.elapsed.as_secs_f64()),
             rate(outcome.resources_per_second()),

@@ -29,12 +29,42 @@ pub struct Case {
 }
 
 pub const CASES: [Case; 6] = [
-    Case { name: "fsync, one sync per append", durability: Durability::Fsync, appenders: 1, group_commit: false },
-    Case { name: "fsync, group commit", durability: Durability::Fsync, appenders: 64, group_commit: true },
-    Case { name: "fsync, group commit", durability: Durability::Fsync, appenders: 256, group_commit: true },
-    Case { name: "fsync, group commit", durability: Durability::Fsync, appenders: 1024, group_commit: true },
-    Case { name: "interval 10 ms (not durable on ack)", durability: Durability::IntervalMs(10), appenders: 256, group_commit: true },
-    Case { name: "none (not durable on ack)", durability: Durability::None, appenders: 256, group_commit: true },
+    Case {
+        name: "fsync, one sync per append",
+        durability: Durability::Fsync,
+        appenders: 1,
+        group_commit: false,
+    },
+    Case {
+        name: "fsync, group commit",
+        durability: Durability::Fsync,
+        appenders: 64,
+        group_commit: true,
+    },
+    Case {
+        name: "fsync, group commit",
+        durability: Durability::Fsync,
+        appenders: 256,
+        group_commit: true,
+    },
+    Case {
+        name: "fsync, group commit",
+        durability: Durability::Fsync,
+        appenders: 1024,
+        group_commit: true,
+    },
+    Case {
+        name: "interval 10 ms (not durable on ack)",
+        durability: Durability::IntervalMs(10),
+        appenders: 256,
+        group_commit: true,
+    },
+    Case {
+        name: "none (not durable on ack)",
+        durability: Durability::None,
+        appenders: 256,
+        group_commit: true,
+    },
 ];
 
 #[derive(Debug)]
@@ -55,7 +85,11 @@ impl AppendOutcome {
 /// 4 KB `write` + `fdatasync` in a loop for `duration`: what one thread gets from this disk.
 pub fn sync_ceiling(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
     let path = dir.join("sync-ceiling");
-    let mut file = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     let block = vec![0x5Au8; 4096];
     let started = Instant::now();
     let mut syncs = 0u64;
@@ -72,8 +106,15 @@ pub fn sync_ceiling(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
 /// Runs one case on a fresh log in `dir` for `duration`.
 pub async fn run(dir: &Path, case: Case, duration: Duration) -> anyhow::Result<AppendOutcome> {
     let _ = std::fs::remove_dir_all(dir);
-    let config = EmbeddedLogConfig { durability: case.durability, ..EmbeddedLogConfig::in_dir(dir) };
-    let log = Arc::new(EmbeddedLog::open(config).await.context("cannot open the embedded log")?);
+    let config = EmbeddedLogConfig {
+        durability: case.durability,
+        ..EmbeddedLogConfig::in_dir(dir)
+    };
+    let log = Arc::new(
+        EmbeddedLog::open(config)
+            .await
+            .context("cannot open the embedded log")?,
+    );
     let events_log: Arc<dyn EventLog> = log.clone();
     events_log.ensure_topic("bench", 4).await?;
     let started = Instant::now();
@@ -86,7 +127,11 @@ pub async fn run(dir: &Path, case: Case, duration: Duration) -> anyhow::Result<A
             let mut latency = Latencies::new();
             let mut events = 0u64;
             while Instant::now() < deadline {
-                let record = NewRecord { key: Some(key.clone()), payload: vec![b'x'; EVENT_BYTES], ..NewRecord::default() };
+                let record = NewRecord {
+                    key: Some(key.clone()),
+                    payload: vec![b'x'; EVENT_BYTES],
+                    ..NewRecord::default()
+                };
                 let sent = Instant::now();
                 log.append("bench", vec![record]).await?;
                 latency.record(sent.elapsed());
@@ -106,7 +151,13 @@ pub async fn run(dir: &Path, case: Case, duration: Duration) -> anyhow::Result<A
     let stats = log.stats();
     log.close().await?;
     let _ = std::fs::remove_dir_all(dir);
-    Ok(AppendOutcome { case, events, elapsed, latency, records_per_sync: stats.records as f64 / stats.syncs.max(1) as f64 })
+    Ok(AppendOutcome {
+        case,
+        events,
+        elapsed,
+        latency,
+        records_per_sync: stats.records as f64 / stats.syncs.max(1) as f64,
+    })
 }
 
 pub fn table(outcomes: &[AppendOutcome], ceiling: f64) -> Table {
@@ -116,7 +167,16 @@ pub fn table(outcomes: &[AppendOutcome], ceiling: f64) -> Table {
             rate(ceiling),
             grouped(TARGET_EVENTS_PER_SECOND as u64)
         ),
-        &["durability, mode", "appenders", "events/s", "MB/s", "ack p50", "ack p99", "events/sync", "target met"],
+        &[
+            "durability, mode",
+            "appenders",
+            "events/s",
+            "MB/s",
+            "ack p50",
+            "ack p99",
+            "events/sync",
+            "target met",
+        ],
     );
     for outcome in outcomes {
         let durable = outcome.case.durability == Durability::Fsync;
@@ -129,10 +189,17 @@ pub fn table(outcomes: &[AppendOutcome], ceiling: f64) -> Table {
             outcome.case.name.to_owned(),
             outcome.case.appenders.to_string(),
             rate(outcome.events_per_second()),
-            format!("{:.1}", outcome.events_per_second() * EVENT_BYTES as f64 / 1e6),
+            format!(
+                "{:.1}",
+                outcome.events_per_second() * EVENT_BYTES as f64 / 1e6
+            ),
             outcome.latency.p50(),
             outcome.latency.p99(),
-            if durable { format!("{:.1}", outcome.records_per_sync) } else { "-".into() },
+            if durable {
+                format!("{:.1}", outcome.records_per_sync)
+            } else {
+                "-".into()
+            },
             target,
         ]);
     }

@@ -15,7 +15,11 @@ pub struct Table {
 
 impl Table {
     pub fn new(title: impl Into<String>, headers: &[&str]) -> Self {
-        Self { title: title.into(), headers: headers.iter().map(|h| (*h).to_owned()).collect(), rows: Vec::new() }
+        Self {
+            title: title.into(),
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -112,7 +116,11 @@ impl Latencies {
 
 /// A duration in milliseconds with two decimals (`"-"` when nothing was measured).
 pub fn millis(duration: Duration) -> String {
-    if duration.is_zero() { "-".into() } else { format!("{:.2} ms", duration.as_secs_f64() * 1e3) }
+    if duration.is_zero() {
+        "-".into()
+    } else {
+        format!("{:.2} ms", duration.as_secs_f64() * 1e3)
+    }
 }
 
 /// A rate with thousands separators: `12,345`.
@@ -124,7 +132,7 @@ pub fn grouped(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -139,7 +147,12 @@ pub fn met(ok: bool) -> String {
 
 /// The 1-minute load average, from /proc/loadavg.
 pub fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub fn load_average_text() -> String {
@@ -151,9 +164,16 @@ pub fn cpu() -> (String, usize) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = info
         .lines()
-        .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".into());
-    let processors = info.lines().filter(|line| line.starts_with("processor")).count();
+    let processors = info
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
     (model, processors)
 }
 

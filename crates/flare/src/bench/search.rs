@@ -33,17 +33,33 @@ const QUERIES: [&str; 4] = [
     "Observation?date=ge…&_count=50",
 ];
 
-fn url(kind: usize, pick: u64, patient_ids: &[Option<String>], families: &[String]) -> Option<String> {
+fn url(
+    kind: usize,
+    pick: u64,
+    patient_ids: &[Option<String>],
+    families: &[String],
+) -> Option<String> {
     let patients = patient_ids.len().max(1) as u64;
     match kind {
-        0 => Some(format!("Patient?family={}", families[(pick % families.len() as u64) as usize])),
-        1 => Some(format!("Patient?identifier={MRN_SYSTEM}|{}", data::mrn((pick % patients) as usize))),
+        0 => Some(format!(
+            "Patient?family={}",
+            families[(pick % families.len() as u64) as usize]
+        )),
+        1 => Some(format!(
+            "Patient?identifier={MRN_SYSTEM}|{}",
+            data::mrn((pick % patients) as usize)
+        )),
         2 => {
             let id = patient_ids.get((pick % patients) as usize)?.as_ref()?;
             let code = VITALS[((pick >> 32) % VITALS.len() as u64) as usize].0;
-            Some(format!("Observation?patient={id}&code=http://loinc.org|{code}"))
+            Some(format!(
+                "Observation?patient={id}&code=http://loinc.org|{code}"
+            ))
         }
-        _ => Some(format!("Observation?date=ge{}&_count=50", data::date_after_2024(pick % OBSERVATION_DAYS))),
+        _ => Some(format!(
+            "Observation?date=ge{}&_count=50",
+            data::date_after_2024(pick % OBSERVATION_DAYS)
+        )),
     }
 }
 
@@ -73,21 +89,40 @@ pub async fn run(
         // Two warm-up requests, not counted: connection set-up and first-use caches.
         for warmup in 0..2u64 {
             if let Some(path) = url(kind, mix(warmup ^ 0xFEED), patient_ids, &families) {
-                let _ = client.get(format!("{fhir_base}/{path}")).send().await?.bytes().await;
+                let _ = client
+                    .get(format!("{fhir_base}/{path}"))
+                    .send()
+                    .await?
+                    .bytes()
+                    .await;
             }
         }
         let started = Instant::now();
         let mut draw = 0u64;
         while started.elapsed() < duration {
             draw += 1;
-            let Some(path) = url(kind, mix(draw ^ ((kind as u64) << 40)), patient_ids, &families) else { continue };
+            let Some(path) = url(
+                kind,
+                mix(draw ^ ((kind as u64) << 40)),
+                patient_ids,
+                &families,
+            ) else {
+                continue;
+            };
             if outcome.example.is_empty() {
                 outcome.example = path.clone();
             }
             let sent = Instant::now();
-            let response = client.get(format!("{fhir_base}/{path}")).send().await.context("search request failed")?;
+            let response = client
+                .get(format!("{fhir_base}/{path}"))
+                .send()
+                .await
+                .context("search request failed")?;
             let status = response.status();
-            let body = response.bytes().await.context("reading a search response failed")?;
+            let body = response
+                .bytes()
+                .await
+                .context("reading a search response failed")?;
             outcome.latency.record(sent.elapsed());
             outcome.requests += 1;
             if !status.is_success() {
@@ -96,7 +131,10 @@ pub async fn run(
             }
             let bundle: Value = serde_json::from_slice(&body).unwrap_or_default();
             let entries = bundle["entry"].as_array().map_or(0, |entries| {
-                entries.iter().filter(|e| e["search"]["mode"].as_str() != Some("outcome")).count()
+                entries
+                    .iter()
+                    .filter(|e| e["search"]["mode"].as_str() != Some("outcome"))
+                    .count()
             });
             outcome.entries += entries as u64;
             if entries == 0 {
@@ -116,7 +154,17 @@ pub fn table(outcomes: &[SearchOutcome], patients: usize, observations: usize) -
             grouped(observations as u64),
             millis(TARGET_P50)
         ),
-        &["query", "requests", "p50", "p99", "max", "entries/page", "empty pages", "errors", "target met"],
+        &[
+            "query",
+            "requests",
+            "p50",
+            "p99",
+            "max",
+            "entries/page",
+            "empty pages",
+            "errors",
+            "target met",
+        ],
     );
     for outcome in outcomes {
         let p50 = outcome.latency.quantile(0.5);
@@ -126,7 +174,10 @@ pub fn table(outcomes: &[SearchOutcome], patients: usize, observations: usize) -
             outcome.latency.p50(),
             outcome.latency.p99(),
             outcome.latency.max(),
-            format!("{:.1}", outcome.entries as f64 / outcome.requests.max(1) as f64),
+            format!(
+                "{:.1}",
+                outcome.entries as f64 / outcome.requests.max(1) as f64
+            ),
             grouped(outcome.empty_pages),
             grouped(outcome.failures),
             met(outcome.requests > 0 && outcome.failures == 0 && p50 < TARGET_P50),

@@ -32,8 +32,10 @@ impl ServerProcess {
     /// Starts `flare serve --data-dir <data_dir> --listen 127.0.0.1:0` (this same binary) and
     /// waits for its "listening on" line.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let exe = std::env::current_exe().context("cannot find the flare executable to start the server")?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let exe = std::env::current_exe()
+            .context("cannot find the flare executable to start the server")?;
         let pinned = command_works("taskset", &["-V"]).await;
         let mut command = if pinned {
             let mut command = Command::new("taskset");
@@ -43,7 +45,8 @@ impl ServerProcess {
             Command::new(&exe)
         };
         let stderr_file = data_dir.with_extension("server.log");
-        let stderr = std::fs::File::create(&stderr_file).with_context(|| format!("cannot create {}", stderr_file.display()))?;
+        let stderr = std::fs::File::create(&stderr_file)
+            .with_context(|| format!("cannot create {}", stderr_file.display()))?;
         command
             .arg("serve")
             .arg("--data-dir")
@@ -61,12 +64,20 @@ impl ServerProcess {
             .stderr(stderr)
             .kill_on_drop(true);
         let mut child = command.spawn().context("cannot start `flare serve`")?;
-        let stdout = child.stdout.take().context("the server's stdout is not captured")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the server's stdout is not captured")?;
         let mut lines = BufReader::new(stdout).lines();
         let address = tokio::time::timeout(Duration::from_secs(120), async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return Ok::<_, std::io::Error>(Some(rest.split_whitespace().next().unwrap_or_default().to_owned()));
+                    return Ok::<_, std::io::Error>(Some(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ));
                 }
             }
             Ok(None)
@@ -74,20 +85,39 @@ impl ServerProcess {
         .await;
         let address = match address {
             Ok(Ok(Some(address))) if !address.is_empty() => address,
-            Ok(Ok(_)) => bail!("`flare serve` exited before listening; see {}", stderr_file.display()),
+            Ok(Ok(_)) => bail!(
+                "`flare serve` exited before listening; see {}",
+                stderr_file.display()
+            ),
             Ok(Err(err)) => bail!("cannot read the server's output: {err}"),
-            Err(_) => bail!("`flare serve` did not start listening within 120 s; see {}", stderr_file.display()),
+            Err(_) => bail!(
+                "`flare serve` did not start listening within 120 s; see {}",
+                stderr_file.display()
+            ),
         };
         // Keep reading so the server never writes into a full or closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, fhir_base: format!("http://{address}/fhir"), data_dir: data_dir.to_owned(), pinned, stderr_file })
+        Ok(Self {
+            child,
+            fhir_base: format!("http://{address}/fhir"),
+            data_dir: data_dir.to_owned(),
+            pinned,
+            stderr_file,
+        })
     }
 
     /// Sends SIGTERM and waits for the server to relay its last events and exit.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-            if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_ok() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+                .await
+                .is_ok()
+            {
                 return;
             }
         }
