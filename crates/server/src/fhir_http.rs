@@ -298,17 +298,13 @@ fn write_reply(outcome: WriteOutcome, prefer: ReturnPreference) -> Reply {
             status: StatusCode::NO_CONTENT,
             headers,
         },
-        (kind, Some(version), ReturnPreference::Representation) => {
-            let _ = kind;
-            Reply::Version {
-                status,
-                version,
-                location: true,
-            }
-        }
-        (kind, Some(version), ReturnPreference::Minimal) => {
+        (_, Some(version), ReturnPreference::Representation) => Reply::Version {
+            status,
+            version,
+            location: true,
+        },
+        (_, Some(version), ReturnPreference::Minimal) => {
             let mut headers = headers;
-            let _ = kind;
             headers.push((
                 header::LOCATION,
                 format!("{}/_history/{}", version.key, version.version_id),
