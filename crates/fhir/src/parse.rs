@@ -4,6 +4,8 @@
 //! arrays would exhaust the stack (or hit serde_json's own fixed limit with a
 //! terse message). A linear pre-scan rejects such input first, saying where.
 
+use std::collections::HashSet;
+
 use serde_json::Value;
 use thiserror::Error;
 
@@ -42,6 +44,15 @@ pub enum ParseError {
         line: usize,
         column: usize,
     },
+    #[error(
+        "the key \"{key}\" appears twice in one object (line {line}, column {column}): \
+         FHIR JSON allows each property once; merge or remove one"
+    )]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
+    },
     #[error("invalid JSON at line {line}, column {column}: {message}")]
     Syntax {
         line: usize,
@@ -54,9 +65,9 @@ impl ParseError {
     /// `(line, column)` of the problem, 1-based, when it has a place.
     pub fn position(&self) -> Option<(usize, usize)> {
         match self {
-            Self::TooDeep { line, column, .. } | Self::Syntax { line, column, .. } => {
-                Some((*line, *column))
-            }
+            Self::TooDeep { line, column, .. }
+            | Self::Syntax { line, column, .. }
+            | Self::DuplicateKey { line, column, .. } => Some((*line, *column)),
             Self::Empty | Self::TooLarge { .. } => None,
         }
     }
@@ -80,7 +91,7 @@ pub fn parse_json_with(bytes: &[u8], limits: ParseLimits) -> Result<Value, Parse
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty);
     }
-    check_depth(bytes, limits.max_depth)?;
+    check_structure(bytes, limits.max_depth)?;
     serde_json::from_slice(bytes).map_err(|error| {
         let message = error.to_string();
         // serde_json appends " at line L column C"; the variant carries it.
@@ -96,37 +107,78 @@ pub fn parse_json_with(bytes: &[u8], limits: ParseLimits) -> Result<Value, Parse
     })
 }
 
-/// Scans for `[`/`{` nesting outside strings; stops at the first level past
-/// `max_depth`. Malformed input is left for serde_json to describe.
-fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ParseError> {
-    let mut depth = 0usize;
-    let mut in_string = false;
+/// What the scanner knows about an open `{` or `[`.
+enum Frame<'a> {
+    Object {
+        keys: HashSet<&'a [u8]>,
+        expecting_key: bool,
+    },
+    Array,
+}
+
+/// One linear pass before parsing: stops at the first level past
+/// `max_depth` and at a repeated key in one object (serde_json would keep the
+/// last silently; FHIR JSON forbids duplicates). Other malformations are
+/// left for serde_json to describe.
+fn check_structure(bytes: &[u8], max_depth: usize) -> Result<(), ParseError> {
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut string_start: Option<usize> = None;
     let mut escaped = false;
     let mut line = 1usize;
     let mut line_start = 0usize;
     for (offset, &byte) in bytes.iter().enumerate() {
-        if in_string {
+        if let Some(start) = string_start {
             match (escaped, byte) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+                (false, b'"') => {
+                    string_start = None;
+                    if let Some(Frame::Object {
+                        keys,
+                        expecting_key: true,
+                    }) = stack.last_mut()
+                    {
+                        let key = &bytes[start + 1..offset];
+                        if !keys.insert(key) {
+                            return Err(ParseError::DuplicateKey {
+                                key: String::from_utf8_lossy(key).into_owned(),
+                                line,
+                                column: start - line_start + 1,
+                            });
+                        }
+                    }
+                }
                 _ => {}
             }
             continue;
         }
         match byte {
-            b'"' => in_string = true,
+            b'"' => string_start = Some(offset),
             b'[' | b'{' => {
-                depth += 1;
-                if depth > max_depth {
+                if stack.len() >= max_depth {
                     return Err(ParseError::TooDeep {
                         limit: max_depth,
                         line,
                         column: offset - line_start + 1,
                     });
                 }
+                stack.push(if byte == b'{' {
+                    Frame::Object {
+                        keys: HashSet::new(),
+                        expecting_key: true,
+                    }
+                } else {
+                    Frame::Array
+                });
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            b']' | b'}' => {
+                stack.pop();
+            }
+            b':' | b',' => {
+                if let Some(Frame::Object { expecting_key, .. }) = stack.last_mut() {
+                    *expecting_key = byte == b',';
+                }
+            }
             b'\n' => {
                 line += 1;
                 line_start = offset + 1;
@@ -184,6 +236,25 @@ mod tests {
             parse_json_with(b"[[[[1]]]]", limits),
             Err(ParseError::TooDeep { column: 4, .. })
         ));
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let error =
+            parse_json(b"{\"resourceType\":\"Patient\",\n \"active\":true, \"active\":false}")
+                .unwrap_err();
+        assert_eq!(
+            error,
+            ParseError::DuplicateKey {
+                key: "active".into(),
+                line: 2,
+                column: 17
+            }
+        );
+        // The same key in sibling objects, and a value equal to a key, are fine.
+        assert!(parse_json(br#"{"a":{"id":"1"},"b":{"id":"1"},"c":["a","a"],"d":"a"}"#).is_ok());
+        assert!(parse_json(br#"{"a":{"x":1},"x":2}"#).is_ok());
+        assert!(parse_json(br#"[{"a":1},{"a":1}]"#).is_ok());
     }
 
     #[test]
