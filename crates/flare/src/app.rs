@@ -23,11 +23,16 @@ pub struct App {
 
 impl App {
     pub async fn open(config: &FlareConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
         let sqlite = sqlite_config(config)?;
         let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(sqlite.clone()).with_context(|| format!("cannot open the store {}", config.store))?,
+            SqliteStore::open(sqlite.clone())
+                .with_context(|| format!("cannot open the store {}", config.store))?,
         );
         let log_config = log_config(config)?;
         let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(log_config.clone()).await.with_context(|| {
@@ -37,10 +42,19 @@ impl App {
         let fhir = Fhir::new(store.clone(), registry, config.fhir.clone());
         let relay = Relay::new(store, log.clone());
         let relay_stats = relay.stats();
-        relay.recover().await.context("cannot move pending events from the store's outbox to the log")?;
+        relay
+            .recover()
+            .await
+            .context("cannot move pending events from the store's outbox to the log")?;
         let (stop_relay, stopped) = watch::channel(false);
         let relay = tokio::spawn(relay.run(stopped));
-        Ok(Self { fhir, log, relay_stats, relay, stop_relay })
+        Ok(Self {
+            fhir,
+            log,
+            relay_stats,
+            relay,
+            stop_relay,
+        })
     }
 
     /// Stops the relay after it has moved everything committed so far.

@@ -93,8 +93,14 @@ impl CommonArgs {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FlareConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{} is not a valid Flare config (see `flare config-example`)", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a valid Flare config (see `flare config-example`)",
+            path.display()
+        )
+    })
 }
 
 /// Where the store lives, from the `store` URL.
@@ -124,7 +130,9 @@ pub fn log_config(config: &FlareConfig) -> anyhow::Result<EmbeddedLogConfig> {
             log.data_dir = PathBuf::from(&url["embedded://".len()..]);
             Ok(log)
         }
-        other => bail!("unsupported log `{other}`: use `embedded` (Kafka is not available in this build)"),
+        other => bail!(
+            "unsupported log `{other}`: use `embedded` (Kafka is not available in this build)"
+        ),
     }
 }
 
@@ -149,19 +157,34 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = toml::from_str::<FlareConfig>("data_dir = \"x\"\nlisten = \"0.0.0.0:1\"").unwrap_err();
+        let err =
+            toml::from_str::<FlareConfig>("data_dir = \"x\"\nlisten = \"0.0.0.0:1\"").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
     }
 
     #[test]
     fn store_urls_choose_the_database_file() {
-        let mut config = FlareConfig { data_dir: "/d".into(), ..FlareConfig::default() };
-        assert_eq!(sqlite_config(&config).unwrap().path, Some(PathBuf::from("/d/flare.db")));
+        let mut config = FlareConfig {
+            data_dir: "/d".into(),
+            ..FlareConfig::default()
+        };
+        assert_eq!(
+            sqlite_config(&config).unwrap().path,
+            Some(PathBuf::from("/d/flare.db"))
+        );
         config.store = "sqlite::memory:".into();
         assert_eq!(sqlite_config(&config).unwrap().path, None);
         config.store = "sqlite:///tmp/x.db".into();
-        assert_eq!(sqlite_config(&config).unwrap().path, Some(PathBuf::from("/tmp/x.db")));
+        assert_eq!(
+            sqlite_config(&config).unwrap().path,
+            Some(PathBuf::from("/tmp/x.db"))
+        );
         config.store = "postgres://localhost".into();
-        assert!(sqlite_config(&config).unwrap_err().to_string().contains("unsupported store"));
+        assert!(
+            sqlite_config(&config)
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported store")
+        );
     }
 }

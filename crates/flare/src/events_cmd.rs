@@ -47,7 +47,12 @@ async fn open_reader(common: &CommonArgs) -> anyhow::Result<(EmbeddedLog, PathBu
     let dir = log_config(&config)?.data_dir;
     let log = EmbeddedLog::open_reader(dir.clone())
         .await
-        .with_context(|| format!("cannot read the event log in {} (wrong --data-dir?)", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot read the event log in {} (wrong --data-dir?)",
+                dir.display()
+            )
+        })?;
     Ok((log, dir))
 }
 
@@ -60,21 +65,43 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
                 println!("no topics yet in {}", dir.display());
             }
             for topic in topics {
-                let records: u64 = topic.end_offsets.iter().zip(&topic.start_offsets).map(|(e, s)| e - s).sum();
-                println!("{:<40} partitions={:<3} records={records:<10} end_offsets={:?}", topic.name, topic.partitions, topic.end_offsets);
+                let records: u64 = topic
+                    .end_offsets
+                    .iter()
+                    .zip(&topic.start_offsets)
+                    .map(|(e, s)| e - s)
+                    .sum();
+                println!(
+                    "{:<40} partitions={:<3} records={records:<10} end_offsets={:?}",
+                    topic.name, topic.partitions, topic.end_offsets
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        EventsCommand::Tail { topic, from_beginning, group, max, idle_exit_ms, common } => {
+        EventsCommand::Tail {
+            topic,
+            from_beginning,
+            group,
+            max,
+            idle_exit_ms,
+            common,
+        } => {
             let (log, _) = open_reader(&common).await?;
-            let start = if from_beginning { StartFrom::Earliest } else { StartFrom::Latest };
+            let start = if from_beginning {
+                StartFrom::Earliest
+            } else {
+                StartFrom::Latest
+            };
             let commit = group.is_some();
             let group = group.unwrap_or_else(|| format!("flare-tail-{}", std::process::id()));
             let idle = idle_exit_ms.map(Duration::from_millis);
             // Like a console consumer, wait for a topic that does not exist yet.
             let waiting_since = std::time::Instant::now();
             let mut consumer = loop {
-                match log.consumer(&group, std::slice::from_ref(&topic), start).await {
+                match log
+                    .consumer(&group, std::slice::from_ref(&topic), start)
+                    .await
+                {
                     Ok(consumer) => break consumer,
                     Err(LogError::UnknownTopic(_)) => {
                         if idle.is_some_and(|idle| waiting_since.elapsed() >= idle) {
@@ -103,11 +130,22 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
                 let mut out = stdout.lock();
                 for record in &records {
                     let payload: serde_json::Value = serde_json::from_slice(&record.payload)
-                        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&record.payload).into_owned()));
+                        .unwrap_or_else(|_| {
+                            serde_json::Value::String(
+                                String::from_utf8_lossy(&record.payload).into_owned(),
+                            )
+                        });
                     let headers: serde_json::Map<String, serde_json::Value> = record
                         .headers
                         .iter()
-                        .map(|h| (h.key.clone(), serde_json::Value::String(String::from_utf8_lossy(&h.value).into_owned())))
+                        .map(|h| {
+                            (
+                                h.key.clone(),
+                                serde_json::Value::String(
+                                    String::from_utf8_lossy(&h.value).into_owned(),
+                                ),
+                            )
+                        })
                         .collect();
                     let line = serde_json::json!({
                         "topic": record.topic,

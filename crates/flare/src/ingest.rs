@@ -40,7 +40,10 @@ struct Item {
 /// Where writes go.
 enum Target {
     Local(Fhir),
-    Remote { client: reqwest::Client, base: String },
+    Remote {
+        client: reqwest::Client,
+        base: String,
+    },
 }
 
 #[derive(Default)]
@@ -69,7 +72,13 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no .json, .ndjson or .xml files under {:?}", args.paths);
     }
     let (target, app) = match &args.url {
-        Some(url) => (Target::Remote { client: reqwest::Client::new(), base: url.trim_end_matches('/').to_owned() }, None),
+        Some(url) => (
+            Target::Remote {
+                client: reqwest::Client::new(),
+                base: url.trim_end_matches('/').to_owned(),
+            },
+            None,
+        ),
         None => {
             let config = args.common.load()?;
             let app = App::open(&config).await?;
@@ -78,8 +87,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     };
     let progress = ProgressBar::new(files.len() as u64);
     progress.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let tally = Tally::default();
     let started = std::time::Instant::now();
@@ -93,12 +104,15 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
                             match write_item(target, &item, tally).await {
                                 Ok(entry_failures) => {
                                     for message in entry_failures {
-                                        progress.suspend(|| eprintln!("failed {}: {message}", item.source));
+                                        progress.suspend(|| {
+                                            eprintln!("failed {}: {message}", item.source)
+                                        });
                                     }
                                 }
                                 Err(message) => {
                                     tally.failed.fetch_add(1, Ordering::Relaxed);
-                                    progress.suspend(|| eprintln!("failed {}: {message}", item.source));
+                                    progress
+                                        .suspend(|| eprintln!("failed {}: {message}", item.source));
                                 }
                             }
                         }
@@ -133,13 +147,18 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         tally.unchanged.load(Ordering::Relaxed),
         failed
     );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         if meta.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("cannot list {}", path.display()))?
@@ -156,13 +175,19 @@ fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn is_fhir_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("json" | "ndjson" | "xml")) && !path.ends_with("package.json")
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("json" | "ndjson" | "xml")
+    ) && !path.ends_with("package.json")
 }
 
 /// Files are local and trusted more than request bodies: allow large Bundles, keep the depth
 /// limit that protects the stack.
 fn file_limits() -> flare_fhir::ParseLimits {
-    flare_fhir::ParseLimits { max_bytes: 1 << 30, ..flare_fhir::ParseLimits::default() }
+    flare_fhir::ParseLimits {
+        max_bytes: 1 << 30,
+        ..flare_fhir::ParseLimits::default()
+    }
 }
 
 fn read_items(path: &Path) -> Result<Vec<Item>, String> {
@@ -175,19 +200,31 @@ fn read_items(path: &Path) -> Result<Vec<Item>, String> {
                 .enumerate()
                 .filter(|(_, line)| !line.trim().is_empty())
                 .map(|(n, line)| {
-                    let resource = flare_fhir::parse_json(line.as_bytes()).map_err(|e| format!("line {}: {e}", n + 1))?;
-                    Ok(Item { source: format!("{name}:{}", n + 1), resource })
+                    let resource = flare_fhir::parse_json(line.as_bytes())
+                        .map_err(|e| format!("line {}: {e}", n + 1))?;
+                    Ok(Item {
+                        source: format!("{name}:{}", n + 1),
+                        resource,
+                    })
                 })
                 .collect()
         }
         Some("xml") => {
             let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
-            let resource = flare_fhir::xml::to_json(text).map_err(|e| format!("not FHIR R4 XML: {e}"))?;
-            Ok(vec![Item { source: name, resource }])
+            let resource =
+                flare_fhir::xml::to_json(text).map_err(|e| format!("not FHIR R4 XML: {e}"))?;
+            Ok(vec![Item {
+                source: name,
+                resource,
+            }])
         }
         _ => {
-            let resource = flare_fhir::parse_json_with(&bytes, file_limits()).map_err(|e| format!("not JSON: {e}"))?;
-            Ok(vec![Item { source: name, resource }])
+            let resource = flare_fhir::parse_json_with(&bytes, file_limits())
+                .map_err(|e| format!("not JSON: {e}"))?;
+            Ok(vec![Item {
+                source: name,
+                resource,
+            }])
         }
     }
 }
@@ -195,20 +232,42 @@ fn read_items(path: &Path) -> Result<Vec<Item>, String> {
 /// Writes one item and counts its outcome. A Bundle counts each entry and returns the
 /// failures of its entries (already counted); `Err` is a failure of the whole item.
 async fn write_item(target: &Target, item: &Item, tally: &Tally) -> Result<Vec<String>, String> {
-    let resource_type = item.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let bundle_kind = item.resource.get("type").and_then(Value::as_str).unwrap_or_default();
+    let resource_type = item
+        .resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let bundle_kind = item
+        .resource
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let executes = resource_type == "Bundle" && matches!(bundle_kind, "transaction" | "batch");
-    let id = item.resource.get("id").and_then(Value::as_str).map(str::to_owned);
+    let id = item
+        .resource
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     match target {
         Target::Local(fhir) => {
             let ctx = RequestContext::new("urn:flare:ingest");
             if executes {
-                let response = fhir.process_bundle(&ctx, item.resource.clone(), ReturnPreference::Minimal).await.map_err(describe)?;
+                let response = fhir
+                    .process_bundle(&ctx, item.resource.clone(), ReturnPreference::Minimal)
+                    .await
+                    .map_err(describe)?;
                 Ok(count_bundle_response(&response, tally))
             } else {
                 let outcome = match id {
-                    Some(id) => fhir.update(&ctx, &resource_type, &id, item.resource.clone(), None).await,
-                    None => fhir.create(&ctx, &resource_type, item.resource.clone(), None).await,
+                    Some(id) => {
+                        fhir.update(&ctx, &resource_type, &id, item.resource.clone(), None)
+                            .await
+                    }
+                    None => {
+                        fhir.create(&ctx, &resource_type, item.resource.clone(), None)
+                            .await
+                    }
                 }
                 .map_err(describe)?;
                 tally.count(outcome.kind.status());
@@ -248,11 +307,29 @@ async fn write_item(target: &Target, item: &Item, tally: &Tally) -> Result<Vec<S
 
 fn count_bundle_response(response: &Value, tally: &Tally) -> Vec<String> {
     let mut failures = Vec::new();
-    for entry in response.get("entry").and_then(Value::as_array).into_iter().flatten() {
-        let status = entry.pointer("/response/status").and_then(Value::as_str).unwrap_or_default();
-        let code: u16 = status.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    for entry in response
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let status = entry
+            .pointer("/response/status")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let code: u16 = status
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         if code >= 400 {
-            failures.push(format!("{status}: {}", entry.pointer("/response/outcome").map(diagnostics).unwrap_or_default()));
+            failures.push(format!(
+                "{status}: {}",
+                entry
+                    .pointer("/response/outcome")
+                    .map(diagnostics)
+                    .unwrap_or_default()
+            ));
         }
         tally.count(code);
     }
@@ -271,12 +348,19 @@ fn diagnostics(outcome: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|issue| {
-            let text = issue.get("diagnostics").and_then(Value::as_str).unwrap_or("(no diagnostics)");
+            let text = issue
+                .get("diagnostics")
+                .and_then(Value::as_str)
+                .unwrap_or("(no diagnostics)");
             match issue.pointer("/expression/0").and_then(Value::as_str) {
                 Some(at) => format!("{at}: {text}"),
                 None => text.to_owned(),
             }
         })
         .collect();
-    if issues.is_empty() { outcome.to_string() } else { issues.join("; ") }
+    if issues.is_empty() {
+        outcome.to_string()
+    } else {
+        issues.join("; ")
+    }
 }

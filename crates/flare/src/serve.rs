@@ -31,7 +31,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = App::open(&config).await?;
     let listener = TcpListener::bind(&config.server.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (in use? choose another with --listen)", config.server.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (in use? choose another with --listen)",
+                config.server.listen
+            )
+        })?;
     let address = listener.local_addr()?;
     let state = AppState {
         fhir: app.fhir.clone(),
@@ -43,12 +48,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("Flare is listening on http://{address}");
     println!("  FHIR API      http://{address}/fhir   (try http://{address}/fhir/metadata)");
     println!("  health        http://{address}/health, metrics http://{address}/metrics");
-    println!("  data          {} (store: {}, log: {})", config.data_dir.display(), config.store, config.log);
-    println!("  follow events flare events tail fhir.Patient --data-dir {}", config.data_dir.display());
+    println!(
+        "  data          {} (store: {}, log: {})",
+        config.data_dir.display(),
+        config.store,
+        config.log
+    );
+    println!(
+        "  follow events flare events tail fhir.Patient --data-dir {}",
+        config.data_dir.display()
+    );
     println!("Press Ctrl-C to stop.");
     flare_server::serve(listener, state, shutdown_signal())
-    .await
-    .context("the HTTP server failed")?;
+        .await
+        .context("the HTTP server failed")?;
     eprintln!("stopping: relaying the last events…");
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)

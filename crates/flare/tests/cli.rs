@@ -36,7 +36,11 @@ impl Served {
         let base = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|line| line.split("listening on ").nth(1).map(|url| format!("{}/fhir", url.trim())))
+            .find_map(|line| {
+                line.split("listening on ")
+                    .nth(1)
+                    .map(|url| format!("{}/fhir", url.trim()))
+            })
             .expect("flare serve says where it listens");
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -52,7 +56,10 @@ impl Drop for Served {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -72,25 +79,46 @@ fn events_tail_follows_a_running_server() {
     }
     let tail = |extra: &[&str]| -> Vec<Value> {
         let output = flare()
-            .args(["events", "tail", "fhir.Patient", "--idle-exit-ms", "1500", "--data-dir"])
+            .args([
+                "events",
+                "tail",
+                "fhir.Patient",
+                "--idle-exit-ms",
+                "1500",
+                "--data-dir",
+            ])
             .arg(dir.path())
             .args(extra)
             .output()
             .expect("flare events tail runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
     let all = tail(&["--from-beginning"]);
     assert_eq!(all.len(), 3, "{all:?}");
     assert_eq!(all[0]["value"]["type"], "PatientCreated");
-    assert!(all.iter().any(|r| r["headers"]["correlationId"] == "tail-Two"));
+    assert!(
+        all.iter()
+            .any(|r| r["headers"]["correlationId"] == "tail-Two")
+    );
 
     // A group resumes where it stopped.
     let first = tail(&["--from-beginning", "--group", "g1", "--max", "2"]);
     assert_eq!(first.len(), 2);
     let rest = tail(&["--from-beginning", "--group", "g1"]);
     assert_eq!(rest.len(), 1);
-    let seen: Vec<&Value> = first.iter().chain(&rest).map(|r| &r["value"]["metadata"]["eventId"]).collect();
+    let seen: Vec<&Value> = first
+        .iter()
+        .chain(&rest)
+        .map(|r| &r["value"]["metadata"]["eventId"])
+        .collect();
     let mut unique = seen.clone();
     unique.dedup();
     assert_eq!(unique.len(), 3);
@@ -127,29 +155,69 @@ fn a_killed_server_loses_no_event_and_duplicates_none() {
     served.child.kill().unwrap();
     served.child.wait().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let acknowledged: Vec<String> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
-    assert!(acknowledged.len() > 50, "only {} writes before the kill", acknowledged.len());
+    let acknowledged: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acknowledged.len() > 50,
+        "only {} writes before the kill",
+        acknowledged.len()
+    );
 
     let served = Served::start(dir.path());
     let http = client();
     for id in &acknowledged {
-        assert_eq!(http.get(format!("{}/Patient/{id}", served.base)).send().unwrap().status().as_u16(), 200, "acknowledged Patient/{id} was lost");
+        assert_eq!(
+            http.get(format!("{}/Patient/{id}", served.base))
+                .send()
+                .unwrap()
+                .status()
+                .as_u16(),
+            200,
+            "acknowledged Patient/{id} was lost"
+        );
     }
-    let history: Value = http.get(format!("{}/Patient/_history?_count=1", served.base)).send().unwrap().json().unwrap();
+    let history: Value = http
+        .get(format!("{}/Patient/_history?_count=1", served.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let versions = history["total"].as_u64().unwrap();
     let output = flare()
-        .args(["events", "tail", "fhir.Patient", "--from-beginning", "--idle-exit-ms", "2000", "--data-dir"])
+        .args([
+            "events",
+            "tail",
+            "fhir.Patient",
+            "--from-beginning",
+            "--idle-exit-ms",
+            "2000",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
-    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let mut versions_seen: Vec<String> = events
         .iter()
-        .map(|e| format!("{}@{}", e["value"]["metadata"]["resourceId"], e["value"]["metadata"]["versionId"]))
+        .map(|e| {
+            format!(
+                "{}@{}",
+                e["value"]["metadata"]["resourceId"], e["value"]["metadata"]["versionId"]
+            )
+        })
         .collect();
     versions_seen.sort();
     versions_seen.dedup();
-    assert_eq!(events.len() as u64, versions, "one event per stored version after the crash");
+    assert_eq!(
+        events.len() as u64,
+        versions,
+        "one event per stored version after the crash"
+    );
     assert_eq!(versions_seen.len(), events.len(), "no event appears twice");
 }
 
@@ -178,23 +246,45 @@ fn examples_dir() -> Option<PathBuf> {
 #[test]
 fn official_r4_examples_ingest_and_read_back_identical() {
     let Some(examples) = examples_dir() else {
-        eprintln!("skipped: set FLARE_R4_EXAMPLES to the hl7.fhir.r4.examples package folder (scripts/test.sh does)");
+        eprintln!(
+            "skipped: set FLARE_R4_EXAMPLES to the hl7.fhir.r4.examples package folder (scripts/test.sh does)"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let output = flare().arg("ingest").arg(&examples).arg("--data-dir").arg(dir.path()).output().unwrap();
+    let output = flare()
+        .arg("ingest")
+        .arg(&examples)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stdout.contains("ingested in"), "no summary: {stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ingested in"),
+        "no summary: {stdout}\n{stderr}"
+    );
 
     // What was stored, by type/id; files whose type/id repeats are compared by the last one.
     let mut expected: HashMap<(String, String), Value> = HashMap::new();
     let mut executed_bundles = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
-    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "json") && !f.ends_with("package.json")) {
-        let Ok(resource) = serde_json::from_slice::<Value>(&std::fs::read(file).unwrap()) else { continue };
-        let (Some(t), Some(id)) = (resource["resourceType"].as_str(), resource["id"].as_str()) else { continue };
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json") && !f.ends_with("package.json"))
+    {
+        let Ok(resource) = serde_json::from_slice::<Value>(&std::fs::read(file).unwrap()) else {
+            continue;
+        };
+        let (Some(t), Some(id)) = (resource["resourceType"].as_str(), resource["id"].as_str())
+        else {
+            continue;
+        };
         if t == "Bundle" && matches!(resource["type"].as_str(), Some("transaction" | "batch")) {
             executed_bundles.push(file.file_name().unwrap().to_string_lossy().into_owned());
             continue;
@@ -204,9 +294,16 @@ fn official_r4_examples_ingest_and_read_back_identical() {
     // Failures may only come from executing transaction/batch examples (they reference
     // resources and operations that do not exist here) and from the examples that break R4's
     // own rules.
-    for line in stderr.lines().chain(stdout.lines()).filter(|l| l.starts_with("failed ")) {
+    for line in stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| l.starts_with("failed "))
+    {
         let known_invalid = KNOWN_INVALID.iter().any(|(file, _)| line.contains(file));
-        assert!(known_invalid || executed_bundles.iter().any(|b| line.contains(b.as_str())), "an example resource was refused: {line}");
+        assert!(
+            known_invalid || executed_bundles.iter().any(|b| line.contains(b.as_str())),
+            "an example resource was refused: {line}"
+        );
     }
     for (file, _) in KNOWN_INVALID {
         let stem = file.trim_end_matches(".json");
@@ -217,29 +314,61 @@ fn official_r4_examples_ingest_and_read_back_identical() {
     let http = client();
     let mut compared = 0;
     for ((t, id), original) in &expected {
-        let response = http.get(format!("{}/{t}/{id}", served.base)).send().unwrap();
+        let response = http
+            .get(format!("{}/{t}/{id}", served.base))
+            .send()
+            .unwrap();
         assert_eq!(response.status().as_u16(), 200, "{t}/{id} was not stored");
         let stored: Value = response.json().unwrap();
-        assert_eq!(without_server_meta(stored), without_server_meta(original.clone()), "{t}/{id} differs after the round trip");
+        assert_eq!(
+            without_server_meta(stored),
+            without_server_meta(original.clone()),
+            "{t}/{id} differs after the round trip"
+        );
         compared += 1;
     }
-    eprintln!("{compared} official examples read back identical; {} transaction/batch examples executed", executed_bundles.len());
+    eprintln!(
+        "{compared} official examples read back identical; {} transaction/batch examples executed",
+        executed_bundles.len()
+    );
     assert!(compared > 5000, "only {compared} examples compared");
 }
 
 #[test]
 fn dstu2_xml_and_stu3_json_fixtures_are_refused_with_reasons_or_accepted() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/sample-patients");
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/sample-patients");
     let dir = tempfile::tempdir().unwrap();
-    let output = flare().arg("ingest").arg(fixtures.join("stu3-json")).arg(fixtures.join("dstu2-xml")).arg("--data-dir").arg(dir.path()).output().unwrap();
+    let output = flare()
+        .arg("ingest")
+        .arg(fixtures.join("stu3-json"))
+        .arg(fixtures.join("dstu2-xml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "some fixtures are not R4, so ingest reports failures: {stdout}{stderr}");
-    let failures: Vec<&str> = stderr.lines().chain(stdout.lines()).filter(|l| l.starts_with("failed ")).collect();
-    assert!(failures.iter().any(|l| l.contains("dstu2-xml")), "DSTU2 XML is refused: {failures:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "some fixtures are not R4, so ingest reports failures: {stdout}{stderr}"
+    );
+    let failures: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| l.starts_with("failed "))
+        .collect();
+    assert!(
+        failures.iter().any(|l| l.contains("dstu2-xml")),
+        "DSTU2 XML is refused: {failures:?}"
+    );
     // Each refusal says where the offending element is.
     for failure in &failures {
-        assert!(failure.contains("Bundle") || failure.contains("XML"), "refusal without a location: {failure}");
+        assert!(
+            failure.contains("Bundle") || failure.contains("XML"),
+            "refusal without a location: {failure}"
+        );
     }
     assert!(stdout.contains("created"), "{stdout}");
 }

@@ -139,7 +139,8 @@ impl Registry {
                     Err(error) => {
                         let message = error.to_string();
                         tracing::warn!(url = %definition.url, %message, "search parameter expression does not compile");
-                        self.compile_failures.push((definition.url.clone(), message));
+                        self.compile_failures
+                            .push((definition.url.clone(), message));
                         None
                     }
                 },
@@ -220,20 +221,34 @@ impl Registry {
                     items.clear();
                     path.evaluate(resource_type, resource, &mut items);
                     for item in &items {
-                        convert(&param.code, param.kind, item.type_name, item.value, &mut entries);
+                        convert(
+                            &param.code,
+                            param.kind,
+                            item.type_name,
+                            item.value,
+                            &mut entries,
+                        );
                     }
                 }
-                Evaluator::FhirPath(expression) => match expression.evaluate(resource, &flare_fhirpath::Env::new()) {
-                    Ok(results) => {
-                        for item in &results {
-                            let type_name = fhir_type_of(&item.type_name);
-                            convert(&param.code, param.kind, type_name, &item.to_json(), &mut entries);
+                Evaluator::FhirPath(expression) => {
+                    match expression.evaluate(resource, &flare_fhirpath::Env::new()) {
+                        Ok(results) => {
+                            for item in &results {
+                                let type_name = fhir_type_of(&item.type_name);
+                                convert(
+                                    &param.code,
+                                    param.kind,
+                                    type_name,
+                                    &item.to_json(),
+                                    &mut entries,
+                                );
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(param = %param.code, %error, "search expression failed on a resource; the parameter is not indexed for it");
                         }
                     }
-                    Err(error) => {
-                        tracing::debug!(param = %param.code, %error, "search expression failed on a resource; the parameter is not indexed for it");
-                    }
-                },
+                }
             }
         }
         entries
