@@ -5,14 +5,17 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Bumped whenever the schema below changes incompatibly (stored as `PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Tables:
 /// - `resource`: one row per resource identity with its current version (`rid` is the compact
 ///   key the index tables point at; tombstones keep their row with `deleted = 1`).
+///   `_id` and `_lastUpdated` are searched here, not in index rows: they are columns of every
+///   resource, and an `_id` index row per resource would land at a random place of its index.
 /// - `resource_version`: every version ever written (`body` NULL for a tombstone).
 /// - `search_param`: each (resource type, parameter code) seen, numbered: index rows carry the
-///   small `pid` instead of two strings, which keeps rows and b-tree keys short.
+///   small `pid` instead of two strings, which keeps rows and b-tree keys short. Every type
+///   written has an `_id` row, so a system-level search knows which types exist.
 /// - `idx_*`: search index rows of the *current* version of live resources only, replaced on
 ///   every write. Each is clustered by `(rid, pid, n)` (`n` = position in the version's entry
 ///   list) so "does resource X have a value of param P matching ..." is one b-tree probe, and has
@@ -30,6 +33,7 @@ CREATE TABLE resource (
     deleted INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX resource_by_type_id ON resource(type, id);
+CREATE INDEX resource_by_type_time ON resource(type, last_updated);
 
 CREATE TABLE resource_version (
     vid INTEGER PRIMARY KEY,

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::read::{to_limit, version_from_row};
 use super::schema::INDEX_TABLES;
+use super::writer::{RESOURCE_ID_PARAM, is_resource_column};
 use crate::{SearchPage, StoreError, StoredVersion};
 
 /// Above this many candidates from the best driver, a default-ordered page is found by walking
@@ -275,7 +276,14 @@ fn predicate_condition(sql: &mut Sql, row: &str, predicate: &Predicate) -> Strin
             prefix,
             low_ms,
             high_ms,
-        } => date_condition(sql, row, *prefix, *low_ms, *high_ms),
+        } => date_condition(
+            sql,
+            &format!("{row}.low"),
+            &format!("{row}.high"),
+            *prefix,
+            *low_ms,
+            *high_ms,
+        ),
         Predicate::Number {
             prefix,
             value,
@@ -328,9 +336,16 @@ fn predicate_condition(sql: &mut Sql, row: &str, predicate: &Predicate) -> Strin
     }
 }
 
-/// FHIR date comparisons between the search range [lo, hi] and a value's range [low, high].
-fn date_condition(sql: &mut Sql, row: &str, prefix: Prefix, lo: i64, hi: i64) -> String {
-    let (low, high) = (format!("{row}.low"), format!("{row}.high"));
+/// FHIR date comparisons between the search range [lo, hi] and a value's range [low, high]
+/// (columns or expressions).
+fn date_condition(
+    sql: &mut Sql,
+    low: &str,
+    high: &str,
+    prefix: Prefix,
+    lo: i64,
+    hi: i64,
+) -> String {
     match prefix {
         // The search range contains the value's range. `high >= lo` is implied, and written
         // out so the (high, low) index narrows the scan.
@@ -517,6 +532,13 @@ fn clause_filter(
     if clause.predicates.is_empty() {
         return Ok("1".to_owned());
     }
+    if is_resource_column(&clause.param) {
+        let row = sql.alias("c");
+        let condition = resource_column_condition(sql, &row, clause);
+        return Ok(format!(
+            "EXISTS (SELECT 1 FROM resource {row} WHERE {row}.rid = {rid} AND {condition})"
+        ));
+    }
     let groups = group(&clause.predicates);
     let mut alternatives = Vec::new();
     for (kind, predicates) in &groups.positive {
@@ -564,6 +586,55 @@ fn clause_filter(
         });
     }
     Ok(any_of(alternatives))
+}
+
+/// The condition a clause on `_id` or `_lastUpdated` puts on the resource row aliased `row`,
+/// with the meaning the index rows `_id` = token (no system, code = id) and `_lastUpdated` =
+/// date [last_updated, last_updated] would give.
+fn resource_column_condition(sql: &mut Sql, row: &str, clause: &Clause) -> String {
+    let is_id = clause.param == RESOURCE_ID_PARAM;
+    let groups = group(&clause.predicates);
+    let mut alternatives = Vec::new();
+    let condition = |sql: &mut Sql, predicate: &Predicate| match predicate {
+        Predicate::Token { system, code, .. } if is_id => {
+            // The id token has no system.
+            if matches!(system, Some(Some(_))) {
+                return "0".to_owned();
+            }
+            match code {
+                Some(code) => format!("{row}.id = {}", sql.bind(code.clone())),
+                None => "1".to_owned(),
+            }
+        }
+        Predicate::Date {
+            prefix,
+            low_ms,
+            high_ms,
+        } if !is_id => {
+            let column = format!("{row}.last_updated");
+            date_condition(sql, &column, &column, *prefix, *low_ms, *high_ms)
+        }
+        // A value of another kind never matches (no index row of that kind exists).
+        _ => "0".to_owned(),
+    };
+    for (_, predicates) in &groups.positive {
+        for predicate in predicates {
+            alternatives.push(condition(sql, predicate));
+        }
+    }
+    if !groups.negated.is_empty() {
+        let negated: Vec<String> = groups
+            .negated
+            .iter()
+            .map(|predicate| condition(sql, predicate))
+            .collect();
+        alternatives.push(format!("NOT {}", any_of(negated)));
+    }
+    for missing in &groups.missing {
+        // Every resource has both values.
+        alternatives.push(if *missing { "0" } else { "1" }.to_owned());
+    }
+    any_of(alternatives)
 }
 
 /// `SELECT id FROM resource ...`: ids of live resources of the chain's target type that match
@@ -615,6 +686,21 @@ fn clause_driver(
         return Ok(format!(
             "SELECT {row}.rid FROM idx_reference {row} WHERE {param} \
              AND {row}.target_id IN ({targets}) AND {row}.target_type = {target_type}"
+        ));
+    }
+    if is_resource_column(&clause.param) {
+        let row = sql.alias("c");
+        let types = match resource_type {
+            Some(resource_type) => format!("{row}.type = {}", sql.bind(resource_type.to_owned())),
+            // Every written type has an `_id` parameter row: an index-friendly list of types.
+            None => format!(
+                "{row}.type IN (SELECT type FROM search_param WHERE param = {})",
+                sql.bind(RESOURCE_ID_PARAM.to_owned())
+            ),
+        };
+        let condition = resource_column_condition(sql, &row, clause);
+        return Ok(format!(
+            "SELECT {row}.rid FROM resource {row} WHERE {types} AND {condition}"
         ));
     }
     let groups = group(&clause.predicates);

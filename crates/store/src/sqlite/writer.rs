@@ -236,12 +236,28 @@ fn apply_write(
         version.last_updated_ms,
         version.body
     ])?;
+    // Registers the type for system-level searches of the resource columns.
+    param_ids.get(conn, &key.resource_type, RESOURCE_ID_PARAM)?;
     if !deleted {
         for (n, entry) in write.index.iter().enumerate() {
+            if is_resource_column(&entry.param) {
+                continue;
+            }
             insert_index_entry(conn, param_ids, rid, n as i64, &key.resource_type, entry)?;
         }
     }
     Ok(())
+}
+
+/// The search parameter every resource has (its id), searched on the `resource` table.
+pub(crate) const RESOURCE_ID_PARAM: &str = "_id";
+/// The search parameter of the version's time, searched on the `resource` table.
+pub(crate) const LAST_UPDATED_PARAM: &str = "_lastUpdated";
+
+/// Parameters served by columns of the `resource` table: their index entries are not stored
+/// (the values are the resource's own id and `last_updated`).
+pub(crate) fn is_resource_column(param: &str) -> bool {
+    param == RESOURCE_ID_PARAM || param == LAST_UPDATED_PARAM
 }
 
 /// The numbers of (resource type, search parameter) pairs, as stored in `search_param`.
