@@ -84,7 +84,7 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
         ),
         Err(err) => (
             Rendering {
-                format: crate::format::Format::Json,
+                format: flare_fhir::format::Format::Json,
                 pretty: false,
             },
             Err(err),
@@ -358,7 +358,7 @@ fn encode(reply: Reply, rendering: &Rendering, base_url: &str) -> Response {
             }
             let body = version.body.unwrap_or_default();
             // The stored JSON goes out untouched unless another rendering is asked for.
-            if rendering.format == crate::format::Format::Json && !rendering.pretty {
+            if rendering.format == flare_fhir::format::Format::Json && !rendering.pretty {
                 return build(status, rendering, headers, body.into_bytes());
             }
             match serde_json::from_str::<Value>(&body)
@@ -436,7 +436,7 @@ fn error_response(err: &FhirError, rendering: &Rendering) -> Response {
         .unwrap_or_else(|_| serde_json::to_vec(&outcome).unwrap_or_default());
     let rendering = if bytes.first() == Some(&b'{') {
         Rendering {
-            format: crate::format::Format::Json,
+            format: flare_fhir::format::Format::Json,
             ..*rendering
         }
     } else {

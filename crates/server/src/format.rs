@@ -1,53 +1,16 @@
 //! Request body decoding and response encoding: JSON or XML, pretty or not.
 
 use axum::http::HeaderMap;
+use flare_fhir::format::{Format, from_accept, parse as format_of};
 use flare_fhir::operation_outcome::IssueCode;
 use flare_service::FhirError;
 use serde_json::Value;
-
-/// A FHIR wire format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Xml,
-}
-
-impl Format {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Json => "application/fhir+json; charset=utf-8",
-            Format::Xml => "application/fhir+xml; charset=utf-8",
-        }
-    }
-}
 
 /// How to render a response: from `_format` (wins) or `Accept`, and `_pretty`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rendering {
     pub format: Format,
     pub pretty: bool,
-}
-
-/// The format a MIME type or `_format` value names, ignoring parameters such as `charset`
-/// and `fhirVersion`.
-pub fn format_of(mime: &str) -> Option<Format> {
-    let essence = mime
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
-        "application/fhir+json" | "application/json" | "json" | "application/json+fhir" => {
-            Some(Format::Json)
-        }
-        "application/fhir+xml"
-        | "application/xml"
-        | "text/xml"
-        | "xml"
-        | "application/xml+fhir" => Some(Format::Xml),
-        _ => None,
-    }
 }
 
 impl Rendering {
@@ -67,11 +30,8 @@ impl Rendering {
             .get(axum::http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        // The first acceptable FHIR format in the client's list; anything else means JSON.
-        let format = accept
-            .split(',')
-            .find_map(format_of)
-            .unwrap_or(Format::Json);
+        // The preferred FHIR format in the client's list; anything else means JSON.
+        let format = from_accept(accept).unwrap_or(Format::Json);
         Ok(Self { format, pretty })
     }
 

@@ -9,14 +9,16 @@ use serde_json::json;
 use crate::common::TestServer;
 
 /// (name, method, path, content type, body, expected status)
-fn corpus() -> Vec<(
+type Case = (
     &'static str,
     Method,
     &'static str,
     &'static str,
     Vec<u8>,
     u16,
-)> {
+);
+
+fn corpus() -> Vec<Case> {
     let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
     let object_bomb = format!(
         "{{\"resourceType\":\"Patient\",\"extension\":{}1{}}}",
