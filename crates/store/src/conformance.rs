@@ -784,13 +784,23 @@ fn generated_observations() -> Vec<(String, Vec<IndexEntry>)> {
                 "Patient",
                 &format!("p{}", rng.next(10)),
             ));
-        } else {
+        } else if rng.next(2) == 0 {
             entries.push(IndexEntry {
                 param: "subject".into(),
                 value: IndexValue::Reference {
                     target_type: None,
                     target_id: None,
                     url: "http://elsewhere.org/Patient/9".into(),
+                },
+            });
+        } else {
+            // A versioned relative reference: its url is not just type/id.
+            entries.push(IndexEntry {
+                param: "subject".into(),
+                value: IndexValue::Reference {
+                    target_type: Some("Patient".into()),
+                    target_id: Some("p4".into()),
+                    url: "Patient/p4/_history/1".into(),
                 },
             });
         }
@@ -953,6 +963,23 @@ fn generated_clauses() -> Vec<Clause> {
                 target_type: None,
                 target_id: None,
                 url: Some("http://elsewhere.org/Patient/9".into()),
+            }],
+        ),
+        // A relative url as a url: the same resources as its type and id.
+        clause(
+            "subject",
+            vec![Predicate::Reference {
+                target_type: None,
+                target_id: None,
+                url: Some("Patient/p4".into()),
+            }],
+        ),
+        clause(
+            "subject",
+            vec![Predicate::Reference {
+                target_type: None,
+                target_id: None,
+                url: Some("Patient/p4/_history/1".into()),
             }],
         ),
         clause(

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Bumped whenever the schema below changes incompatibly (stored as `PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Tables:
 /// - `resource`: one row per resource identity with its current version (`rid` is the compact
@@ -20,6 +20,9 @@ pub(crate) const SCHEMA_VERSION: i64 = 2;
 ///   every write. Each is clustered by `(rid, pid, n)` (`n` = position in the version's entry
 ///   list) so "does resource X have a value of param P matching ..." is one b-tree probe, and has
 ///   one value index led by `pid` for finding candidates.
+/// - `idx_reference.lookup_url`: the url only when it is not `target_type/target_id` (absolute
+///   and canonical references); a relative reference is found by its target columns. Most
+///   references are relative, and their url entries would land at random places of an index.
 /// - `outbox`: messages committed with the writes; AUTOINCREMENT keeps `seq` gap-free and
 ///   monotonic even after every row was acknowledged and deleted, and rolled-back savepoints
 ///   give their numbers back.
@@ -69,11 +72,11 @@ CREATE INDEX idx_token_value ON idx_token(pid, code, system);
 
 CREATE TABLE idx_reference (
     rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,
-    target_type TEXT, target_id TEXT, url TEXT NOT NULL,
+    target_type TEXT, target_id TEXT, url TEXT NOT NULL, lookup_url TEXT,
     PRIMARY KEY (rid, pid, n)
 ) WITHOUT ROWID;
 CREATE INDEX idx_reference_target ON idx_reference(pid, target_id, target_type);
-CREATE INDEX idx_reference_url ON idx_reference(pid, url);
+CREATE INDEX idx_reference_url ON idx_reference(pid, lookup_url) WHERE lookup_url IS NOT NULL;
 
 CREATE TABLE idx_date (
     rid INTEGER NOT NULL, pid INTEGER NOT NULL, n INTEGER NOT NULL,

@@ -259,7 +259,23 @@ fn predicate_condition(sql: &mut Sql, row: &str, predicate: &Predicate) -> Strin
             target_id,
             url,
         } => match (url, target_id) {
-            (Some(url), _) => format!("{row}.url = {}", sql.bind(url.clone())),
+            (Some(url), _) => {
+                let lookup = format!("{row}.lookup_url = {}", sql.bind(url.clone()));
+                // A relative url is stored as its target columns only.
+                match url.split_once('/') {
+                    Some((target_type, target_id)) => {
+                        let (target_type, target_id) = (
+                            sql.bind(target_type.to_owned()),
+                            sql.bind(target_id.to_owned()),
+                        );
+                        format!(
+                            "({lookup} OR ({row}.target_id = {target_id} AND \
+                             {row}.target_type = {target_type} AND {row}.lookup_url IS NULL))"
+                        )
+                    }
+                    None => lookup,
+                }
+            }
             (None, Some(id)) => {
                 let mut parts = vec![format!("{row}.target_id = {}", sql.bind(id.clone()))];
                 if let Some(target_type) = target_type {

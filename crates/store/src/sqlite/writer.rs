@@ -323,12 +323,15 @@ fn insert_index_entry(
                 "INSERT INTO idx_token (rid, pid, n, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![rid, pid, n, system, code, text])?,
-        IndexValue::Reference { target_type, target_id, url } => conn
-            .prepare_cached(
-                "INSERT INTO idx_reference (rid, pid, n, target_type, target_id, url) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        IndexValue::Reference { target_type, target_id, url } => {
+            let lookup_url = (!is_relative_url(url, target_type.as_deref(), target_id.as_deref()))
+                .then_some(url);
+            conn.prepare_cached(
+                "INSERT INTO idx_reference (rid, pid, n, target_type, target_id, url, lookup_url) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![rid, pid, n, target_type, target_id, url])?,
+            .execute(params![rid, pid, n, target_type, target_id, url, lookup_url])?
+        }
         IndexValue::Date { low_ms, high_ms } => conn
             .prepare_cached("INSERT INTO idx_date (rid, pid, n, low, high) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![rid, pid, n, low_ms, high_ms])?,
@@ -348,6 +351,20 @@ fn insert_index_entry(
             .execute(params![rid, pid, n, uri])?,
     };
     Ok(())
+}
+
+/// Whether `url` is exactly `target_type/target_id` with a type free of `/`, so that a url
+/// search can find it by splitting the searched url at its first `/`.
+pub(crate) fn is_relative_url(
+    url: &str,
+    target_type: Option<&str>,
+    target_id: Option<&str>,
+) -> bool {
+    let (Some(target_type), Some(target_id)) = (target_type, target_id) else {
+        return false;
+    };
+    // Splitting at the first `/` gives back the type only if the type has no `/`.
+    url.split_once('/') == Some((target_type, target_id))
 }
 
 fn insert_outbox(conn: &Connection, message: &OutboxMessage) -> Result<(), StoreError> {
@@ -424,6 +441,23 @@ mod tests {
         ];
         assert_eq!(decode_headers(&encode_headers(&headers)), Some(headers));
         assert_eq!(decode_headers(&encode_headers(&[])), Some(Vec::new()));
+    }
+
+    #[test]
+    fn only_plain_type_slash_id_urls_count_as_relative() {
+        assert!(is_relative_url("Patient/1", Some("Patient"), Some("1")));
+        assert!(!is_relative_url(
+            "Patient/1/_history/2",
+            Some("Patient"),
+            Some("1")
+        ));
+        assert!(!is_relative_url(
+            "http://x.org/fhir/Patient/1",
+            Some("Patient"),
+            Some("1")
+        ));
+        assert!(!is_relative_url("a/b/c", Some("a/b"), Some("c")));
+        assert!(!is_relative_url("Patient/1", None, None));
     }
 
     #[test]
