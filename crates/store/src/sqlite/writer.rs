@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::schema::INDEX_TABLES;
-use crate::{Commit, Expected, OutboxMessage, StoreError, VersionWrite};
+use crate::{Commit, Expected, OutboxMessage, ResourceKey, StoreError, VersionWrite};
 
 /// Work for the writer thread.
 pub(crate) enum WriteJob {
@@ -99,42 +99,122 @@ fn run_batch(
     param_ids: &mut ParamIds,
     batch: &[WriteJob],
 ) -> (Vec<Result<(), StoreError>>, bool) {
+    let all_failed = |err: StoreError| {
+        let message = err.to_string();
+        batch
+            .iter()
+            .map(|_| Err(StoreError::Database(message.clone())))
+            .collect()
+    };
     if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let err = StoreError::from(err);
-        return (
+        return (all_failed(err.into()), false);
+    }
+    let results = match run_checked(conn, param_ids, batch) {
+        Ok(results) => results,
+        Err(_) => {
+            // A job failed after it had written something, and only a savepoint could undo
+            // that part alone: start the batch over with one savepoint per job.
+            param_ids.forget();
+            if let Err(err) = conn.execute_batch("ROLLBACK; BEGIN IMMEDIATE") {
+                return (all_failed(err.into()), false);
+            }
             batch
                 .iter()
-                .map(|_| Err(StoreError::Database(err.to_string())))
-                .collect(),
-            false,
-        );
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    let mut outbox_added = false;
-    for job in batch {
-        let result = run_in_savepoint(conn, param_ids, job);
-        if result.is_ok()
-            && let WriteJob::Commit { commit, .. } = job
-        {
-            outbox_added |= !commit.outbox.is_empty();
+                .map(|job| run_in_savepoint(conn, param_ids, job))
+                .collect()
         }
-        results.push(result);
-    }
+    };
+    let outbox_added = batch.iter().zip(&results).any(|(job, result)| {
+        result.is_ok()
+            && matches!(job, WriteJob::Commit { commit, .. } if !commit.outbox.is_empty())
+    });
     if let Err(err) = conn.execute_batch("COMMIT") {
-        let message = StoreError::from(err).to_string();
         param_ids.forget();
         // The transaction is still open after a failed COMMIT; undo it so the next batch starts
         // clean. Nothing of this batch was written.
         let _ = conn.execute_batch("ROLLBACK");
-        return (
-            batch
-                .iter()
-                .map(|_| Err(StoreError::Database(message.clone())))
-                .collect(),
-            false,
-        );
+        return (all_failed(err.into()), false);
     }
     (results, outbox_added)
+}
+
+/// Runs the jobs without savepoints (each costs a copy of every page it touches): a commit's
+/// expectations are checked before it writes anything, so a conflict leaves nothing to undo.
+/// `Err` means some job failed half-way; the transaction must then be rolled back.
+fn run_checked(
+    conn: &Connection,
+    param_ids: &mut ParamIds,
+    batch: &[WriteJob],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let result = match job {
+            WriteJob::Commit { commit, .. } => {
+                // A single write checks its expectation before writing anything itself.
+                let conflict = if commit.writes.len() > 1 {
+                    find_conflict(conn, commit)?
+                } else {
+                    None
+                };
+                match conflict {
+                    Some(conflict) => Err(conflict),
+                    None => match apply_commit(conn, param_ids, commit) {
+                        Ok(()) => Ok(()),
+                        Err(conflict @ StoreError::Conflict { .. }) if commit.writes.len() == 1 => {
+                            Err(conflict)
+                        }
+                        Err(err) => return Err(err),
+                    },
+                }
+            }
+            // One statement: it fails whole or not at all.
+            WriteJob::AckOutbox { up_to_seq, .. } => ack_outbox(conn, *up_to_seq),
+            WriteJob::Optimize { .. } => Err(StoreError::Database(
+                "internal error: optimize inside a batch".to_owned(),
+            )),
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// The first write of `commit` whose expectation does not hold, given the writes before it in
+/// the same commit, as a conflict.
+fn find_conflict(conn: &Connection, commit: &Commit) -> Result<Option<StoreError>, StoreError> {
+    let mut written: HashMap<&ResourceKey, u64> = HashMap::new();
+    for write in &commit.writes {
+        let key = &write.version.key;
+        let current = match written.get(key) {
+            Some(version) => Some(*version),
+            None => current_version(conn, key)?,
+        };
+        if !expectation_holds(write.expected, current) {
+            return Ok(Some(StoreError::Conflict {
+                key: key.clone(),
+                expected: write.expected,
+                actual: current,
+            }));
+        }
+        written.insert(key, write.version.version_id);
+    }
+    Ok(None)
+}
+
+fn current_version(conn: &Connection, key: &ResourceKey) -> Result<Option<u64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT version FROM resource WHERE type = ?1 AND id = ?2")?
+        .query_row(params![key.resource_type, key.id], |row| {
+            row.get::<_, i64>(0)
+        })
+        .optional()?
+        .map(|version| version as u64))
+}
+
+fn expectation_holds(expected: Expected, current: Option<u64>) -> bool {
+    match expected {
+        Expected::Absent => current.is_none(),
+        Expected::Version(expected) => current == Some(expected),
+    }
 }
 
 fn run_in_savepoint(
@@ -188,43 +268,68 @@ fn apply_write(
     let version = &write.version;
     let key = &version.key;
     let version_id = to_sql_int(version.version_id, "version id")?;
-    let current: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT rid, version FROM resource WHERE type = ?1 AND id = ?2")?
-        .query_row(params![key.resource_type, key.id], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .optional()?;
-    let current_version = current.map(|(_, v)| v as u64);
-    let satisfied = match write.expected {
-        Expected::Absent => current.is_none(),
-        Expected::Version(expected) => current_version == Some(expected),
-    };
-    if !satisfied {
-        return Err(StoreError::Conflict {
-            key: key.clone(),
-            expected: write.expected,
-            actual: current_version,
-        });
-    }
     let deleted = version.body.is_none();
-    let rid = match current {
-        Some((rid, _)) => {
-            conn.prepare_cached(
-                "UPDATE resource SET version = ?2, last_updated = ?3, deleted = ?4 WHERE rid = ?1",
-            )?
-            .execute(params![rid, version_id, version.last_updated_ms, deleted])?;
+    let conflict = |actual: Option<u64>| StoreError::Conflict {
+        key: key.clone(),
+        expected: write.expected,
+        actual,
+    };
+    // The statement that moves the resource row also checks the expectation: no read first.
+    let rid = match write.expected {
+        Expected::Absent => {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO resource (type, id, version, last_updated, deleted) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    key.resource_type,
+                    key.id,
+                    version_id,
+                    version.last_updated_ms,
+                    deleted
+                ]);
+            match inserted {
+                Ok(_) => conn.last_insert_rowid(),
+                Err(err)
+                    if err.sqlite_error_code()
+                        == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+                {
+                    return Err(conflict(current_version(conn, key)?));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Expected::Version(expected) => {
+            // A version beyond i64 was never stored.
+            let Ok(expected) = i64::try_from(expected) else {
+                return Err(conflict(current_version(conn, key)?));
+            };
+            let updated: Option<i64> = conn
+                .prepare_cached(
+                    "UPDATE resource SET version = ?4, last_updated = ?5, deleted = ?6 \
+                     WHERE type = ?1 AND id = ?2 AND version = ?3 RETURNING rid",
+                )?
+                .query_row(
+                    params![
+                        key.resource_type,
+                        key.id,
+                        expected,
+                        version_id,
+                        version.last_updated_ms,
+                        deleted
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(rid) = updated else {
+                return Err(conflict(current_version(conn, key)?));
+            };
             for table in INDEX_TABLES {
                 conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?
                     .execute([rid])?;
             }
             rid
-        }
-        None => {
-            conn.prepare_cached(
-                "INSERT INTO resource (type, id, version, last_updated, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![key.resource_type, key.id, version_id, version.last_updated_ms, deleted])?;
-            conn.last_insert_rowid()
         }
     };
     conn.prepare_cached(
