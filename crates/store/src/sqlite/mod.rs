@@ -13,6 +13,7 @@
 //!
 //! All SQL and connection handling of the crate lives under this module.
 
+mod checkpoint;
 mod config;
 mod read;
 mod schema;
@@ -54,6 +55,7 @@ const STATEMENT_CACHE_CAPACITY: usize = 128;
 pub struct SqliteStore {
     jobs: Option<mpsc::Sender<WriteJob>>,
     writer_thread: Option<JoinHandle<()>>,
+    checkpoint_thread: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
     outbox_changed: Arc<Notify>,
     kinds: Arc<ParamKindCache>,
@@ -130,6 +132,20 @@ impl SqliteStore {
             },
             None => Readers::Shared(conn.clone()),
         };
+        let (wrote, checkpoint_thread) = match &config.path {
+            Some(path) => {
+                let (wrote, wakeups) = std::sync::mpsc::sync_channel(1);
+                let checkpointer = checkpoint::Checkpointer::open(path, &config, wakeups)?;
+                let thread = std::thread::Builder::new()
+                    .name("flare-store-checkpoint".to_owned())
+                    .spawn(move || checkpointer.run())
+                    .map_err(|err| {
+                        StoreError::Database(format!("cannot start the checkpoint thread: {err}"))
+                    })?;
+                (Some(wrote), Some(thread))
+            }
+            None => (None, None),
+        };
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_DEPTH);
         let outbox_changed = Arc::new(Notify::new());
         let writer = Writer {
@@ -138,6 +154,7 @@ impl SqliteStore {
             jobs: receiver,
             max_batch: config.max_batch_commits.max(1),
             outbox_changed: outbox_changed.clone(),
+            wrote,
         };
         let writer_thread = std::thread::Builder::new()
             .name("flare-store-writer".to_owned())
@@ -148,6 +165,7 @@ impl SqliteStore {
         Ok(Self {
             jobs: Some(sender),
             writer_thread: Some(writer_thread),
+            checkpoint_thread,
             readers: Arc::new(readers),
             outbox_changed,
             kinds: Arc::new(ParamKindCache::default()),
@@ -199,7 +217,11 @@ impl SqliteStore {
     }
 }
 
-fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Result<(), StoreError> {
+pub(crate) fn configure(
+    conn: &Connection,
+    config: &SqliteConfig,
+    read_only: bool,
+) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_millis(config.busy_timeout_ms))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     // Negative cache_size is in KiB.
@@ -235,6 +257,10 @@ impl Drop for SqliteStore {
         // the database file is closed when the store is gone (so it can be reopened at once).
         self.jobs.take();
         if let Some(handle) = self.writer_thread.take() {
+            let _ = handle.join();
+        }
+        // The writer held the checkpoint thread's wakeup channel: that thread stops now too.
+        if let Some(handle) = self.checkpoint_thread.take() {
             let _ = handle.join();
         }
     }

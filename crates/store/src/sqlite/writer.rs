@@ -45,6 +45,8 @@ pub(crate) struct Writer {
     pub(crate) jobs: mpsc::Receiver<WriteJob>,
     pub(crate) max_batch: usize,
     pub(crate) outbox_changed: Arc<Notify>,
+    /// Tells the checkpoint thread (file databases) that a batch was written.
+    pub(crate) wrote: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl Writer {
@@ -71,6 +73,10 @@ impl Writer {
                 drop(conn);
                 // Wake the relay before answering: by the time a caller sees its commit
                 // succeed, the relay is already on its way to pick up the messages.
+                if let Some(wrote) = &self.wrote {
+                    // Full means a wakeup is already pending.
+                    let _ = wrote.try_send(());
+                }
                 if outbox_added {
                     self.outbox_changed.notify_one();
                 }
