@@ -9,64 +9,18 @@ use flare_fhir::{ParseLimits, parse_json_with, validate};
 /// Examples that are wrong in the published package itself.
 /// Examples that are wrong in the published package itself (each breaks an
 /// R4 rule this crate enforces).
-const KNOWN_BROKEN: &[(&str, &str)] = &[
-    (
-        "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json",
-        "its id has 68 characters; R4 ids have at most 64",
-    ),
-    (
-        "SearchParameter-codesystem-extensions-CodeSystem-author.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-codesystem-extensions-CodeSystem-effective.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-codesystem-extensions-CodeSystem-end.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-codesystem-extensions-CodeSystem-keyword.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-codesystem-extensions-CodeSystem-workflow.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-valueset-extensions-ValueSet-author.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-valueset-extensions-ValueSet-effective.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-valueset-extensions-ValueSet-end.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-valueset-extensions-ValueSet-keyword.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "SearchParameter-valueset-extensions-ValueSet-workflow.json",
-        "SearchParameter.base (1..*) is missing",
-    ),
-    (
-        "ImplementationGuide-fhir.json",
-        "ImplementationGuide.name and .status (1..1) are missing",
-    ),
-    (
-        "ig-r4.json",
-        "ImplementationGuide.name and .status (1..1) are missing",
-    ),
-    (
-        "Questionnaire-qs1.json",
-        "nested items lack Questionnaire.item.linkId (1..1)",
-    ),
-];
+/// Official examples that break R4's own rules, shared with the ingest round-trip test.
+fn known_broken() -> Vec<(String, String)> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/known-invalid-r4-examples.tsv");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(file, reason)| (file.to_owned(), reason.to_owned()))
+        .collect()
+}
 
 fn examples_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("FLARE_R4_EXAMPLES")?);
@@ -102,11 +56,12 @@ fn official_r4_examples_validate() {
         "expected the R4 examples in {}",
         dir.display()
     );
+    let known_broken_list = known_broken();
     let mut failures = Vec::new();
     let mut valid = 0usize;
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let known_broken = KNOWN_BROKEN.iter().any(|(broken, _)| *broken == name);
+        let known_broken = known_broken_list.iter().any(|(broken, _)| *broken == name);
         let bytes = std::fs::read(file).unwrap();
         // Bundle-resources.json (all StructureDefinitions) is 35 MB.
         let limits = ParseLimits {
@@ -122,7 +77,9 @@ fn official_r4_examples_validate() {
         };
         match validate(&resource) {
             Ok(()) if known_broken => {
-                failures.push(format!("{name}: now valid, remove it from KNOWN_BROKEN"));
+                failures.push(format!(
+                    "{name}: now valid, remove it from tests/known-invalid-r4-examples.tsv"
+                ));
             }
             Ok(()) => valid += 1,
             Err(_) if known_broken => {}
@@ -136,7 +93,7 @@ fn official_r4_examples_validate() {
     eprintln!(
         "R4 examples: {valid} of {} valid, {} known broken",
         files.len(),
-        KNOWN_BROKEN.len()
+        known_broken_list.len()
     );
     assert!(
         failures.is_empty(),
