@@ -11,7 +11,11 @@ mod report;
 mod search;
 mod server;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context;
 
@@ -64,7 +68,36 @@ struct Plan {
     shape: Shape,
 }
 
-const HTTP_DURABILITY: &str = "durability: defaults - store SQLite WAL synchronous=FULL with group commit (a write is acknowledged once its version and outbox event are fsynced), log fsync with group commit (the relay appends events after the store commit)";
+/// The durability a server runs under. The HTTP measurements run under the defaults; the
+/// CRUD mix, ingest and write -> event latency run again without any fsync beside them, so the
+/// share of the disk in each figure is measured rather than guessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Default,
+    NoSync,
+}
+
+impl Policy {
+    fn label(self) -> &'static str {
+        match self {
+            Policy::Default => "fsync (default)",
+            Policy::NoSync => "no fsync",
+        }
+    }
+
+    /// The server's config file for this policy (`None`: the built-in defaults).
+    fn config(self) -> Option<&'static str> {
+        match self {
+            Policy::Default => None,
+            Policy::NoSync => {
+                Some("[sqlite]\ndurability = \"off\"\n\n[embedded_log]\ndurability = \"none\"\n")
+            }
+        }
+    }
+}
+
+const DEFAULT_POLICY: &str = "fsync (default): store SQLite WAL synchronous=FULL with group commit (a write is acknowledged once its version and outbox event are fsynced), log fsync with group commit (the relay appends events after the store commit)";
+const NO_SYNC_POLICY: &str = "no fsync: store synchronous=OFF, log durability none (same data directory, server restarted): acknowledged writes can be lost on power failure";
 const CRUD_CLIENTS: [usize; 3] = [1, 8, 32];
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -77,7 +110,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let plan = Plan {
         step: Duration::from_secs(if args.quick { 3 } else { 5 }),
-        load_budget: Duration::from_secs(if args.quick { 90 } else { 600 }),
+        load_budget: Duration::from_secs(if args.quick { 90 } else { 540 }),
         in_flight: 4,
         shape: Shape::new(
             args.patients.unwrap_or(patients),
@@ -114,16 +147,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Measurement::Latency,
     ];
     if http.iter().any(|m| selected(*m)) {
-        let server = ServerProcess::start(&work_dir.path().join("server")).await?;
-        if !server.pinned {
-            println!("(server not pinned)");
-        }
-        let result = http_measurements(&server, &plan, &selected, &mut missed).await;
-        let server_log = server.stderr_file.clone();
-        server.stop().await;
-        result.with_context(|| {
-            format!("the server's own messages are in {}", server_log.display())
-        })?;
+        http_measurements(work_dir.path(), &plan, &selected, &mut missed).await?;
     }
     if selected(Measurement::Log) {
         log_measurement(&work_dir.path().join("log-append"), &plan, &mut missed).await?;
@@ -137,74 +161,105 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(table: &Table, policy: &str) {
+fn print_table(table: &Table, policies: &[&str]) {
     println!("{}", table.render());
-    println!("{policy}; load average {}\n", load_average_text());
+    for policy in policies {
+        println!("durability {policy}");
+    }
+    println!("load average {}\n", load_average_text());
 }
 
+/// Results of the HTTP measurements, per durability policy.
+#[derive(Default)]
+struct HttpResults {
+    ingest: Vec<(String, ingest::IngestOutcome)>,
+    search: Option<(Vec<search::SearchOutcome>, usize, usize)>,
+    crud: Vec<(&'static str, crud::CrudOutcome)>,
+    latency: Vec<(&'static str, event_latency::LatencyOutcome)>,
+    stored: usize,
+}
+
+/// Runs the HTTP measurements against a server under the default policy, then restarts it on
+/// the same data without fsync for the side-by-side rows, then prints the tables.
 async fn http_measurements(
-    server: &ServerProcess,
+    work_dir: &Path,
     plan: &Plan,
     selected: &impl Fn(Measurement) -> bool,
     missed: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let client = http_client()?;
-    let base = &server.fhir_base;
-    let mut stored = 0;
-    if selected(Measurement::Ingest) || selected(Measurement::Search) {
-        eprintln!(
-            "loading {} Patients and {} Observations in {} Bundles, {} in flight",
-            plan.shape.patients,
-            plan.shape.observations,
-            plan.shape.bundles(),
-            plan.in_flight
+    let data_dir = work_dir.join("server");
+    let mut results = HttpResults::default();
+    for policy in [Policy::Default, Policy::NoSync] {
+        if policy == Policy::NoSync
+            && ![Measurement::Ingest, Measurement::Crud, Measurement::Latency]
+                .iter()
+                .any(|m| selected(*m))
+        {
+            continue;
+        }
+        let config = match policy.config() {
+            Some(text) => {
+                let path = work_dir.join("no-sync.toml");
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        eprintln!("starting flare serve ({})", policy.label());
+        let server = ServerProcess::start(&data_dir, config.as_deref()).await?;
+        if !server.pinned {
+            eprintln!("taskset is unavailable: the server is not pinned to a core");
+        }
+        let result = run_against(&server, policy, plan, selected, &mut results).await;
+        let server_log = server.stderr_file.clone();
+        server.stop().await;
+        result.with_context(|| {
+            format!("the server's own messages are in {}", server_log.display())
+        })?;
+    }
+    let both = [DEFAULT_POLICY, NO_SYNC_POLICY];
+    if !results.ingest.is_empty() {
+        let rows: Vec<(String, &ingest::IngestOutcome)> = results
+            .ingest
+            .iter()
+            .map(|(name, outcome)| (name.clone(), outcome))
+            .collect();
+        print_table(&ingest::table(&rows), &both);
+        if let Some((_, outcome)) = results.ingest.first()
+            && outcome.resources_per_second() < ingest::TARGET_RESOURCES_PER_SECOND
+        {
+            missed.push(format!(
+                "ingest {} resources/s",
+                report::rate(outcome.resources_per_second())
+            ));
+        }
+    }
+    if let Some((outcomes, patients, observations)) = &results.search {
+        print_table(
+            &search::table(outcomes, *patients, *observations),
+            &[DEFAULT_POLICY],
         );
-        let loaded =
-            ingest::load(&client, base, plan.shape, plan.in_flight, plan.load_budget).await?;
-        stored += loaded.outcome.resources;
-        if selected(Measurement::Ingest) {
-            let name = if loaded.outcome.cut_short {
-                format!(
-                    "search dataset (stopped at the {} s budget)",
-                    plan.load_budget.as_secs()
-                )
-            } else {
-                "search dataset".to_owned()
-            };
-            print_table(&ingest::table(&[(name, &loaded.outcome)]), HTTP_DURABILITY);
-            if loaded.outcome.resources_per_second() < ingest::TARGET_RESOURCES_PER_SECOND {
+        for outcome in outcomes {
+            if outcome.latency.quantile(0.5) >= search::TARGET_P50 {
                 missed.push(format!(
-                    "ingest {} resources/s",
-                    report::rate(loaded.outcome.resources_per_second())
+                    "search {} p50 {}",
+                    outcome.query,
+                    outcome.latency.p50()
                 ));
             }
         }
-        if selected(Measurement::Search) {
-            let outcomes = search::run(&client, base, &loaded.patient_ids, plan.step).await?;
-            print_table(
-                &search::table(&outcomes, loaded.patient_ids.len(), loaded.observations),
-                HTTP_DURABILITY,
-            );
-            for outcome in &outcomes {
-                if outcome.latency.quantile(0.5) >= search::TARGET_P50 {
-                    missed.push(format!(
-                        "search {} p50 {}",
-                        outcome.query,
-                        outcome.latency.p50()
-                    ));
-                }
-            }
-        }
     }
-    if selected(Measurement::Crud) {
-        let mut outcomes = Vec::new();
-        for clients in CRUD_CLIENTS {
-            eprintln!("crud: {clients} clients for {} s", plan.step.as_secs());
-            outcomes.push(crud::run(base, clients, plan.step).await?);
-        }
-        print_table(&crud::table(&outcomes, stored), HTTP_DURABILITY);
-        if let Some(outcome) = outcomes.iter().find(|o| o.clients == crud::TARGET_CLIENTS)
-            && !outcome.meets_target()
+    if !results.crud.is_empty() {
+        let rows: Vec<(&str, &crud::CrudOutcome)> = results
+            .crud
+            .iter()
+            .map(|(policy, outcome)| (*policy, outcome))
+            .collect();
+        print_table(&crud::table(&rows, results.stored), &both);
+        if let Some((_, outcome)) = results.crud.iter().find(|(policy, o)| {
+            *policy == Policy::Default.label() && o.clients == crud::TARGET_CLIENTS
+        }) && !outcome.meets_target()
         {
             missed.push(format!(
                 "crud at {} clients {} ops/s, p99 {}",
@@ -214,18 +269,98 @@ async fn http_measurements(
             ));
         }
     }
+    if !results.latency.is_empty() {
+        let rows: Vec<(&str, &event_latency::LatencyOutcome)> = results
+            .latency
+            .iter()
+            .map(|(policy, outcome)| (*policy, outcome))
+            .collect();
+        print_table(&event_latency::table(&rows), &both);
+        if let Some((_, outcome)) = results.latency.first()
+            && !outcome.meets_target()
+        {
+            missed.push(format!("write->event p99 {}", outcome.visible.p99()));
+        }
+    }
+    Ok(())
+}
+
+/// The measurements one server runs: everything under the default policy; ingest (bounded),
+/// CRUD at the target's client count and write -> event latency without fsync.
+async fn run_against(
+    server: &ServerProcess,
+    policy: Policy,
+    plan: &Plan,
+    selected: &impl Fn(Measurement) -> bool,
+    results: &mut HttpResults,
+) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let base = &server.fhir_base;
+    let label = policy.label();
+    let full = policy == Policy::Default;
+    if full && (selected(Measurement::Ingest) || selected(Measurement::Search)) {
+        eprintln!(
+            "loading {} Patients and {} Observations in {} Bundles, {} in flight",
+            plan.shape.patients,
+            plan.shape.observations,
+            plan.shape.bundles(),
+            plan.in_flight
+        );
+        let loaded =
+            ingest::load(&client, base, plan.shape, plan.in_flight, plan.load_budget).await?;
+        results.stored += loaded.outcome.resources;
+        if selected(Measurement::Ingest) {
+            let name = if loaded.outcome.cut_short {
+                format!(
+                    "{label}, search dataset (stopped at the {} s budget)",
+                    plan.load_budget.as_secs()
+                )
+            } else {
+                format!("{label}, search dataset")
+            };
+            results.ingest.push((name, loaded.outcome));
+        }
+        if selected(Measurement::Search) {
+            let outcomes = search::run(&client, base, &loaded.patient_ids, plan.step).await?;
+            results.search = Some((outcomes, loaded.patient_ids.len(), loaded.observations));
+        }
+    } else if !full && selected(Measurement::Ingest) {
+        let budget = plan.step * 3;
+        eprintln!("loading Bundles for {} s without fsync", budget.as_secs());
+        let loaded = ingest::load(&client, base, plan.shape, plan.in_flight, budget).await?;
+        results.ingest.push((
+            format!(
+                "{label}, same dataset again (at most {} s)",
+                budget.as_secs()
+            ),
+            loaded.outcome,
+        ));
+    }
+    if selected(Measurement::Crud) {
+        let levels: &[usize] = if full {
+            &CRUD_CLIENTS
+        } else {
+            &[crud::TARGET_CLIENTS]
+        };
+        for &clients in levels {
+            eprintln!(
+                "crud ({label}): {clients} clients for {} s",
+                plan.step.as_secs()
+            );
+            results
+                .crud
+                .push((label, crud::run(base, clients, plan.step).await?));
+        }
+    }
     if selected(Measurement::Latency) {
         eprintln!(
-            "latency: {} writes/s for {} s",
+            "latency ({label}): {} writes/s for {} s",
             event_latency::WRITES_PER_SECOND,
             plan.step.as_secs()
         );
         let outcome =
             event_latency::run(&client, base, &server.data_dir.join("log"), plan.step).await?;
-        print_table(&event_latency::table(&outcome), HTTP_DURABILITY);
-        if outcome.visible.quantile(0.99) >= event_latency::TARGET_P99 || outcome.never_seen > 0 {
-            missed.push(format!("write->event p99 {}", outcome.visible.p99()));
-        }
+        results.latency.push((label, outcome));
     }
     Ok(())
 }
@@ -260,7 +395,9 @@ async fn log_measurement(
     }
     print_table(
         &log_append::table(&outcomes, ceiling),
-        "durability: per row - fsync acknowledges after fdatasync (shared by concurrent appends in group commit); interval and none acknowledge after write(2)",
+        &[
+            "per row: fsync acknowledges after fdatasync (shared by concurrent appends in group commit); interval and none acknowledge after write(2)",
+        ],
     );
     let best = outcomes
         .iter()

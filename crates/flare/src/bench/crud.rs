@@ -186,7 +186,7 @@ async fn send(
     Ok((status, id))
 }
 
-pub fn table(outcomes: &[CrudOutcome], stored_resources: usize) -> Table {
+pub fn table(outcomes: &[(&str, &CrudOutcome)], stored_resources: usize) -> Table {
     let mut table = Table::new(
         format!(
             "CRUD mix over HTTP (create, read, update, delete of Patient/Encounter/Observation; {} resources already stored); target >= {} ops/s with p99 < {} at {} clients",
@@ -196,6 +196,7 @@ pub fn table(outcomes: &[CrudOutcome], stored_resources: usize) -> Table {
             TARGET_CLIENTS
         ),
         &[
+            "durability",
             "clients",
             "ops/s",
             "p50",
@@ -208,13 +209,14 @@ pub fn table(outcomes: &[CrudOutcome], stored_resources: usize) -> Table {
             "target met",
         ],
     );
-    for outcome in outcomes {
+    for (policy, outcome) in outcomes {
         let target = if outcome.clients == TARGET_CLIENTS {
             met(outcome.meets_target())
         } else {
             "-".into()
         };
         let mut row = vec![
+            (*policy).to_owned(),
             outcome.clients.to_string(),
             rate(outcome.ops_per_second()),
             outcome.all.p50(),

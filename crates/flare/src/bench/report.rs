@@ -5,12 +5,14 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 /// A table printed as aligned pipe-separated text (readable in a terminal, pastes into
-/// Markdown as is). The first column is left-aligned, the others right-aligned.
+/// Markdown as is). Leading text columns are left-aligned, the numbers after them
+/// right-aligned.
 #[derive(Debug)]
 pub struct Table {
     title: String,
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
+    text_columns: usize,
 }
 
 impl Table {
@@ -19,7 +21,14 @@ impl Table {
             title: title.into(),
             headers: headers.iter().map(|h| (*h).to_owned()).collect(),
             rows: Vec::new(),
+            text_columns: 1,
         }
+    }
+
+    /// How many leading columns hold text (left-aligned). Default 1.
+    pub fn with_text_columns(mut self, columns: usize) -> Self {
+        self.text_columns = columns;
+        self
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -38,7 +47,7 @@ impl Table {
             let mut out = String::from("|");
             for (column, width) in widths.iter().enumerate() {
                 let cell = cells.get(column).map(String::as_str).unwrap_or("");
-                if column == 0 {
+                if column < self.text_columns {
                     out.push_str(&format!(" {cell:<width$} |"));
                 } else {
                     out.push_str(&format!(" {cell:>width$} |"));
@@ -52,7 +61,7 @@ impl Table {
         out.push('|');
         for (column, width) in widths.iter().enumerate() {
             // A trailing colon right-aligns the column when the table is read as Markdown.
-            if column == 0 {
+            if column < self.text_columns {
                 out.push_str(&format!("{}|", "-".repeat(width + 2)));
             } else {
                 out.push_str(&format!("{}:|", "-".repeat(width + 1)));

@@ -29,9 +29,9 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `flare serve --data-dir <data_dir> --listen 127.0.0.1:0` (this same binary) and
-    /// waits for its "listening on" line.
-    pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `flare serve --data-dir <data_dir> --listen 127.0.0.1:0` (this same binary, with
+    /// `--config <config>` if given) and waits for its "listening on" line.
+    pub async fn start(data_dir: &Path, config: Option<&Path>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let exe = std::env::current_exe()
@@ -45,7 +45,10 @@ impl ServerProcess {
             Command::new(&exe)
         };
         let stderr_file = data_dir.with_extension("server.log");
-        let stderr = std::fs::File::create(&stderr_file)
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_file)
             .with_context(|| format!("cannot create {}", stderr_file.display()))?;
         command
             .arg("serve")
@@ -53,6 +56,12 @@ impl ServerProcess {
             .arg(data_dir)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args(
+                config
+                    .map(|path| [std::ffi::OsStr::new("--config"), path.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             // The defaults are what is measured: no config file or environment may change them.
             .env_remove("FLARE_CONFIG")
             .env_remove("FLARE_STORE")
