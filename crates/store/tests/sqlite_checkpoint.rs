@@ -36,7 +36,7 @@ async fn committed_pages_reach_the_database_file_soon_after_a_commit() {
         })
         .await
         .expect("commit");
-    // About 100 pages of WAL: far below the automatic checkpoint's 8192.
+    // About 100 pages of WAL: far below the writer's automatic checkpoint.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let size = std::fs::metadata(&path).expect("db file").len();

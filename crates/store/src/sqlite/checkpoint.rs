@@ -4,7 +4,10 @@
 //! The writer wakes this thread after each batch; it waits [`CHECKPOINT_PAUSE`] for more
 //! batches (a page changed by many of them is then copied once) and runs a PASSIVE checkpoint,
 //! which never blocks the writer or the readers. The writer's own automatic checkpoint stays
-//! on as a backstop: it only fires if the WAL outgrows `wal_autocheckpoint_pages` anyway.
+//! on, at `wal_autocheckpoint_pages`: under continuous writes a background checkpoint never
+//! catches up with the last frame before the next commit, and the WAL file restarts from its
+//! beginning only after a checkpoint that did; the writer's then copies just the frames
+//! written since the last background one.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

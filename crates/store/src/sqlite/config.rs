@@ -26,9 +26,12 @@ pub struct SqliteConfig {
     pub max_batch_commits: usize,
     /// Memory-mapped I/O window for reads, in MiB (0 disables it). Default: 256.
     pub mmap_size_mib: u32,
-    /// WAL size, in 4 KiB pages, after which a commit copies the WAL back into the database
-    /// file. Larger values copy a page changed by many commits once instead of many times, at
-    /// the cost of a larger WAL file. Default: 8192 (32 MiB).
+    /// WAL size, in 4 KiB pages, after which the writer itself copies the WAL back into the
+    /// database file inside a commit. A checkpoint thread (file databases) copies it in the
+    /// background shortly after writes; the WAL file can only restart from its beginning once
+    /// the writer has checkpointed, so this also bounds the WAL file's size. Larger values
+    /// make the writer stall (for the rest of the copy and an fsync) less often. Default:
+    /// 32768 (128 MiB).
     pub wal_autocheckpoint_pages: u32,
     /// A default-ordered search whose best index lookup yields more candidates than this walks
     /// the resources in id order instead of collecting and sorting every candidate. The walk is
@@ -47,7 +50,7 @@ impl Default for SqliteConfig {
             read_connections: 4,
             max_batch_commits: 512,
             mmap_size_mib: 256,
-            wal_autocheckpoint_pages: 8192,
+            wal_autocheckpoint_pages: 32_768,
             search_scan_threshold: 50_000,
         }
     }
