@@ -2,10 +2,13 @@
 //! of read-only connections.
 //!
 //! - **Writes** queue on a channel to one thread. It takes everything queued (up to
-//!   [`SqliteConfig::max_batch_commits`]) and runs it in one transaction, each commit inside its
-//!   own savepoint: a commit whose expectations fail rolls back alone and gets
-//!   [`StoreError::Conflict`], the others go through, and the whole batch costs one fsync.
-//!   Callers are answered after the transaction commits.
+//!   [`SqliteConfig::max_batch_commits`]) and runs it in one transaction: a commit whose
+//!   expectations fail writes nothing and gets [`StoreError::Conflict`] (they are checked before
+//!   it writes), the others go through, and the whole batch costs one fsync. Only when a commit
+//!   fails half-way (a database error) is the batch rerun with a savepoint per commit, so that
+//!   commit rolls back alone. Callers are answered after the transaction commits.
+//! - **Checkpoints** (file databases) run on a thread of their own shortly after writes, so
+//!   commits rarely wait for the WAL to be copied into the database file (`checkpoint.rs`).
 //! - **Reads** run on `spawn_blocking` threads, each with a read-only connection from a pool
 //!   (WAL lets them read a consistent snapshot while the writer writes). An in-memory database
 //!   has one connection, shared by the writer and the reads.
