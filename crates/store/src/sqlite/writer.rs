@@ -121,7 +121,9 @@ fn run_batch(
             // A job failed after it had written something, and only a savepoint could undo
             // that part alone: start the batch over with one savepoint per job.
             param_ids.forget();
-            if let Err(err) = conn.execute_batch("ROLLBACK; BEGIN IMMEDIATE") {
+            // Some errors end the transaction themselves; then there is nothing to roll back.
+            let _ = conn.execute_batch("ROLLBACK");
+            if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
                 return (all_failed(err.into()), false);
             }
             batch
@@ -552,6 +554,56 @@ mod tests {
         ];
         assert_eq!(decode_headers(&encode_headers(&headers)), Some(headers));
         assert_eq!(decode_headers(&encode_headers(&[])), Some(Vec::new()));
+    }
+
+    fn commit_job(writes: Vec<(&str, u64)>) -> WriteJob {
+        let writes = writes
+            .into_iter()
+            .map(|(id, version_id)| VersionWrite {
+                version: crate::StoredVersion {
+                    key: ResourceKey::new("Patient", id),
+                    version_id,
+                    last_updated_ms: 0,
+                    body: Some("{}".to_owned()),
+                },
+                expected: Expected::Absent,
+                index: Vec::new(),
+            })
+            .collect();
+        WriteJob::Commit {
+            commit: Commit {
+                writes,
+                outbox: Vec::new(),
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_commit_failing_half_way_rolls_back_alone() -> Result<(), StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        super::super::schema::ensure(&mut conn)?;
+        let batch = [
+            commit_job(vec![("a", 1)]),
+            // Passes its expectations, then fails on its second write: the version id does
+            // not fit in SQLite's integer.
+            commit_job(vec![("b", 1), ("c", u64::MAX)]),
+            commit_job(vec![("d", 1)]),
+        ];
+        let (results, _) = run_batch(&mut conn, &mut ParamIds::default(), &batch);
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert!(
+            matches!(results[1], Err(StoreError::Database(_))),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM resource ORDER BY id")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        assert_eq!(ids, ["a", "d"]);
+        Ok(())
     }
 
     #[test]
