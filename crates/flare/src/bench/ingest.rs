@@ -62,6 +62,7 @@ pub async fn load(
     let mut largest = 0;
     let mut resources = 0;
     let started = Instant::now();
+    let mut last_report = started;
     let mut issued = 0;
     let mut responses = futures::stream::iter(0..shape.bundles())
         .take_while(|_| futures::future::ready(started.elapsed() < budget))
@@ -119,6 +120,15 @@ pub async fn load(
             }
         }
         progress.inc(entries as u64);
+        // Without a terminal the bar is hidden: say how far loading got every 10 s instead.
+        if progress.is_hidden() && last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            eprintln!(
+                "loaded {resources} of {} resources ({:.0}/s)",
+                shape.resources(),
+                resources as f64 / started.elapsed().as_secs_f64()
+            );
+        }
     }
     let elapsed = started.elapsed();
     drop(responses);
