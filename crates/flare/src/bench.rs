@@ -412,3 +412,26 @@ async fn log_measurement(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FlareConfig;
+
+    #[test]
+    fn the_no_sync_config_turns_off_every_sync_and_nothing_else() {
+        let text = Policy::NoSync
+            .config()
+            .expect("the no-sync policy has a config file");
+        let config: FlareConfig = toml::from_str(text).expect("a valid Flare config");
+        assert_eq!(
+            config.sqlite.durability,
+            flare_store::sqlite::Durability::Off
+        );
+        assert_eq!(config.embedded_log.durability, flare_log::Durability::None);
+        let defaults = FlareConfig::default();
+        assert_eq!(config.server, defaults.server);
+        assert_eq!(config.fhir, defaults.fhir);
+        assert!(Policy::Default.config().is_none());
+    }
+}

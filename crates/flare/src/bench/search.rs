@@ -70,6 +70,9 @@ pub async fn run(
     patient_ids: &[Option<String>],
     duration: Duration,
 ) -> anyhow::Result<Vec<SearchOutcome>> {
+    if patient_ids.is_empty() {
+        anyhow::bail!("no Patient was loaded, so there is nothing to search; raise --patients");
+    }
     // Only names that were given to a loaded patient, so every family search has hits.
     let mut families: Vec<String> = (0..patient_ids.len()).map(data::family_name).collect();
     families.sort_unstable();
