@@ -38,4 +38,4 @@ fi
 
 step "Interop: fhirpy against flare serve"
 cargo build --quiet --bin flare
-FLARE_BIN="$root/target/debug/flare" "$venv/bin/python" -m pytest -q tests/interop
+FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" "$venv/bin/python" -m pytest -q tests/interop
