@@ -171,24 +171,29 @@ impl Fhir {
         let mut targets: HashMap<usize, Option<ResourceKey>> = HashMap::new();
         let mut existing: HashMap<usize, StoredVersion> = HashMap::new();
         let mut aliases: HashMap<String, String> = HashMap::new();
+        let mut fresh: HashSet<usize> = HashSet::new();
         for entry in entries.iter().filter(|e| e.method != Method::Get) {
             let t = &entry.resource_type;
             let target = match (entry.method, &entry.id, &entry.query) {
-                (Method::Post, _, _) => match &entry.if_none_exist {
-                    Some(query) => match self
-                        .conditional_match(ctx, t, query, "If-None-Exist")
-                        .await
-                        .map_err(|e| e.at_entry(entry.index))?
-                    {
-                        Some(found) => {
-                            let key = found.key.clone();
-                            existing.insert(entry.index, found);
-                            Some(key)
-                        }
+                (Method::Post, _, _) => {
+                    // A server-assigned id is new: nothing to read back when planning.
+                    fresh.insert(entry.index);
+                    match &entry.if_none_exist {
+                        Some(query) => match self
+                            .conditional_match(ctx, t, query, "If-None-Exist")
+                            .await
+                            .map_err(|e| e.at_entry(entry.index))?
+                        {
+                            Some(found) => {
+                                let key = found.key.clone();
+                                existing.insert(entry.index, found);
+                                Some(key)
+                            }
+                            None => Some(ResourceKey::new(t, new_id())),
+                        },
                         None => Some(ResourceKey::new(t, new_id())),
-                    },
-                    None => Some(ResourceKey::new(t, new_id())),
-                },
+                    }
+                }
                 (_, Some(id), _) => Some(ResourceKey::new(t, id)),
                 (Method::Put, None, Some(query)) => {
                     let found = self
@@ -293,7 +298,11 @@ impl Fhir {
                     );
                     continue;
                 };
-                let current = self.store().current(&key).await?;
+                let current = if fresh.contains(&entry.index) {
+                    None
+                } else {
+                    self.store().current(&key).await?
+                };
                 if let Some(wanted) = entry.if_match
                     && current.as_ref().map(|v| v.version_id) != Some(wanted)
                 {
