@@ -10,7 +10,7 @@ use flare_service::Fhir;
 use flare_store::{Store, sqlite::SqliteStore};
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::config::{FlareConfig, log_config, sqlite_config};
+use crate::config::{FlareConfig, log_config, sqlite_config, validate};
 
 /// The running core: store, log, FHIR service and relay.
 pub struct App {
@@ -23,6 +23,7 @@ pub struct App {
 
 impl App {
     pub async fn open(config: &FlareConfig) -> anyhow::Result<Self> {
+        validate(config)?;
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",

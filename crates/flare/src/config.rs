@@ -136,6 +136,22 @@ pub fn log_config(config: &FlareConfig) -> anyhow::Result<EmbeddedLogConfig> {
     }
 }
 
+/// Room an event's headers and framing take in a log record beside its payload.
+const RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
+
+/// Cross-component checks that no single section can make on its own.
+pub fn validate(config: &FlareConfig) -> anyhow::Result<()> {
+    let max_record = config.embedded_log.max_record_bytes;
+    if config.fhir.max_event_bytes + RECORD_OVERHEAD_BYTES > max_record {
+        bail!(
+            "fhir.max_event_bytes ({}) leaves no room for headers in embedded_log.max_record_bytes ({max_record}): \
+             lower the first or raise the second so that events always fit in a log record",
+            config.fhir.max_event_bytes
+        );
+    }
+    Ok(())
+}
+
 /// An annotated example config with every default spelled out.
 pub fn example() -> String {
     let config = FlareConfig::default();
@@ -153,6 +169,15 @@ mod tests {
     fn the_example_parses_back_to_the_defaults() {
         let parsed: FlareConfig = toml::from_str(&example()).unwrap();
         assert_eq!(parsed, FlareConfig::default());
+    }
+
+    #[test]
+    fn events_must_fit_in_a_log_record() {
+        assert!(validate(&FlareConfig::default()).is_ok());
+        let mut config = FlareConfig::default();
+        config.embedded_log.max_record_bytes = 512 * 1024;
+        let err = validate(&config).unwrap_err().to_string();
+        assert!(err.contains("max_event_bytes"), "{err}");
     }
 
     #[test]
