@@ -130,14 +130,6 @@ async fn dispatch(
         None => None,
     };
     let max_body = state.config.max_body_bytes;
-    let query_string = || {
-        params
-            .iter()
-            .filter(|(n, _)| !matches!(n.as_str(), "_format" | "_pretty"))
-            .map(|(n, v)| format!("{n}={}", encode_component(v)))
-            .collect::<Vec<_>>()
-            .join("&")
-    };
     let m = method.clone();
     match (segments.as_slice(), m) {
         ([], Method::GET) => search(fhir, ctx, None, params).await,
@@ -170,12 +162,12 @@ async fn dispatch(
         ([t], Method::PUT) if !params.is_empty() => {
             let resource = read_resource(headers, body, max_body).await?;
             let outcome = fhir
-                .conditional_update(ctx, t, &query_string(), resource, if_match)
+                .conditional_update(ctx, t, &params, resource, if_match)
                 .await?;
             Ok(write_reply(outcome, prefer_return))
         }
         ([t], Method::DELETE) if !params.is_empty() => {
-            let outcome = fhir.conditional_delete(ctx, t, &query_string()).await?;
+            let outcome = fhir.conditional_delete(ctx, t, &params).await?;
             Ok(write_reply(outcome, prefer_return))
         }
         ([t, "_search"], Method::POST) => {
@@ -525,15 +517,6 @@ fn http_date(ms: i64) -> String {
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_else(|| format_instant(ms))
-}
-
-fn encode_component(text: &str) -> String {
-    text.replace('%', "%25")
-        .replace('&', "%26")
-        .replace('=', "%3D")
-        .replace('+', "%2B")
-        .replace(' ', "%20")
-        .replace('#', "%23")
 }
 
 #[cfg(test)]

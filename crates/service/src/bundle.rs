@@ -133,11 +133,20 @@ impl Fhir {
                 let resource = entry
                     .resource
                     .ok_or_else(|| missing_resource(entry.index))?;
-                self.conditional_update(ctx, t, query, resource, entry.if_match)
-                    .await?
+                self.conditional_update(
+                    ctx,
+                    t,
+                    &parse_query_string(query),
+                    resource,
+                    entry.if_match,
+                )
+                .await?
             }
             (Method::Delete, Some(id), _) => self.delete(ctx, t, id, entry.if_match).await?,
-            (Method::Delete, None, Some(query)) => self.conditional_delete(ctx, t, query).await?,
+            (Method::Delete, None, Some(query)) => {
+                self.conditional_delete(ctx, t, &parse_query_string(query))
+                    .await?
+            }
             _ => {
                 return Err(FhirError::bad_request(format!(
                     "entry {}: PUT and DELETE need an id or search criteria in request.url",
@@ -180,7 +189,7 @@ impl Fhir {
                     fresh.insert(entry.index);
                     match &entry.if_none_exist {
                         Some(query) => match self
-                            .conditional_match(ctx, t, query, "If-None-Exist")
+                            .conditional_match(ctx, t, &parse_query_string(query), "If-None-Exist")
                             .await
                             .map_err(|e| e.at_entry(entry.index))?
                         {
@@ -197,7 +206,7 @@ impl Fhir {
                 (_, Some(id), _) => Some(ResourceKey::new(t, id)),
                 (Method::Put, None, Some(query)) => {
                     let found = self
-                        .conditional_match(ctx, t, query, "conditional update")
+                        .conditional_match(ctx, t, &parse_query_string(query), "conditional update")
                         .await
                         .map_err(|e| e.at_entry(entry.index))?;
                     let body_id = entry
@@ -212,7 +221,7 @@ impl Fhir {
                     ))
                 }
                 (Method::Delete, None, Some(query)) => self
-                    .conditional_match(ctx, t, query, "conditional delete")
+                    .conditional_match(ctx, t, &parse_query_string(query), "conditional delete")
                     .await
                     .map_err(|e| e.at_entry(entry.index))?
                     .map(|f| f.key),
@@ -249,7 +258,12 @@ impl Fhir {
                 for reference in conditional {
                     let (t, query) = reference.split_once('?').unwrap_or_default();
                     let found = self
-                        .conditional_match(ctx, t, query, "conditional reference")
+                        .conditional_match(
+                            ctx,
+                            t,
+                            &parse_query_string(query),
+                            "conditional reference",
+                        )
                         .await
                         .map_err(|e| e.at_entry(entry.index))?;
                     let Some(found) = found else {

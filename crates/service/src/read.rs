@@ -19,7 +19,7 @@ pub type Bundle = Value;
 pub type ReadOutcome = StoredVersion;
 
 /// Parameters understood by the HTTP layer, not by search.
-const FORMAT_PARAMS: &[&str] = &["_format", "_pretty"];
+pub(crate) const FORMAT_PARAMS: &[&str] = &["_format", "_pretty"];
 
 /// A search as the client sent it: the type (none for system search) and the parameters in
 /// order.

@@ -11,6 +11,7 @@ use flare_fhir::operation_outcome::IssueCode;
 
 use crate::{
     Fhir, FhirError, RequestContext,
+    read::{FORMAT_PARAMS, parse_query_string},
     time_fmt::{format_instant, now_ms},
 };
 
@@ -200,7 +201,12 @@ impl Fhir {
             Some(query) => {
                 let guard = self.inner.conditional.lock().await;
                 if let Some(existing) = self
-                    .conditional_match(ctx, resource_type, query, "If-None-Exist")
+                    .conditional_match(
+                        ctx,
+                        resource_type,
+                        &parse_query_string(query),
+                        "If-None-Exist",
+                    )
                     .await?
                 {
                     return Ok(WriteOutcome {
@@ -274,7 +280,7 @@ impl Fhir {
         &self,
         ctx: &RequestContext,
         resource_type: &str,
-        query: &str,
+        criteria: &[(String, String)],
         resource: Value,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, FhirError> {
@@ -285,7 +291,7 @@ impl Fhir {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let id = match self
-            .conditional_match(ctx, resource_type, query, "conditional update")
+            .conditional_match(ctx, resource_type, criteria, "conditional update")
             .await?
         {
             Some(found) => {
@@ -316,12 +322,12 @@ impl Fhir {
         &self,
         ctx: &RequestContext,
         resource_type: &str,
-        query: &str,
+        criteria: &[(String, String)],
     ) -> Result<WriteOutcome, FhirError> {
         check_type(resource_type)?;
         let _guard = self.inner.conditional.lock().await;
         match self
-            .conditional_match(ctx, resource_type, query, "conditional delete")
+            .conditional_match(ctx, resource_type, criteria, "conditional delete")
             .await?
         {
             Some(found) => self.write_with_retries(ctx, &found.key, None, None).await,
@@ -397,16 +403,20 @@ impl Fhir {
         &self,
         ctx: &RequestContext,
         resource_type: &str,
-        query: &str,
+        params: &[(String, String)],
         what: &str,
     ) -> Result<Option<StoredVersion>, FhirError> {
-        let params = crate::read::parse_query_string(query);
-        if params.is_empty() {
+        let criteria: Vec<String> = params
+            .iter()
+            .filter(|(name, _)| !FORMAT_PARAMS.contains(&name.as_str()))
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        if criteria.is_empty() {
             return Err(FhirError::bad_request(format!(
                 "{what} needs search parameters, e.g. identifier=system|value"
             )));
         }
-        let mut parsed = self.parse_search(ctx, Some(resource_type), &params, true)?;
+        let mut parsed = self.parse_search(ctx, Some(resource_type), params, true)?;
         parsed.query.count = 2;
         parsed.query.offset = 0;
         let page = self.store().search(&parsed.query).await?;
@@ -417,7 +427,8 @@ impl Fhir {
                 412,
                 IssueCode::MultipleMatches,
                 format!(
-                    "{what} `{resource_type}?{query}` matches more than one resource; make the criteria select exactly one"
+                    "{what} `{resource_type}?{}` matches more than one resource; make the criteria select exactly one",
+                    criteria.join("&")
                 ),
             )),
         }
