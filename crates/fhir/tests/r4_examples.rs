@@ -2,7 +2,10 @@
 //! Runs when `FLARE_R4_EXAMPLES` points at the package folder holding the
 //! `*.json` files (`node_modules/hl7.fhir.r4.examples` or its `package/`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{example_files, examples_dir};
+use std::path::PathBuf;
 
 use flare_fhir::{ParseLimits, parse_json_with, validate};
 
@@ -20,28 +23,6 @@ fn known_broken() -> Vec<(String, String)> {
         .filter_map(|l| l.split_once('\t'))
         .map(|(file, reason)| (file.to_owned(), reason.to_owned()))
         .collect()
-}
-
-fn examples_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(std::env::var_os("FLARE_R4_EXAMPLES")?);
-    let nested = dir.join("package");
-    Some(if nested.is_dir() { nested } else { dir })
-}
-
-fn example_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("FLARE_R4_EXAMPLES is readable")
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.extension().is_some_and(|ext| ext == "json")
-                && path
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| name != "package.json" && !name.starts_with('.'))
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]

@@ -2,31 +2,12 @@
 //! round-trips JSON → XML → JSON unchanged (`FLARE_R4_EXAMPLES`), and the
 //! FHIRPath suite's XML resources convert to valid JSON.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{example_files, examples_dir};
+use std::path::PathBuf;
 
 use flare_fhir::{ParseLimits, parse_json_with, validate, xml};
-
-fn examples_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(std::env::var_os("FLARE_R4_EXAMPLES")?);
-    let nested = dir.join("package");
-    Some(if nested.is_dir() { nested } else { dir })
-}
-
-fn json_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("examples folder is readable")
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.extension().is_some_and(|ext| ext == "json")
-                && path
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| name != "package.json" && !name.starts_with('.'))
-        })
-        .collect();
-    files.sort();
-    files
-}
 
 /// Where two JSON values first differ, for a readable failure.
 fn first_difference(left: &serde_json::Value, right: &serde_json::Value, path: &str) -> String {
@@ -65,7 +46,7 @@ fn official_examples_round_trip_through_xml() {
         eprintln!("skipped: set FLARE_R4_EXAMPLES to the hl7.fhir.r4.examples package folder");
         return;
     };
-    let files = json_files(&dir);
+    let files = example_files(&dir);
     assert!(
         files.len() > 1000,
         "expected the R4 examples in {}",
