@@ -1,0 +1,1 @@
+//! Sans-I/O clinical logic: qSOFA sepsis windows and immunization counts.

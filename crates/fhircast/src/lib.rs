@@ -1,0 +1,1 @@
+//! FHIRcast hub: subscriptions, contexts, content sharing, WebSocket and webhook channels.

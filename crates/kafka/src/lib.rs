@@ -1,0 +1,1 @@
+//! Apache Kafka backend of the event log (rdkafka).

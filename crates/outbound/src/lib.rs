@@ -1,0 +1,1 @@
+//! Outbound calls to user-supplied endpoints: SSRF guard, signed HTTP delivery, SMTP.

@@ -1,0 +1,1 @@
+//! FHIR Subscriptions: topics, matching, notifications, channels, durable cursors.
