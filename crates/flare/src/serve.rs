@@ -59,7 +59,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.data_dir.display()
     );
     println!("Press Ctrl-C to stop.");
-    flare_server::serve(listener, state, shutdown_signal())
+    // Optional components merge their routes here.
+    let routes = flare_server::router(state);
+    flare_server::serve_router(listener, routes, shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     eprintln!("stopping: relaying the last events…");
