@@ -1,0 +1,312 @@
+//! The manager: one consumer over every resource topic; keeps the subscription set current
+//! from the log, numbers matches, and starts and stops workers.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use flare_events::{Action, ChangeEvent, header};
+use flare_log::{Consumer, Record, StartFrom};
+use tokio::sync::watch;
+
+use super::{
+    DeliveryError, Live, Shared,
+    cursor::{EventRow, SubscriptionChange},
+    settings::{ChannelKind, ChannelSettings, MatchInput},
+    worker::{self, Mode},
+};
+
+/// Consumer group name; the manager keeps its own offsets in the cursor file and never
+/// commits through the group.
+const GROUP: &str = "flare-subscriptions";
+
+/// What to do with a subscription's worker after a batch is committed.
+enum Lifecycle {
+    Handshake(String),
+    Deliver(String),
+    Stop(String),
+    Fail(String, String),
+}
+
+/// Loads the remembered subscriptions and restarts their workers.
+pub(super) async fn resume(shared: &Arc<Shared>) -> Result<(), DeliveryError> {
+    let stored = shared.cursor.subscriptions().await?;
+    let mut actions = Vec::new();
+    {
+        let mut live = shared.live.lock();
+        for s in stored {
+            let criteria = shared.interpreter.compile(&s.resource).ok();
+            let entry = Live {
+                resource: Arc::new(s.resource),
+                since_seq: s.since_seq,
+                events_since_start: s.events_since_start,
+                criteria,
+            };
+            match entry.status() {
+                "requested" => actions.push(Lifecycle::Handshake(s.id.clone())),
+                "active" => actions.push(Lifecycle::Deliver(s.id.clone())),
+                _ => {}
+            }
+            live.insert(s.id, entry);
+        }
+    }
+    for action in actions {
+        apply_lifecycle(shared, action).await;
+    }
+    Ok(())
+}
+
+/// Whether a topic can carry change events under the routing config.
+fn is_input_topic(shared: &Shared, topic: &str) -> bool {
+    let prefix = format!("{}.", shared.routing.prefix);
+    let routed = shared.routing.routes.iter().any(|r| r.topic == topic);
+    (routed || topic.starts_with(&prefix))
+        && !topic.ends_with(".retry")
+        && !topic.ends_with(".dlq")
+}
+
+pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if let Err(e) = consume(&shared, &mut stop).await {
+        // The in-memory state may be ahead of the cursor file; a restart resumes from the file.
+        tracing::error!(error = %e, "subscription manager stopped; restart to resume");
+    }
+}
+
+async fn consume(
+    shared: &Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), DeliveryError> {
+    let mut offsets = shared.cursor.input_offsets().await?;
+    let mut topics: BTreeSet<String> = BTreeSet::new();
+    let mut consumer: Option<Box<dyn Consumer>> = None;
+    let refresh = Duration::from_millis(shared.config.topic_refresh_ms.max(10));
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let current: BTreeSet<String> = shared
+            .log
+            .topics()
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|name| is_input_topic(shared, name))
+            .collect();
+        if current != topics || consumer.is_none() {
+            topics = current;
+            let names: Vec<String> = topics.iter().cloned().collect();
+            let mut fresh = shared
+                .log
+                .consumer(GROUP, &names, StartFrom::Earliest)
+                .await?;
+            for ((topic, partition), next) in &offsets {
+                if topics.contains(topic) {
+                    fresh.seek(topic, *partition, *next).await?;
+                }
+            }
+            consumer = Some(fresh);
+        }
+        let Some(active) = consumer.as_mut() else {
+            continue;
+        };
+        let records = tokio::select! {
+            records = active.poll(shared.config.batch_size.max(1), refresh) => records?,
+            _ = stop.changed() => return Ok(()),
+        };
+        if records.is_empty() {
+            continue;
+        }
+        process(shared, records, &mut offsets).await?;
+    }
+}
+
+fn outbox_seq(record: &Record) -> Option<u64> {
+    record.header_str(header::OUTBOX_SEQ)?.parse().ok()
+}
+
+async fn process(
+    shared: &Arc<Shared>,
+    mut records: Vec<Record>,
+    offsets: &mut HashMap<(String, u32), u64>,
+) -> Result<(), DeliveryError> {
+    // Commit order across topics and partitions, as far as the records say.
+    records.sort_by_key(|r| (outbox_seq(r).unwrap_or(u64::MAX), r.offset));
+    let mut changes = Vec::new();
+    let mut rows = Vec::new();
+    let mut actions = Vec::new();
+    let mut advanced: HashMap<(String, u32), u64> = HashMap::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    {
+        let mut live = shared.live.lock();
+        for record in &records {
+            let key = (record.topic.clone(), record.partition);
+            if offsets.get(&key).is_some_and(|next| record.offset < *next) {
+                continue;
+            }
+            let next = advanced.entry(key).or_insert(0);
+            *next = (*next).max(record.offset + 1);
+            let event = match ChangeEvent::from_json_bytes(&record.payload) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(topic = %record.topic, offset = record.offset, error = %e,
+                        "skipping a record that is not a change event");
+                    continue;
+                }
+            };
+            let seq = outbox_seq(record).unwrap_or(0);
+            if event.metadata.resource_type == "Subscription" {
+                subscription_event(
+                    shared,
+                    &mut live,
+                    &event,
+                    seq,
+                    &mut changes,
+                    &mut actions,
+                );
+                continue;
+            }
+            let input = MatchInput {
+                resource_type: &event.metadata.resource_type,
+                action: event.metadata.action,
+                resource: event.data.as_ref(),
+            };
+            let focus = format!(
+                "{}/{}",
+                event.metadata.resource_type, event.metadata.resource_id
+            );
+            for (id, sub) in live.iter_mut() {
+                if !sub.counts() || (seq != 0 && seq <= sub.since_seq) {
+                    continue;
+                }
+                let Some(criteria) = &sub.criteria else {
+                    continue;
+                };
+                if !criteria.matches(&input) {
+                    continue;
+                }
+                sub.events_since_start += 1;
+                touched.insert(id.clone());
+                rows.push(EventRow {
+                    subscription_id: id.clone(),
+                    number: sub.events_since_start,
+                    event_id: event.metadata.event_id.clone(),
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    timestamp: event.metadata.timestamp.clone(),
+                    focus: focus.clone(),
+                    action: event.metadata.action.as_str().to_owned(),
+                });
+            }
+        }
+    }
+    let advanced: Vec<((String, u32), u64)> = advanced.into_iter().collect();
+    shared
+        .cursor
+        .apply(changes, rows, advanced.clone())
+        .await?;
+    for (key, next) in advanced {
+        let entry = offsets.entry(key).or_insert(0);
+        *entry = (*entry).max(next);
+    }
+    for action in actions {
+        apply_lifecycle(shared, action).await;
+    }
+    let workers = shared.workers.lock();
+    for id in touched {
+        if let Some(handle) = workers.get(&id) {
+            handle.wake();
+        }
+    }
+    Ok(())
+}
+
+fn subscription_event(
+    shared: &Shared,
+    live: &mut HashMap<String, Live>,
+    event: &ChangeEvent,
+    seq: u64,
+    changes: &mut Vec<SubscriptionChange>,
+    actions: &mut Vec<Lifecycle>,
+) {
+    let id = event.metadata.resource_id.clone();
+    if event.metadata.action == Action::Deleted {
+        live.remove(&id);
+        changes.push(SubscriptionChange::Delete { id: id.clone() });
+        actions.push(Lifecycle::Stop(id));
+        return;
+    }
+    let Some(resource) = event.data.clone() else {
+        tracing::warn!(subscription = %id, "Subscription event without inline data; ignored");
+        return;
+    };
+    let previous = live.get(&id);
+    let since_seq = previous.map(|p| p.since_seq).unwrap_or(seq);
+    let events_since_start = previous.map(|p| p.events_since_start).unwrap_or(0);
+    let compiled = shared.interpreter.compile(&resource);
+    let entry = Live {
+        resource: Arc::new(resource.clone()),
+        since_seq,
+        events_since_start,
+        criteria: compiled.as_ref().ok().cloned(),
+    };
+    let status = entry.status().to_owned();
+    let kind = ChannelSettings::from_resource(&resource).kind;
+    changes.push(SubscriptionChange::Upsert {
+        id: id.clone(),
+        resource,
+        since_seq,
+    });
+    live.insert(id.clone(), entry);
+    let action = match (status.as_str(), compiled, kind) {
+        ("requested" | "active", Err(reason), _) => Lifecycle::Fail(id, reason),
+        ("requested" | "active", Ok(_), ChannelKind::RestHook) => {
+            if status == "requested" {
+                Lifecycle::Handshake(id)
+            } else {
+                Lifecycle::Deliver(id)
+            }
+        }
+        ("requested", Ok(_), other) => Lifecycle::Fail(
+            id,
+            format!("channel type {other:?} is not delivered by this server; use rest-hook"),
+        ),
+        _ => Lifecycle::Stop(id),
+    };
+    actions.push(action);
+}
+
+async fn apply_lifecycle(shared: &Arc<Shared>, action: Lifecycle) {
+    match action {
+        Lifecycle::Stop(id) => {
+            if let Some(handle) = shared.workers.lock().remove(&id) {
+                handle.stop();
+            }
+        }
+        Lifecycle::Handshake(id) => {
+            let handle = worker::spawn(shared.clone(), id.clone(), Mode::Handshake);
+            if let Some(old) = shared.workers.lock().insert(id, handle) {
+                old.stop();
+            }
+        }
+        Lifecycle::Deliver(id) => {
+            let mut workers = shared.workers.lock();
+            match workers.get(&id) {
+                Some(existing) if !existing.is_finished() => existing.wake(),
+                _ => {
+                    let handle = worker::spawn(shared.clone(), id.clone(), Mode::Deliver);
+                    workers.insert(id, handle);
+                }
+            }
+        }
+        Lifecycle::Fail(id, reason) => {
+            if let Some(handle) = shared.workers.lock().remove(&id) {
+                handle.stop();
+            }
+            let shared = shared.clone();
+            tokio::spawn(async move { worker::write_status(&shared, &id, "error", Some(&reason)).await });
+        }
+    }
+}
