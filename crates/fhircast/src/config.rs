@@ -1,0 +1,81 @@
+//! `[fhircast]` settings.
+
+use serde::{Deserialize, Serialize};
+
+/// How closely the hub follows IHE IRA (Integrated Reporting Applications) on top of FHIRcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// IHE IRA Hub actor rules: `hub.channel.type` and `subscriber.name` required, publishing
+    /// to a topic nobody opened is 400, acknowledgements need a `status`, version conflicts
+    /// are 400.
+    Ira,
+    /// Accepts the habits of deployed peers: `endpoint` for `hub.channel.endpoint` on
+    /// unsubscribe, acknowledgements without `status` (taken as 200), missing
+    /// `hub.channel.type` (websocket), publishing that creates the topic, a missing event
+    /// `id` or `timestamp` (the hub assigns one).
+    #[default]
+    Lenient,
+}
+
+/// The FHIRcast hub: `[fhircast]` in the config file. Every field has a default.
+///
+/// ```toml
+/// [fhircast]
+/// enabled = true
+/// path = "/fhircast"
+/// profile = "lenient"          # lenient | ira
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Serve the hub. Default `false`.
+    pub enabled: bool,
+    /// The hub's path on the Flare server (`hub.url` is this under the public base URL).
+    /// Default `/fhircast`.
+    pub path: String,
+    /// The public base URL (`https://hub.example.com`) used to build `hub.url` and the
+    /// WebSocket endpoints when the hub sits behind a proxy. Default: derived from each
+    /// request's `Host` header (`ws://` on plain HTTP).
+    pub public_url: Option<String>,
+    /// IHE IRA strict or lenient. Default `lenient`.
+    pub profile: Profile,
+    /// Lease granted when a subscriber asks for none, in seconds. Default 7200.
+    pub default_lease_seconds: u64,
+    /// Longest lease granted, in seconds; longer requests are cut to this. Default 86400.
+    pub max_lease_seconds: u64,
+    /// How long a subscriber has to acknowledge an event before the hub reports it with a
+    /// SyncError, in milliseconds. Default 10000 (the spec's 10 s).
+    pub ack_timeout_ms: u64,
+    /// Consecutive unanswered events after which an unresponsive subscriber is
+    /// unsubscribed (denial, then close). Default 3; at least 1.
+    pub max_unacknowledged: u32,
+    /// Largest number of entries in a `*-update` Bundle; larger ones get 413. Default 100.
+    pub max_update_entries: usize,
+    /// Accept `*-update` for an open context that is not the current one (advertised as
+    /// `supportsNonCurrentContextUpdates`). Default `false`.
+    pub non_current_context_updates: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/fhircast".into(),
+            public_url: None,
+            profile: Profile::default(),
+            default_lease_seconds: 7200,
+            max_lease_seconds: 86_400,
+            ack_timeout_ms: 10_000,
+            max_unacknowledged: 3,
+            max_update_entries: 100,
+            non_current_context_updates: false,
+        }
+    }
+}
+
+impl HubConfig {
+    pub fn is_ira(&self) -> bool {
+        self.profile == Profile::Ira
+    }
+}
