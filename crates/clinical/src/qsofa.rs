@@ -474,6 +474,7 @@ impl PatientQsofa {
         new_boundary: i64,
     ) -> Vec<AlertEvent> {
         let steps = compute_steps(&self.evidence, window);
+        let horizon = old_boundary - window;
         let candidates = self.candidates(&steps, window, old_boundary, new_boundary);
         let known = std::mem::take(&mut self.episodes);
         let mut claimed = vec![false; known.len()];
@@ -514,9 +515,11 @@ impl PatientQsofa {
                     }
                 }
                 Some(previous) => {
+                    // A new basis alone is no news unless the old one names withdrawn evidence:
+                    // that keeps a septic patient's stream of vitals from re-sending the alert.
                     let presented_changed = previous.score != candidate.score
                         || previous.onset != candidate.onset
-                        || !same_basis(&previous.basis, &candidate.basis);
+                        || self.basis_withdrawn(&previous.basis, &candidate.basis, horizon);
                     candidate.closed = previous.closed;
                     if previous.closed && open_now {
                         candidate.closed = false;
@@ -652,6 +655,16 @@ impl PatientQsofa {
         }
     }
 
+    /// Whether `old` names evidence that is no longer held although the horizon still keeps
+    /// its time (so it was withdrawn, not forgotten), and `new` does not name the same.
+    fn basis_withdrawn(&self, old: &[EvidenceRef], new: &[EvidenceRef], horizon: i64) -> bool {
+        old.iter().any(|item| {
+            item.effective.as_millis() >= horizon
+                && !new.iter().any(|n| n.observation_id == item.observation_id)
+                && !self.holds(&item.observation_id)
+        })
+    }
+
     fn snapshot(&self, known: &KnownEpisode) -> Episode {
         self.snapshot_with(known, !known.closed)
     }
@@ -672,13 +685,6 @@ impl PatientQsofa {
             active,
         }
     }
-}
-
-fn same_basis(a: &[EvidenceRef], b: &[EvidenceRef]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x.observation_id == y.observation_id)
 }
 
 /// `P(t)` from evidence sorted by time: per criterion, the union of `[e, e + window]`.
