@@ -23,6 +23,18 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fhirpy, pytest
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 
+step "Kafka client build needs (OpenSSL headers for librdkafka's TLS and SCRAM, Debian)"
+if ! pkg-config --exists openssl 2>/dev/null; then
+  apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config
+fi
+
+step "Kafka test broker (crates.io nisshi, cached in ~/.cargo/bin)"
+if ! command -v nisshi >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/nisshi" ]; then
+  echo "installing nisshi once: this takes about 15 minutes on two cores"
+  # A dependency declares a newer rust-version than it needs; --locked keeps the tested set.
+  cargo install nisshi --locked --ignore-rust-version
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
