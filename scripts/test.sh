@@ -35,6 +35,11 @@ if ! command -v nisshi >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/nisshi" ]; th
   cargo install nisshi --locked --ignore-rust-version
 fi
 
+step "Redis for the processor state tests (Debian redis-server; each test starts its own on a free port)"
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq redis-server
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
