@@ -20,9 +20,7 @@ pub(crate) fn decode_query(query: &str) -> Vec<(String, String)> {
 }
 
 fn decode(text: &str) -> String {
-    percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
 /// Parameters that shape a result page rather than select resources: meaningless for a

@@ -32,6 +32,7 @@
 //! [`bound_frame`], [`ping_frame`], [`token_from_query`].
 
 pub mod criteria;
+pub mod delivery;
 pub mod matching;
 pub mod notification;
 pub mod spec;

@@ -159,7 +159,11 @@ impl SubscriptionIndex {
                         .or_default()
                         .extend(filter.clauses.iter().cloned());
                 }
-                let types = topic.resource_types().into_iter().map(str::to_owned).collect();
+                let types = topic
+                    .resource_types()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
                 (
                     EntryKind::Topic {
                         topic,
@@ -218,8 +222,7 @@ impl SubscriptionIndex {
         let Some(slot) = self.by_id.remove(id) else {
             return false;
         };
-        let Some((_, placements)) = self.slots.get_mut(slot as usize).and_then(Option::take)
-        else {
+        let Some((_, placements)) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return false;
         };
         for placement in placements {
@@ -273,8 +276,7 @@ impl SubscriptionIndex {
         if !bucket.keyed.is_empty() {
             let entries = context.focus_entries();
             for entry in entries.iter() {
-                let Some((param, _)) = bucket.key_params.get_key_value(entry.param.as_str())
-                else {
+                let Some((param, _)) = bucket.key_params.get_key_value(entry.param.as_str()) else {
                     continue;
                 };
                 for value in entry_keys(&entry.value) {
@@ -340,9 +342,7 @@ fn predicate_key(predicate: &Predicate) -> Option<String> {
             negate: false,
             ..
         } => Some(format!("t:{code}")),
-        Predicate::Reference {
-            url: Some(url), ..
-        } => Some(format!("u:{url}")),
+        Predicate::Reference { url: Some(url), .. } => Some(format!("u:{url}")),
         Predicate::Reference {
             target_id: Some(id),
             url: None,
@@ -407,9 +407,13 @@ impl<'a> EventContext<'a> {
         // Cloned so that the caller can hold them while the context extracts other versions;
         // only called once per event.
         if self.event.current.is_some() {
-            self.current().map(<[IndexEntry]>::to_vec).unwrap_or_default()
+            self.current()
+                .map(<[IndexEntry]>::to_vec)
+                .unwrap_or_default()
         } else {
-            self.previous().map(<[IndexEntry]>::to_vec).unwrap_or_default()
+            self.previous()
+                .map(<[IndexEntry]>::to_vec)
+                .unwrap_or_default()
         }
     }
 
@@ -441,19 +445,22 @@ impl<'a> EventContext<'a> {
     }
 
     fn noop(&mut self) -> bool {
-        *self.is_noop.get_or_insert_with(|| {
-            match (self.event.current, self.event.previous) {
+        *self
+            .is_noop
+            .get_or_insert_with(|| match (self.event.current, self.event.previous) {
                 (Some(current), Some(previous)) => equal_without_meta(current, previous),
                 _ => false,
-            }
-        })
+            })
     }
 
     fn topic_fires(&mut self, topic: &Topic) -> bool {
         if let Some((system, code)) = self.event.trigger_event {
             return topic.event_triggers.iter().any(|trigger| {
                 trigger.code == code
-                    && trigger.system.as_deref().is_none_or(|wanted| wanted == system)
+                    && trigger
+                        .system
+                        .as_deref()
+                        .is_none_or(|wanted| wanted == system)
                     && trigger.resource_type == self.event.resource_type
             });
         }
@@ -525,7 +532,9 @@ fn extract_with_meta(registry: &Registry, resource: &Value) -> Vec<IndexEntry> {
         });
     }
     if !has(&entries, "_lastUpdated")
-        && let Some(updated) = resource.pointer("/meta/lastUpdated").and_then(Value::as_str)
+        && let Some(updated) = resource
+            .pointer("/meta/lastUpdated")
+            .and_then(Value::as_str)
         && let Some((low_ms, high_ms)) = flare_search::parse_date_range(updated)
     {
         entries.push(IndexEntry {

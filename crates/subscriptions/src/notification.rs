@@ -24,8 +24,7 @@ use crate::topic::Interaction;
 /// `notification-event.extension`: the log's event id (the de-duplication key).
 pub const EXT_EVENT_ID: &str = "http://flare.dev/fhir/StructureDefinition/notification-event-id";
 /// Profile of the R4 status `Parameters`.
-pub const STATUS_PROFILE_R4: &str =
-    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
+pub const STATUS_PROFILE_R4: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
 
 /// `SubscriptionStatus.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -270,7 +270,10 @@ pub fn parse_subscription(
             SubscriptionStatus::Requested
         }
     };
-    let end = resource.get("end").and_then(Value::as_str).map(str::to_owned);
+    let end = resource
+        .get("end")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     if let Some(end) = &end
         && !flare_fhir::validate::is_valid_primitive_text("instant", end)
     {
@@ -285,7 +288,9 @@ pub fn parse_subscription(
         .and_then(Value::as_str)
         .map(str::trim)
         .unwrap_or("");
-    let topic_based = criteria.contains("://") || criteria.starts_with("urn:");
+    // A canonical has a scheme and no query; `Observation?code=http://loinc.org|1` is a search.
+    let topic_based =
+        !criteria.contains('?') && (criteria.contains("://") || criteria.starts_with("urn:"));
     let trigger = if criteria.is_empty() {
         issues.push(Issue::error(
             IssueCode::Required,
@@ -318,7 +323,10 @@ pub fn parse_subscription(
     let channel = parse_channel(resource, topic_based, &mut issues);
     match (trigger, channel) {
         (Some(trigger), Some(channel)) if issues.is_empty() => Ok(SubscriptionSpec {
-            id: resource.get("id").and_then(Value::as_str).map(str::to_owned),
+            id: resource
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             status,
             end,
             reason: resource
@@ -457,7 +465,10 @@ pub fn parse_topic_filter(
             ));
         }
         if let Some(comparator) = comparator_of(registry, &resource_type, parameter, value)
-            && !allowed.comparators.iter().any(|allowed| allowed == comparator)
+            && !allowed
+                .comparators
+                .iter()
+                .any(|allowed| allowed == comparator)
         {
             return Err(format!(
                 "comparator '{comparator}' is not supported on filter parameter '{parameter}' of topic {}",
@@ -495,7 +506,10 @@ fn comparator_of<'a>(
 }
 
 fn parse_channel(resource: &Value, topic_based: bool, issues: &mut Vec<Issue>) -> Option<Channel> {
-    let Some(channel) = resource.get("channel").filter(|channel| channel.is_object()) else {
+    let Some(channel) = resource
+        .get("channel")
+        .filter(|channel| channel.is_object())
+    else {
         issues.push(Issue::error(
             IssueCode::Required,
             "Subscription.channel is required",
@@ -623,9 +637,8 @@ fn parse_channel(resource: &Value, topic_based: bool, issues: &mut Vec<Issue>) -
 
 fn channel_type(channel: &Value, issues: &mut Vec<Issue>) -> Option<ChannelType> {
     let code = channel.get("type").and_then(Value::as_str).unwrap_or("");
-    let custom = array(&channel["_type"], "extension").find(|extension| {
-        extension.get("url").and_then(Value::as_str) == Some(EXT_CHANNEL_TYPE)
-    });
+    let custom = array(&channel["_type"], "extension")
+        .find(|extension| extension.get("url").and_then(Value::as_str) == Some(EXT_CHANNEL_TYPE));
     if let Some(custom) = custom {
         let system = custom
             .pointer("/valueCoding/system")
@@ -778,7 +791,11 @@ fn parse_payload(
                             IssueCode::NotSupported,
                             format!(
                                 "unsupported fhirVersion '{value}': expected 4.0{}",
-                                if topic_based { ", 4.3 or 5.0" } else { " for a classic subscription" }
+                                if topic_based {
+                                    ", 4.3 or 5.0"
+                                } else {
+                                    " for a classic subscription"
+                                }
                             ),
                             location,
                         ));
@@ -787,9 +804,7 @@ fn parse_payload(
                 }
             }
             "attach" if format == BodyFormat::Text => match value {
-                "application/fhir+json" | "application/fhir+xml" => {
-                    attach = Some(value.to_owned())
-                }
+                "application/fhir+json" | "application/fhir+xml" => attach = Some(value.to_owned()),
                 _ => {
                     issues.push(Issue::error(
                         IssueCode::NotSupported,
@@ -830,10 +845,14 @@ fn parse_header(text: &str) -> Result<Header, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
     if !is_token {
-        return Err(format!("header name '{name}' is not a valid HTTP header name"));
+        return Err(format!(
+            "header name '{name}' is not a valid HTTP header name"
+        ));
     }
     if value.contains(['\r', '\n', '\0']) {
-        return Err(format!("the value of header '{name}' contains a line break"));
+        return Err(format!(
+            "the value of header '{name}' contains a line break"
+        ));
     }
     Ok(Header {
         name: name.to_owned(),
@@ -843,8 +862,14 @@ fn parse_header(text: &str) -> Result<Header, String> {
 
 /// Header names whose values are secrets.
 fn is_secret_header(name: &str) -> bool {
-    ["authorization", "proxy-authorization", "x-hub-secret", "x-api-key", "cookie"]
-        .contains(&name.to_ascii_lowercase().as_str())
+    [
+        "authorization",
+        "proxy-authorization",
+        "x-hub-secret",
+        "x-api-key",
+        "cookie",
+    ]
+    .contains(&name.to_ascii_lowercase().as_str())
 }
 
 /// A copy of a stored Subscription with its secrets masked, for reads, searches and history:
@@ -907,8 +932,9 @@ pub fn restore_redacted(updated: &mut Value, previous: &Value) {
             }
             let name = name.trim().to_ascii_lowercase();
             let original = previous_headers.iter().find(|text| {
-                text.split_once(':')
-                    .is_some_and(|(previous_name, _)| previous_name.trim().eq_ignore_ascii_case(&name))
+                text.split_once(':').is_some_and(|(previous_name, _)| {
+                    previous_name.trim().eq_ignore_ascii_case(&name)
+                })
             });
             if let Some(original) = original {
                 *header = Value::String((*original).to_owned());

@@ -213,7 +213,9 @@ impl Topic {
             .collect::<Vec<_>>();
         let event_triggers = array(&topic, "eventTrigger")
             .enumerate()
-            .filter_map(|(index, trigger)| parse_event_trigger(trigger, index, registry, &mut issues))
+            .filter_map(|(index, trigger)| {
+                parse_event_trigger(trigger, index, registry, &mut issues)
+            })
             .collect::<Vec<_>>();
         if resource_triggers.is_empty() && event_triggers.is_empty() && issues.is_empty() {
             issues.push(Issue::error(
@@ -292,7 +294,9 @@ fn unwrap_basic(resource: &Value) -> Result<Value, Issue> {
     if !is_topic {
         return Err(Issue::error(
             IssueCode::Invalid,
-            format!("a Basic resource is a topic only with code {FHIR_TYPES_SYSTEM}|SubscriptionTopic"),
+            format!(
+                "a Basic resource is a topic only with code {FHIR_TYPES_SYSTEM}|SubscriptionTopic"
+            ),
             "Basic.code",
         ));
     }
@@ -348,7 +352,11 @@ fn parse_resource_trigger(
         }
     }
     if interactions.is_empty() {
-        interactions = vec![Interaction::Create, Interaction::Update, Interaction::Delete];
+        interactions = vec![
+            Interaction::Create,
+            Interaction::Update,
+            Interaction::Delete,
+        ];
     }
     let query_criteria = trigger.get("queryCriteria").map(|criteria| {
         let mut test = |name: &str| {
@@ -423,7 +431,10 @@ fn parse_event_trigger(
         .pointer("/event/coding")
         .and_then(Value::as_array)
         .and_then(|codings| codings.first());
-    let Some(code) = coding.and_then(|coding| coding.get("code")).and_then(Value::as_str) else {
+    let Some(code) = coding
+        .and_then(|coding| coding.get("code"))
+        .and_then(Value::as_str)
+    else {
         issues.push(Issue::error(
             IssueCode::Required,
             "eventTrigger.event needs a coding with a code",
@@ -637,7 +648,13 @@ fn builtin_topic_json() -> Vec<Value> {
     );
     let encounter_filters = filters(
         "Encounter",
-        &["patient", "subject", "class", "location", "service-provider"],
+        &[
+            "patient",
+            "subject",
+            "class",
+            "location",
+            "service-provider",
+        ],
     );
     let encounter_status = |status: &str, action: &str| {
         json!([{
