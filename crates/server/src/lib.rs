@@ -9,6 +9,7 @@
 
 mod config;
 mod fhir_http;
+mod fhircast_http;
 mod format;
 mod metrics;
 
@@ -21,6 +22,7 @@ use flare_service::Fhir;
 use tokio::net::TcpListener;
 
 pub use config::ServerConfig;
+pub use fhircast_http::fhircast_routes;
 pub use metrics::Metrics;
 
 /// Everything a request handler needs, shared.
