@@ -517,8 +517,10 @@ impl PatientQsofa {
                 Some(previous) => {
                     // A new basis alone is no news unless the old one names withdrawn evidence:
                     // that keeps a septic patient's stream of vitals from re-sending the alert.
+                    // An elapsed episode's end is part of what its record presents.
                     let presented_changed = previous.score != candidate.score
                         || previous.onset != candidate.onset
+                        || (previous.closed && previous.end != candidate.end)
                         || self.basis_withdrawn(&previous.basis, &candidate.basis, horizon);
                     candidate.closed = previous.closed;
                     if previous.closed && open_now {
