@@ -361,13 +361,7 @@ fn sql_episodes(generated: &Generated) -> BTreeSet<EpisodeKey> {
 #[test]
 fn engine_episodes_match_a_sql_window_query() {
     let generated = generate(0x5eed_0f_9e5);
-    let started = std::time::Instant::now();
     assert!(generated.deliveries.len() > 100_000);
-    eprintln!(
-        "generated {} deliveries in {:?}",
-        generated.deliveries.len(),
-        started.elapsed()
-    );
     let expected = sql_episodes(&generated);
     let (actual, too_late) = engine_episodes(&generated);
     assert_eq!(
