@@ -1,4 +1,5 @@
-//! The HTTP face of Flare: the FHIR REST API at `/fhir`, `/health` and `/metrics`.
+//! The HTTP face of Flare: the FHIR REST API at `/fhir`, the dashboard at `/`, `/health` and
+//! `/metrics`.
 //!
 //! FHIR paths are irregular (`/Patient/1/_history/2`, `/_history`, `/Patient/_search`), so
 //! one handler parses the path and dispatches; every failure, including unknown paths, wrong
@@ -12,6 +13,7 @@ mod fhir_http;
 mod fhircast_http;
 mod format;
 mod metrics;
+mod web;
 
 use std::sync::Arc;
 
@@ -46,6 +48,9 @@ pub fn router(state: AppState) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(metrics::render))
+        .route("/", get(web::index))
+        .route("/index.html", get(web::index))
+        .route("/assets/{*path}", get(web::asset))
         .with_state(state)
 }
 

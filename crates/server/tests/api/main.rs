@@ -5,6 +5,7 @@ mod common;
 mod bad_input;
 mod bundles;
 mod crud;
+mod dashboard;
 mod events;
 mod formats;
 mod history;
