@@ -151,6 +151,8 @@ pub struct Counter {
     pub accept_text: Arc<AtomicBool>,
     pub retryable_text: bool,
     pub flaky_every: Option<u64>,
+    /// Publishes every counted record here, with an event id derived from its position.
+    pub publish_to: Option<String>,
 }
 
 impl Counter {
@@ -161,6 +163,7 @@ impl Counter {
             accept_text: Arc::new(AtomicBool::new(false)),
             retryable_text: true,
             flaky_every: None,
+            publish_to: None,
         }
     }
 }
@@ -200,6 +203,15 @@ impl Processor for Counter {
             && ctx.attempt() == 1
         {
             return Err(ProcessError::retryable("flaky first attempt"));
+        }
+        if let Some(topic) = &self.publish_to {
+            let event_id = format!("{}/{}/{}", record.topic, record.partition, record.offset);
+            let out = NewRecord {
+                key: record.key.clone(),
+                payload: state.count.to_string().into_bytes(),
+                ..NewRecord::default()
+            };
+            ctx.publish(topic, &event_id, out).await?;
         }
         Ok(Outcome::Updated)
     }
