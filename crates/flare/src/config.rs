@@ -38,6 +38,8 @@ pub struct FlareConfig {
     pub sqlite: SqliteConfig,
     /// Embedded-log tuning (`data_dir` comes from `data_dir`).
     pub embedded_log: EmbeddedLogConfig,
+    /// The FHIRcast hub, `[fhircast]` (off unless `enabled = true`).
+    pub fhircast: flare_fhircast::HubConfig,
 }
 
 impl Default for FlareConfig {
@@ -50,6 +52,7 @@ impl Default for FlareConfig {
             fhir: FhirConfig::default(),
             sqlite: SqliteConfig::default(),
             embedded_log: EmbeddedLogConfig::default(),
+            fhircast: flare_fhircast::HubConfig::default(),
         }
     }
 }

@@ -60,7 +60,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     println!("Press Ctrl-C to stop.");
     // Optional components merge their routes here.
-    let routes = flare_server::router(state);
+    let mut routes = flare_server::router(state);
+    if config.fhircast.enabled {
+        let hub = flare_fhircast::HubHandle::start(config.fhircast.clone());
+        println!("  FHIRcast hub  http://{address}{}", config.fhircast.path);
+        routes = routes.merge(flare_server::fhircast_routes(hub));
+    }
     flare_server::serve_router(listener, routes, shutdown_signal())
         .await
         .context("the HTTP server failed")?;
