@@ -35,10 +35,7 @@ impl App {
             SqliteStore::open(sqlite.clone())
                 .with_context(|| format!("cannot open the store {}", config.store))?,
         );
-        let log_config = log_config(config)?;
-        let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(log_config.clone()).await.with_context(|| {
-            format!("cannot open the event log in {} (is another `flare serve` or `flare ingest` using this data directory?)", log_config.data_dir.display())
-        })?);
+        let log = open_log(config).await?;
         let registry = Arc::new(Registry::r4());
         let fhir = Fhir::new(store.clone(), registry, config.fhir.clone());
         let relay = Relay::new(store, log.clone());
@@ -63,4 +60,20 @@ impl App {
         let _ = self.stop_relay.send(true);
         let _ = self.relay.await;
     }
+}
+
+/// The event log the `log` URL names.
+async fn open_log(config: &FlareConfig) -> anyhow::Result<Arc<dyn EventLog>> {
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = crate::config::kafka_config(config)? {
+        let brokers = kafka.brokers.join(",");
+        let log = flare_kafka::KafkaLog::connect(kafka)
+            .await
+            .with_context(|| format!("cannot open the Kafka event log on {brokers}"))?;
+        return Ok(Arc::new(log));
+    }
+    let log_config = log_config(config)?;
+    Ok(Arc::new(EmbeddedLog::open(log_config.clone()).await.with_context(|| {
+        format!("cannot open the event log in {} (is another `flare serve` or `flare ingest` using this data directory?)", log_config.data_dir.display())
+    })?))
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// ```toml
 /// data_dir = "flare-data"      # where the store and the log live
 /// store = "sqlite"             # sqlite (file in data_dir) | sqlite::memory: | sqlite:///abs/path.db
-/// log = "embedded"             # embedded (folder `log` in data_dir)
+/// log = "embedded"             # embedded (folder `log` in data_dir) | kafka://host:port[,host:port]
 ///
 /// [server]
 /// listen = "127.0.0.1:8080"
@@ -40,6 +40,10 @@ pub struct FlareConfig {
     pub embedded_log: EmbeddedLogConfig,
     /// The FHIRcast hub, `[fhircast]` (off unless `enabled = true`).
     pub fhircast: flare_fhircast::HubConfig,
+    /// Kafka-log settings, used when `log` is `kafka://...` (brokers come from the URL) or
+    /// `kafka` (brokers from this section).
+    #[cfg(feature = "kafka")]
+    pub kafka: flare_kafka::KafkaConfig,
 }
 
 impl Default for FlareConfig {
@@ -53,6 +57,8 @@ impl Default for FlareConfig {
             sqlite: SqliteConfig::default(),
             embedded_log: EmbeddedLogConfig::default(),
             fhircast: flare_fhircast::HubConfig::default(),
+            #[cfg(feature = "kafka")]
+            kafka: flare_kafka::KafkaConfig::default(),
         }
     }
 }
@@ -70,7 +76,8 @@ pub struct CommonArgs {
     /// `sqlite::memory:` (nothing kept) [default: sqlite].
     #[arg(long, env = "FLARE_STORE", value_name = "URL")]
     pub store: Option<String>,
-    /// Log backend: `embedded` (the folder `log` in the data dir) [default: embedded].
+    /// Log backend: `embedded` (the folder `log` in the data dir) or
+    /// `kafka://host:port[,host:port]` (brokers; other settings in `[kafka]`) [default: embedded].
     #[arg(long, env = "FLARE_LOG", value_name = "URL")]
     pub log: Option<String>,
 }
@@ -133,10 +140,40 @@ pub fn log_config(config: &FlareConfig) -> anyhow::Result<EmbeddedLogConfig> {
             log.data_dir = PathBuf::from(&url["embedded://".len()..]);
             Ok(log)
         }
+        other if cfg!(feature = "kafka") => bail!(
+            "`{other}` is not an embedded log: use `embedded` or `embedded:///path` (`kafka://host:port` \
+             is for `flare serve`)"
+        ),
         other => bail!(
             "unsupported log `{other}`: use `embedded` (Kafka is not available in this build)"
         ),
     }
+}
+
+/// The Kafka log's settings when `log` is `kafka://host:port[,...]` (those brokers) or `kafka`
+/// (the brokers of `[kafka]`); `None` for other logs.
+#[cfg(feature = "kafka")]
+pub fn kafka_config(config: &FlareConfig) -> anyhow::Result<Option<flare_kafka::KafkaConfig>> {
+    let mut kafka = config.kafka.clone();
+    match config.log.as_str() {
+        "kafka" => {}
+        url if url.starts_with("kafka://") => kafka.brokers = flare_kafka::brokers_from_url(url)?,
+        _ => return Ok(None),
+    }
+    kafka.validate()?;
+    Ok(Some(kafka))
+}
+
+/// The largest log record of the configured backend, and the setting that says so.
+fn max_record_bytes(config: &FlareConfig) -> (usize, &'static str) {
+    #[cfg(feature = "kafka")]
+    if config.log == "kafka" || config.log.starts_with("kafka://") {
+        return (config.kafka.max_record_bytes, "kafka.max_record_bytes");
+    }
+    (
+        config.embedded_log.max_record_bytes,
+        "embedded_log.max_record_bytes",
+    )
 }
 
 /// Room an event's headers and framing take in a log record beside its payload.
@@ -144,10 +181,10 @@ const RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
 
 /// Cross-component checks that no single section can make on its own.
 pub fn validate(config: &FlareConfig) -> anyhow::Result<()> {
-    let max_record = config.embedded_log.max_record_bytes;
+    let (max_record, setting) = max_record_bytes(config);
     if config.fhir.max_event_bytes + RECORD_OVERHEAD_BYTES > max_record {
         bail!(
-            "fhir.max_event_bytes ({}) leaves no room for headers in embedded_log.max_record_bytes ({max_record}): \
+            "fhir.max_event_bytes ({}) leaves no room for headers in {setting} ({max_record}): \
              lower the first or raise the second so that events always fit in a log record",
             config.fhir.max_event_bytes
         );
@@ -181,6 +218,25 @@ mod tests {
         config.embedded_log.max_record_bytes = 512 * 1024;
         let err = validate(&config).unwrap_err().to_string();
         assert!(err.contains("max_event_bytes"), "{err}");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_urls_select_the_kafka_log_and_its_record_limit() {
+        let mut config = FlareConfig {
+            log: "kafka://k1:9092,k2:9092".into(),
+            ..FlareConfig::default()
+        };
+        let kafka = kafka_config(&config).unwrap().unwrap();
+        assert_eq!(kafka.brokers, ["k1:9092", "k2:9092"]);
+        config.kafka.max_record_bytes = 512 * 1024;
+        let err = validate(&config).unwrap_err().to_string();
+        assert!(err.contains("kafka.max_record_bytes"), "{err}");
+        config.log = "embedded".into();
+        assert!(kafka_config(&config).unwrap().is_none());
+        assert!(validate(&config).is_ok(), "the embedded log's limit applies");
+        config.log = "kafka://nohost".into();
+        assert!(kafka_config(&config).is_err());
     }
 
     #[test]
