@@ -171,13 +171,12 @@ impl CursorStore {
     }
 
     /// One subscription's counters, if it is known.
-    pub async fn subscription(&self, id: &str) -> Result<Option<StoredSubscription>, DeliveryError> {
+    pub async fn subscription(
+        &self,
+        id: &str,
+    ) -> Result<Option<StoredSubscription>, DeliveryError> {
         let id = id.to_owned();
-        Ok(self
-            .subscriptions()
-            .await?
-            .into_iter()
-            .find(|s| s.id == id))
+        Ok(self.subscriptions().await?.into_iter().find(|s| s.id == id))
     }
 
     /// The offsets the manager reads next, per (topic, partition).
@@ -304,18 +303,20 @@ impl CursorStore {
         .await
     }
 
-    /// Records that events up to `number` reached the endpoint (never moves backwards).
+    /// Records that events after `previous` up to `number` reached the endpoint. A
+    /// compare-and-set: when `$resend` moved the position meanwhile, the move wins.
     pub async fn mark_delivered(
         &self,
         subscription_id: &str,
+        previous: u64,
         number: u64,
     ) -> Result<(), DeliveryError> {
         let id = subscription_id.to_owned();
         self.run(move |c| {
             c.execute(
-                "UPDATE subscription SET delivered_through = max(delivered_through, ?2) \
-                 WHERE id = ?1",
-                params![id, number as i64],
+                "UPDATE subscription SET delivered_through = ?2 \
+                 WHERE id = ?1 AND delivered_through = ?3",
+                params![id, number as i64, previous as i64],
             )
             .map(|_| ())
         })

@@ -62,9 +62,7 @@ pub(super) async fn resume(shared: &Arc<Shared>) -> Result<(), DeliveryError> {
 fn is_input_topic(shared: &Shared, topic: &str) -> bool {
     let prefix = format!("{}.", shared.routing.prefix);
     let routed = shared.routing.routes.iter().any(|r| r.topic == topic);
-    (routed || topic.starts_with(&prefix))
-        && !topic.ends_with(".retry")
-        && !topic.ends_with(".dlq")
+    (routed || topic.starts_with(&prefix)) && !topic.ends_with(".retry") && !topic.ends_with(".dlq")
 }
 
 pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -157,14 +155,7 @@ async fn process(
             };
             let seq = outbox_seq(record).unwrap_or(0);
             if event.metadata.resource_type == "Subscription" {
-                subscription_event(
-                    shared,
-                    &mut live,
-                    &event,
-                    seq,
-                    &mut changes,
-                    &mut actions,
-                );
+                subscription_event(shared, &mut live, &event, seq, &mut changes, &mut actions);
                 continue;
             }
             let input = MatchInput {
@@ -203,10 +194,7 @@ async fn process(
         }
     }
     let advanced: Vec<((String, u32), u64)> = advanced.into_iter().collect();
-    shared
-        .cursor
-        .apply(changes, rows, advanced.clone())
-        .await?;
+    shared.cursor.apply(changes, rows, advanced.clone()).await?;
     for (key, next) in advanced {
         let entry = offsets.entry(key).or_insert(0);
         *entry = (*entry).max(next);
@@ -306,7 +294,9 @@ async fn apply_lifecycle(shared: &Arc<Shared>, action: Lifecycle) {
                 handle.stop();
             }
             let shared = shared.clone();
-            tokio::spawn(async move { worker::write_status(&shared, &id, "error", Some(&reason)).await });
+            tokio::spawn(async move {
+                worker::write_status(&shared, &id, "error", Some(&reason)).await
+            });
         }
     }
 }

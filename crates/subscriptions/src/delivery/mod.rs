@@ -43,7 +43,9 @@ use tokio::{sync::watch, task::JoinHandle};
 
 pub use cursor::{CursorStore, EventRow};
 pub use notify::NotificationType;
-pub use settings::{ChannelSettings, Content, Criteria, Interpreter, MatchInput, SearchInterpreter};
+pub use settings::{
+    ChannelSettings, Content, Criteria, Interpreter, MatchInput, SearchInterpreter,
+};
 pub use transport::{OutboundRequest, PlainHttp, Transport, TransportError};
 
 /// Errors of the delivery runtime. Endpoint failures are not errors: they are retried and end
@@ -176,10 +178,7 @@ pub struct StatusInfo {
 impl SubscriptionRuntime {
     /// Opens the cursor file, resumes the workers of known subscriptions and starts the
     /// manager.
-    pub async fn start(
-        deps: Dependencies,
-        config: DeliveryConfig,
-    ) -> Result<Self, DeliveryError> {
+    pub async fn start(deps: Dependencies, config: DeliveryConfig) -> Result<Self, DeliveryError> {
         let cursor = CursorStore::open(&config.cursor_file)?;
         let shared = Arc::new(Shared {
             routing: deps.fhir.config().events.clone(),

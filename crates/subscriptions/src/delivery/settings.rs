@@ -129,7 +129,9 @@ impl Interpreter for SearchInterpreter {
 
 /// Whether `criteria` is a topic canonical (backport) rather than a search string (classic).
 pub fn is_topic_canonical(criteria: &str) -> bool {
-    criteria.starts_with("http://") || criteria.starts_with("https://") || criteria.starts_with("urn:")
+    criteria.starts_with("http://")
+        || criteria.starts_with("https://")
+        || criteria.starts_with("urn:")
 }
 
 fn filter_criteria(subscription: &Value) -> Vec<String> {
@@ -186,7 +188,8 @@ pub struct ChannelSettings {
 }
 
 /// Extension carrying the per-subscription HMAC secret (never echoed on read).
-pub const SECRET_EXTENSION: &str = "https://flare.example.invalid/fhir/StructureDefinition/subscription-secret";
+pub const SECRET_EXTENSION: &str =
+    "https://flare.example.invalid/fhir/StructureDefinition/subscription-secret";
 
 impl ChannelSettings {
     pub fn from_resource(subscription: &Value) -> Self {

@@ -74,12 +74,11 @@ fn timeout_of(shared: &Shared, settings: &ChannelSettings) -> Duration {
         .unwrap_or(Duration::from_millis(shared.config.default_timeout_ms))
 }
 
-fn bundle_request(
-    shared: &Shared,
-    settings: &ChannelSettings,
-    bundle: &Value,
-) -> OutboundRequest {
-    let mut headers = vec![("Content-Type".to_owned(), settings.content_type().to_owned())];
+fn bundle_request(shared: &Shared, settings: &ChannelSettings, bundle: &Value) -> OutboundRequest {
+    let mut headers = vec![(
+        "Content-Type".to_owned(),
+        settings.content_type().to_owned(),
+    )];
     headers.extend(settings.headers.iter().cloned());
     OutboundRequest {
         method: "POST",
@@ -115,13 +114,17 @@ async fn run(shared: Arc<Shared>, id: String, mode: Mode, wake: Arc<Notify>) {
                 events_since_start: 0,
                 error: None,
             };
-            let bundle =
-                notify::notification_bundle(&facts, &[], settings.content, &now_instant());
+            let bundle = notify::notification_bundle(&facts, &[], settings.content, &now_instant());
             if let Err(reason) = attempt(&shared, bundle_request(&shared, &settings, &bundle)).await
             {
                 tracing::warn!(subscription = %id, %reason, "handshake failed");
-                write_status(&shared, &id, "error", Some(&format!("handshake failed: {reason}")))
-                    .await;
+                write_status(
+                    &shared,
+                    &id,
+                    "error",
+                    Some(&format!("handshake failed: {reason}")),
+                )
+                .await;
                 return;
             }
         }
@@ -190,23 +193,29 @@ async fn deliver(shared: &Arc<Shared>, id: &str, wake: &Notify) {
             continue;
         }
         let last_number = rows.last().map(|r| r.number).unwrap_or(next);
-        let request = match build_request(shared, id, &settings, &status, events_since_start, rows)
-            .await
-        {
-            Some(request) => request,
-            None => {
-                // Nothing left to send for this event (e.g. retention removed the resource a
-                // classic PUT needs): skip it rather than block every later event.
-                let _ = shared.cursor.mark_delivered(id, last_number).await;
-                continue;
-            }
-        };
+        let request =
+            match build_request(shared, id, &settings, &status, events_since_start, rows).await {
+                Some(request) => request,
+                None => {
+                    // Nothing left to send for this event (e.g. retention removed the resource a
+                    // classic PUT needs): skip it rather than block every later event.
+                    let _ = shared
+                        .cursor
+                        .mark_delivered(id, next - 1, last_number)
+                        .await;
+                    continue;
+                }
+            };
         let mut attempts = 0;
         loop {
             attempts += 1;
             match attempt(shared, request.clone()).await {
                 Ok(()) => {
-                    if let Err(e) = shared.cursor.mark_delivered(id, last_number).await {
+                    if let Err(e) = shared
+                        .cursor
+                        .mark_delivered(id, next - 1, last_number)
+                        .await
+                    {
                         tracing::error!(subscription = %id, error = %e, "cannot record delivery");
                     }
                     tracing::debug!(subscription = %id, through = last_number, "delivered");

@@ -121,7 +121,12 @@ async fn record(
         body: body.to_vec(),
     });
     let hook = path.split('/').nth(1).unwrap_or("").to_owned();
-    let answer = state.answers.lock().get(&hook).copied().unwrap_or(Answer::Ok);
+    let answer = state
+        .answers
+        .lock()
+        .get(&hook)
+        .copied()
+        .unwrap_or(Answer::Ok);
     match answer {
         Answer::Ok => StatusCode::OK,
         Answer::Fail => StatusCode::INTERNAL_SERVER_ERROR,
@@ -178,7 +183,10 @@ impl Receiver {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("hook {hook} never got what the test waited for: {:#?}", self.on(hook));
+        panic!(
+            "hook {hook} never got what the test waited for: {:#?}",
+            self.on(hook)
+        );
     }
 }
 
@@ -205,9 +213,12 @@ pub fn test_config(dir: &std::path::Path) -> DeliveryConfig {
 
 impl Env {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut DeliveryConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
         let mut log_config = EmbeddedLogConfig::in_dir(dir.path().join("log"));
         log_config.durability = Durability::None;
         let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(log_config).await.unwrap());
@@ -215,7 +226,8 @@ impl Env {
         let relay = Relay::new(store, log.clone());
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(relay.run(stopped));
-        let config = test_config(dir.path());
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
         let runtime = Self::runtime(&fhir, &log, config.clone()).await;
         Self {
             fhir,
