@@ -360,7 +360,7 @@ fn sql_episodes(generated: &Generated) -> BTreeSet<EpisodeKey> {
 
 #[test]
 fn engine_episodes_match_a_sql_window_query() {
-    let generated = generate(0x5eed_0f_9e5);
+    let generated = generate(0x0005_eed0_f9e5);
     assert!(generated.deliveries.len() > 100_000);
     let expected = sql_episodes(&generated);
     let (actual, too_late) = engine_episodes(&generated);
