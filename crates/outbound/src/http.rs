@@ -91,6 +91,9 @@ pub enum Outcome {
     ConnectionFailed { reason: String },
     /// The policy refused the endpoint or a redirect target; nothing was sent there.
     Refused(Refusal),
+    /// The request itself cannot be sent: a header name or value, or the content type, is
+    /// not valid HTTP (e.g. contains a line break). Nothing was sent.
+    InvalidRequest { reason: String },
 }
 
 impl Outcome {
@@ -107,7 +110,10 @@ impl Outcome {
             | Self::ConnectionRefused
             | Self::ConnectionFailed { .. } => true,
             Self::ClientError { status } => *status == 408 || *status == 429,
-            Self::Success { .. } | Self::UnfollowedRedirect { .. } | Self::Refused(_) => false,
+            Self::Success { .. }
+            | Self::UnfollowedRedirect { .. }
+            | Self::Refused(_)
+            | Self::InvalidRequest { .. } => false,
         }
     }
 
@@ -273,8 +279,10 @@ impl Deliverer {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        let client = |plain_http: bool, tls: Option<rustls::ClientConfig>| {
-            let mut builder = reqwest::Client::builder()
+        // Both clients get the TLS setup: without one, reqwest would look for a process-wide
+        // rustls provider and panic when there is none, even for a client that never uses TLS.
+        let client = |plain_http: bool| {
+            reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .timeout(Duration::from_millis(config.timeout_ms))
@@ -283,14 +291,12 @@ impl Deliverer {
                 .dns_resolver(Arc::new(GuardedResolver {
                     policy: policy.clone(),
                     plain_http,
-                }));
-            if let Some(tls) = tls {
-                builder = builder.tls_backend_preconfigured(tls);
-            }
-            builder.build()
+                }))
+                .tls_backend_preconfigured(tls.clone())
+                .build()
         };
-        let https = client(false, Some(tls))?;
-        let plain_http = client(true, None)?;
+        let https = client(false)?;
+        let plain_http = client(true)?;
         Ok(Self {
             policy,
             https,
@@ -317,7 +323,7 @@ impl Deliverer {
                 }
                 _ => {
                     let reason = format!("header `{name}` has an invalid name or value");
-                    return Delivery::failed(Outcome::ConnectionFailed { reason }, None, 0);
+                    return Delivery::failed(Outcome::InvalidRequest { reason }, None, 0);
                 }
             }
         }
@@ -328,7 +334,7 @@ impl Deliverer {
             }
             Err(_) => {
                 let reason = format!("content type `{}` is not a valid header", post.content_type);
-                return Delivery::failed(Outcome::ConnectionFailed { reason }, None, 0);
+                return Delivery::failed(Outcome::InvalidRequest { reason }, None, 0);
             }
         }
         if let Some(secret) = &post.secret {
