@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use flare_log::embedded::EmbeddedLogConfig;
+use flare_processors::ProcessorsConfig;
 use flare_server::ServerConfig;
 use flare_service::FhirConfig;
 use flare_store::sqlite::SqliteConfig;
@@ -44,6 +45,8 @@ pub struct FlareConfig {
     /// `kafka` (brokers from this section).
     #[cfg(feature = "kafka")]
     pub kafka: flare_kafka::KafkaConfig,
+    /// Stream processors: which run, their state backend, retries, checkpoints.
+    pub processors: ProcessorsConfig,
 }
 
 impl Default for FlareConfig {
@@ -59,6 +62,7 @@ impl Default for FlareConfig {
             fhircast: flare_fhircast::HubConfig::default(),
             #[cfg(feature = "kafka")]
             kafka: flare_kafka::KafkaConfig::default(),
+            processors: ProcessorsConfig::default(),
         }
     }
 }
@@ -234,7 +238,10 @@ mod tests {
         assert!(err.contains("kafka.max_record_bytes"), "{err}");
         config.log = "embedded".into();
         assert!(kafka_config(&config).unwrap().is_none());
-        assert!(validate(&config).is_ok(), "the embedded log's limit applies");
+        assert!(
+            validate(&config).is_ok(),
+            "the embedded log's limit applies"
+        );
         config.log = "kafka://nohost".into();
         assert!(kafka_config(&config).is_err());
     }

@@ -3,8 +3,10 @@
 mod app;
 mod bench;
 mod config;
+mod dlq_cmd;
 mod events_cmd;
 mod ingest;
+mod process_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +49,18 @@ enum Command {
     ///   flare ingest ./bundles/
     ///   flare ingest --url http://127.0.0.1:8080/fhir patients.ndjson
     Ingest(ingest::IngestArgs),
+    /// Run stream processors (e.g. qSOFA sepsis alerts) without the HTTP API.
+    ///
+    /// Examples:
+    ///   flare process --processors qsofa
+    ///   flare process --processors qsofa --state redis://127.0.0.1:6379/0
+    #[command(verbatim_doc_comment)]
+    Process(process_cmd::ProcessArgs),
+    /// Inspect, replay and purge dead letters: records processors gave up on.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq_cmd::DlqCommand,
+    },
     /// Print an annotated config file with every default.
     ConfigExample,
     /// Measure a `flare serve` child process (CRUD mix, Bundle ingest, search, write -> event
@@ -88,6 +102,8 @@ fn main() -> std::process::ExitCode {
             Command::Events { command } => events_cmd::run(command).await,
             Command::Ingest(args) => ingest::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Process(args) => process_cmd::run(args).await,
+            Command::Dlq { command } => dlq_cmd::run(command).await,
             Command::ConfigExample => {
                 print!("{}", config::example());
                 Ok(std::process::ExitCode::SUCCESS)

@@ -8,9 +8,11 @@
 //! - [`dlq`]: dead letters: list, show, replay, purge.
 //! - [`metrics`]: per-processor counters and latency, rendered for Prometheus.
 //! - [`config`]: the `[processors]` config section.
+//! - [`builtin`]: the built-in processors (`qsofa`) over `flare-clinical`.
 //!
 //! Architecture invariant: knows the log only through `flare_log::EventLog`; no HTTP.
 
+pub mod builtin;
 pub mod config;
 pub mod dlq;
 pub mod metrics;
