@@ -9,14 +9,16 @@ use std::{
 
 use flare_events::{Action, ChangeEvent, header};
 use flare_log::{Consumer, Record, StartFrom};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
     DeliveryError, Live, Shared,
     cursor::{EventRow, SubscriptionChange},
-    settings::{ChannelKind, ChannelSettings, MatchInput},
+    settings::{ChannelKind, ChannelSettings},
     worker::{self, Mode},
 };
+use crate::{Interaction, MatchEvent, SubscriptionIndex};
 
 /// Consumer group name; the manager keeps its own offsets in the cursor file and never
 /// commits through the group.
@@ -36,13 +38,14 @@ pub(super) async fn resume(shared: &Arc<Shared>) -> Result<(), DeliveryError> {
     let mut actions = Vec::new();
     {
         let mut live = shared.live.lock();
+        let mut index = shared.index.lock();
         for s in stored {
-            let criteria = shared.interpreter.compile(&s.resource).ok();
+            let indexed = index_subscription(shared, &mut index, &s.id, &s.resource).is_ok();
             let entry = Live {
                 resource: Arc::new(s.resource),
                 since_seq: s.since_seq,
                 events_since_start: s.events_since_start,
-                criteria,
+                indexed,
             };
             match entry.status() {
                 "requested" => actions.push(Lifecycle::Handshake(s.id.clone())),
@@ -131,6 +134,20 @@ async fn process(
 ) -> Result<(), DeliveryError> {
     // Commit order across topics and partitions, as far as the records say.
     records.sort_by_key(|r| (outbox_seq(r).unwrap_or(u64::MAX), r.offset));
+    let events: Vec<Option<ChangeEvent>> = records
+        .iter()
+        .map(
+            |record| match ChangeEvent::from_json_bytes(&record.payload) {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    tracing::warn!(topic = %record.topic, offset = record.offset, error = %e,
+                    "skipping a record that is not a change event");
+                    None
+                }
+            },
+        )
+        .collect();
+    let previous = previous_versions(shared, &events).await;
     let mut changes = Vec::new();
     let mut rows = Vec::new();
     let mut actions = Vec::new();
@@ -138,45 +155,50 @@ async fn process(
     let mut touched: BTreeSet<String> = BTreeSet::new();
     {
         let mut live = shared.live.lock();
-        for record in &records {
+        let mut index = shared.index.lock();
+        for (position, record) in records.iter().enumerate() {
             let key = (record.topic.clone(), record.partition);
             if offsets.get(&key).is_some_and(|next| record.offset < *next) {
                 continue;
             }
             let next = advanced.entry(key).or_insert(0);
             *next = (*next).max(record.offset + 1);
-            let event = match ChangeEvent::from_json_bytes(&record.payload) {
-                Ok(event) => event,
-                Err(e) => {
-                    tracing::warn!(topic = %record.topic, offset = record.offset, error = %e,
-                        "skipping a record that is not a change event");
-                    continue;
-                }
+            let Some(event) = &events[position] else {
+                continue;
             };
             let seq = outbox_seq(record).unwrap_or(0);
             if event.metadata.resource_type == "Subscription" {
-                subscription_event(shared, &mut live, &event, seq, &mut changes, &mut actions);
+                subscription_event(
+                    shared,
+                    &mut live,
+                    &mut index,
+                    event,
+                    seq,
+                    &mut changes,
+                    &mut actions,
+                );
                 continue;
             }
-            let input = MatchInput {
+            let input = MatchEvent {
                 resource_type: &event.metadata.resource_type,
-                action: event.metadata.action,
-                resource: event.data.as_ref(),
+                interaction: interaction(event.metadata.action),
+                current: event.data.as_ref(),
+                previous: previous.get(&position),
+                trigger_event: None,
             };
             let focus = format!(
                 "{}/{}",
                 event.metadata.resource_type, event.metadata.resource_id
             );
-            for (id, sub) in live.iter_mut() {
+            for matched in index.matching(&input) {
+                let id: &str = &matched;
+                let Some(sub) = live.get_mut(id) else {
+                    continue;
+                };
                 if !sub.counts() || (seq != 0 && seq <= sub.since_seq) {
                     continue;
                 }
-                let Some(criteria) = &sub.criteria else {
-                    continue;
-                };
-                if !criteria.matches(&input) {
-                    continue;
-                }
+                let id = id.to_owned();
                 sub.events_since_start += 1;
                 touched.insert(id.clone());
                 rows.push(EventRow {
@@ -214,6 +236,7 @@ async fn process(
 fn subscription_event(
     shared: &Shared,
     live: &mut HashMap<String, Live>,
+    index: &mut SubscriptionIndex,
     event: &ChangeEvent,
     seq: u64,
     changes: &mut Vec<SubscriptionChange>,
@@ -222,6 +245,7 @@ fn subscription_event(
     let id = event.metadata.resource_id.clone();
     if event.metadata.action == Action::Deleted {
         live.remove(&id);
+        index.remove(&id);
         changes.push(SubscriptionChange::Delete { id: id.clone() });
         actions.push(Lifecycle::Stop(id));
         return;
@@ -233,12 +257,12 @@ fn subscription_event(
     let previous = live.get(&id);
     let since_seq = previous.map(|p| p.since_seq).unwrap_or(seq);
     let events_since_start = previous.map(|p| p.events_since_start).unwrap_or(0);
-    let compiled = shared.interpreter.compile(&resource);
+    let compiled = index_subscription(shared, index, &id, &resource);
     let entry = Live {
         resource: Arc::new(resource.clone()),
         since_seq,
         events_since_start,
-        criteria: compiled.as_ref().ok().cloned(),
+        indexed: compiled.is_ok(),
     };
     let status = entry.status().to_owned();
     let kind = ChannelSettings::from_resource(&resource).kind;
@@ -264,6 +288,85 @@ fn subscription_event(
         _ => Lifecycle::Stop(id),
     };
     actions.push(action);
+}
+
+/// Parses a Subscription and (re)places it in the matching index; `Err` is the reason it
+/// cannot be honoured. Subscriptions that are `off` leave the index.
+fn index_subscription(
+    shared: &Shared,
+    index: &mut SubscriptionIndex,
+    id: &str,
+    resource: &Value,
+) -> Result<(), String> {
+    index.remove(id);
+    let status = resource.get("status").and_then(Value::as_str).unwrap_or("");
+    if !matches!(status, "requested" | "active" | "error") {
+        return Err(format!("status {status}"));
+    }
+    let spec = crate::parse_subscription(resource, shared.fhir.registry(), index.topics())
+        .map_err(|issues| {
+            issues
+                .iter()
+                .map(|issue| issue.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    index.insert_with_id(id, &spec).map_err(|e| e.to_string())
+}
+
+fn interaction(action: Action) -> Interaction {
+    match action {
+        Action::Created => Interaction::Create,
+        Action::Updated => Interaction::Update,
+        Action::Deleted => Interaction::Delete,
+    }
+}
+
+/// The versions before updates and deletes, where matching needs them: deletes always (their
+/// filters are evaluated on what was deleted), updates when a topic on the type compares
+/// previous and current, and classic criteria (a meta-only update notifies nobody).
+async fn previous_versions(
+    shared: &Shared,
+    events: &[Option<ChangeEvent>],
+) -> HashMap<usize, Value> {
+    let wanted: Vec<(usize, String, String, u64)> = {
+        let index = shared.index.lock();
+        events
+            .iter()
+            .enumerate()
+            .filter_map(|(position, event)| {
+                let event = event.as_ref()?;
+                let m = &event.metadata;
+                let version: u64 = m.version_id.parse().ok()?;
+                let needed = match m.action {
+                    Action::Created => false,
+                    Action::Deleted => true,
+                    Action::Updated => !index.is_empty(),
+                };
+                (needed && version > 1 && m.resource_type != "Subscription").then(|| {
+                    (
+                        position,
+                        m.resource_type.clone(),
+                        m.resource_id.clone(),
+                        version - 1,
+                    )
+                })
+            })
+            .collect()
+    };
+    let mut found = HashMap::new();
+    for (position, resource_type, id, version) in wanted {
+        if let Ok(stored) = shared
+            .fhir
+            .vread(&resource_type, &id, &version.to_string())
+            .await
+            && let Some(body) = stored.body.as_deref()
+            && let Ok(value) = serde_json::from_str(body)
+        {
+            found.insert(position, value);
+        }
+    }
+    found
 }
 
 async fn apply_lifecycle(shared: &Arc<Shared>, action: Lifecycle) {

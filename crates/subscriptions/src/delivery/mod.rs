@@ -41,11 +41,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{sync::watch, task::JoinHandle};
 
+use crate::{SubscriptionIndex, TopicRegistry};
+
 pub use cursor::{CursorStore, EventRow};
 pub use notify::NotificationType;
-pub use settings::{
-    ChannelSettings, Content, Criteria, Interpreter, MatchInput, SearchInterpreter,
-};
+pub use settings::{ChannelSettings, Content};
 pub use transport::{OutboundRequest, PlainHttp, Transport, TransportError};
 
 /// Errors of the delivery runtime. Endpoint failures are not errors: they are retried and end
@@ -117,8 +117,9 @@ pub(crate) struct Live {
     pub resource: Arc<Value>,
     pub since_seq: u64,
     pub events_since_start: u64,
-    /// `None` when the resource cannot be evaluated (it is then never matched).
-    pub criteria: Option<Arc<dyn Criteria>>,
+    /// Whether the resource parsed and sits in the matching index (otherwise it is never
+    /// matched).
+    pub indexed: bool,
 }
 
 impl Live {
@@ -132,7 +133,7 @@ impl Live {
     /// Whether new changes are numbered for it: while `requested`, `active` and `error`
     /// (the IG asks to keep counting while failing).
     pub fn counts(&self) -> bool {
-        matches!(self.status(), "requested" | "active" | "error") && self.criteria.is_some()
+        matches!(self.status(), "requested" | "active" | "error") && self.indexed
     }
 }
 
@@ -140,9 +141,9 @@ pub(crate) struct Shared {
     pub fhir: Fhir,
     pub log: Arc<dyn EventLog>,
     pub cursor: CursorStore,
-    pub interpreter: Arc<dyn Interpreter>,
     pub transport: Arc<dyn Transport>,
     pub routing: RoutingConfig,
+    pub index: Mutex<SubscriptionIndex>,
     pub config: DeliveryConfig,
     pub live: Mutex<HashMap<String, Live>>,
     pub workers: Mutex<HashMap<String, worker::WorkerHandle>>,
@@ -152,7 +153,8 @@ pub(crate) struct Shared {
 pub struct Dependencies {
     pub fhir: Fhir,
     pub log: Arc<dyn EventLog>,
-    pub interpreter: Arc<dyn Interpreter>,
+    /// The topics subscriptions may name (e.g. [`TopicRegistry::with_builtins`]).
+    pub topics: TopicRegistry,
     pub transport: Arc<dyn Transport>,
 }
 
@@ -182,10 +184,13 @@ impl SubscriptionRuntime {
         let cursor = CursorStore::open(&config.cursor_file)?;
         let shared = Arc::new(Shared {
             routing: deps.fhir.config().events.clone(),
+            index: Mutex::new(SubscriptionIndex::new(
+                deps.fhir.registry().clone(),
+                deps.topics,
+            )),
             fhir: deps.fhir,
             log: deps.log,
             cursor,
-            interpreter: deps.interpreter,
             transport: deps.transport,
             config,
             live: Mutex::new(HashMap::new()),

@@ -610,6 +610,18 @@ fn index_matches_one_by_one_evaluation_and_forgets_removed_subscriptions() {
     );
     assert!(after.contains(&"topic-0-0".to_string()));
     assert!(!after.contains(&"classic-0-0".to_string()));
+    // Members of a group of identical criteria leave one by one.
+    let preliminary = observation("o", "8867-4", "p1", "preliminary");
+    assert!(index.remove("status-0"));
+    let after = matched(
+        &index,
+        "Observation",
+        Interaction::Create,
+        Some(&preliminary),
+        None,
+    );
+    assert!(!after.contains(&"status-0".to_string()));
+    assert!(after.contains(&"status-1".to_string()));
     // Re-inserting an id replaces it.
     let spec = parse(&classic("Observation?code=never")).unwrap();
     index.insert_with_id("topic-0-0", &spec).unwrap();
@@ -621,5 +633,5 @@ fn index_matches_one_by_one_evaluation_and_forgets_removed_subscriptions() {
         None,
     );
     assert!(!after.contains(&"topic-0-0".to_string()));
-    assert_eq!(index.len(), all.len() - 1);
+    assert_eq!(index.len(), all.len() - 2);
 }

@@ -22,13 +22,15 @@ use flare_store::{
     Store,
     sqlite::{SqliteConfig, SqliteStore},
 };
-use flare_subscriptions::delivery::{
-    DeliveryConfig, Dependencies, PlainHttp, SearchInterpreter, SubscriptionRuntime,
+use flare_subscriptions::{
+    TopicRegistry,
+    delivery::{DeliveryConfig, Dependencies, PlainHttp, SubscriptionRuntime},
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+pub const ADMISSION: &str = "http://flare.dev/fhir/SubscriptionTopic/encounter-admission";
 pub const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
 
 fn registry() -> Arc<Registry> {
@@ -248,7 +250,7 @@ impl Env {
             Dependencies {
                 fhir: fhir.clone(),
                 log: log.clone(),
-                interpreter: Arc::new(SearchInterpreter::new(registry())),
+                topics: TopicRegistry::with_builtins(&registry()),
                 transport: Arc::new(PlainHttp::default()),
             },
             config,
@@ -314,9 +316,9 @@ pub fn backport_subscription(endpoint: &str, patient: &str, content: &str) -> Va
         "resourceType": "Subscription",
         "status": "requested",
         "reason": "test",
-        "criteria": "http://example.org/topics/encounter",
+        "criteria": ADMISSION,
         "_criteria": {"extension": [{"url": format!("{BACKPORT}backport-filter-criteria"),
-            "valueString": format!("Encounter?patient=Patient/{patient}")}]},
+            "valueString": format!("patient=Patient/{patient}")}]},
         "channel": {
             "type": "rest-hook",
             "endpoint": endpoint,

@@ -134,7 +134,7 @@ async fn e22_full_resource_carries_the_version() {
     let status = &body["entry"][0]["resource"];
     assert_eq!(
         param(status, "topic").unwrap()["valueCanonical"],
-        "http://example.org/topics/encounter"
+        common::ADMISSION
     );
 }
 
@@ -530,7 +530,7 @@ async fn k42_criteria_that_cannot_be_evaluated_turn_error_not_match_all() {
         )
         .await;
     let failed = env.wait_status(&id, "error").await;
-    assert!(failed["error"].as_str().unwrap().contains("chain"));
+    assert!(!failed["error"].as_str().unwrap().is_empty());
     env.create(json!({"resourceType": "Observation", "status": "final",
         "code": {"text": "x"}}))
         .await;
