@@ -19,6 +19,7 @@ pub mod qsofa;
 pub mod time;
 pub mod vitals;
 
+pub use immunizations::{ImmunizationCounts, ImmunizationReading};
 pub use qsofa::{
     AlertEvent, Applied, Disposition, Episode, EvidenceChange, EvidenceRef, Outcome, PatientQsofa,
     QsofaConfig, QsofaEngine, ResolveReason,
