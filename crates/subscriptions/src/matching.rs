@@ -52,9 +52,13 @@ pub enum IndexError {
 /// An index key: a parameter and a value that an event's entry must carry exactly.
 type Key = (Arc<str>, String);
 
-struct Entry {
-    id: Arc<str>,
+/// Subscriptions with identical criteria share one group: it is evaluated once per event and
+/// notifies all its members (many clients subscribe to the same topic and filters).
+struct Group {
     kind: EntryKind,
+    members: Vec<Arc<str>>,
+    signature: String,
+    placements: Vec<Placement>,
 }
 
 enum EntryKind {
@@ -68,15 +72,19 @@ enum EntryKind {
     },
 }
 
-#[derive(Default)]
 struct TypeBucket {
     keyed: HashMap<Key, Vec<u32>>,
     unkeyed: Vec<u32>,
     /// Parameters that appear in `keyed`, with how many keys use them.
     key_params: HashMap<Arc<str>, usize>,
+    /// Extracts only the parameters this type's groups use (extraction of every parameter
+    /// of a resource costs more than the matching itself).
+    extractor: Arc<Registry>,
+    /// The parameters `extractor` knows; `None` when it is the full registry.
+    extracted: Option<Vec<String>>,
 }
 
-/// Where one slot was put, to take it out again.
+/// Where one group was put, to take it out again.
 struct Placement {
     resource_type: String,
     keys: Vec<Key>,
@@ -87,9 +95,10 @@ struct Placement {
 pub struct SubscriptionIndex {
     registry: Arc<Registry>,
     topics: TopicRegistry,
-    slots: Vec<Option<(Entry, Vec<Placement>)>>,
+    slots: Vec<Option<Group>>,
     free: Vec<u32>,
     by_id: HashMap<Arc<str>, u32>,
+    by_signature: HashMap<String, u32>,
     by_type: HashMap<String, TypeBucket>,
 }
 
@@ -109,6 +118,7 @@ impl SubscriptionIndex {
             slots: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
+            by_signature: HashMap::new(),
             by_type: HashMap::new(),
         }
     }
@@ -175,6 +185,14 @@ impl SubscriptionIndex {
         };
         self.remove(id);
         let id: Arc<str> = Arc::from(id);
+        let signature = signature(&kind);
+        if let Some(&slot) = self.by_signature.get(&signature)
+            && let Some(Some(group)) = self.slots.get_mut(slot as usize)
+        {
+            group.members.push(id.clone());
+            self.by_id.insert(id, slot);
+            return Ok(());
+        }
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -192,7 +210,29 @@ impl SubscriptionIndex {
                     .unwrap_or(&[]),
             };
             let keys = index_keys(clauses);
-            let bucket = self.by_type.entry(resource_type.clone()).or_default();
+            let mut params: Vec<&str> =
+                clauses.iter().map(|clause| clause.param.as_str()).collect();
+            if let EntryKind::Topic { topic, .. } = &kind {
+                for trigger in &topic.resource_triggers {
+                    if trigger.resource_type != resource_type {
+                        continue;
+                    }
+                    if let Some(criteria) = &trigger.query_criteria {
+                        for test in [&criteria.previous, &criteria.current]
+                            .into_iter()
+                            .flatten()
+                        {
+                            params.extend(test.clauses.iter().map(|clause| clause.param.as_str()));
+                        }
+                    }
+                }
+            }
+            let registry = &self.registry;
+            let bucket = self
+                .by_type
+                .entry(resource_type.clone())
+                .or_insert_with(|| TypeBucket::new(&resource_type));
+            bucket.extract_also(registry, &resource_type, &params);
             if keys.is_empty() {
                 bucket.unkeyed.push(slot);
             } else {
@@ -206,13 +246,15 @@ impl SubscriptionIndex {
                 keys,
             });
         }
-        let entry = Entry {
-            id: id.clone(),
-            kind,
-        };
         if let Some(place) = self.slots.get_mut(slot as usize) {
-            *place = Some((entry, placements));
+            *place = Some(Group {
+                kind,
+                members: vec![id.clone()],
+                signature: signature.clone(),
+                placements,
+            });
         }
+        self.by_signature.insert(signature, slot);
         self.by_id.insert(id, slot);
         Ok(())
     }
@@ -222,10 +264,20 @@ impl SubscriptionIndex {
         let Some(slot) = self.by_id.remove(id) else {
             return false;
         };
-        let Some((_, placements)) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+        let Some(Some(group)) = self.slots.get_mut(slot as usize) else {
             return false;
         };
-        for placement in placements {
+        if let Some(position) = group.members.iter().position(|member| &**member == id) {
+            group.members.swap_remove(position);
+        }
+        if !group.members.is_empty() {
+            return true;
+        }
+        let Some(group) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return true;
+        };
+        self.by_signature.remove(&group.signature);
+        for placement in group.placements {
             let Some(bucket) = self.by_type.get_mut(&placement.resource_type) else {
                 continue;
             };
@@ -271,7 +323,7 @@ impl SubscriptionIndex {
         let Some(bucket) = self.by_type.get(event.resource_type) else {
             return Vec::new();
         };
-        let mut context = EventContext::new(&self.registry, event);
+        let mut context = EventContext::new(&bucket.extractor, event);
         let mut candidates: Vec<u32> = bucket.unkeyed.clone();
         if !bucket.keyed.is_empty() {
             let entries = context.focus_entries();
@@ -291,10 +343,10 @@ impl SubscriptionIndex {
         let mut topic_results: HashMap<*const Topic, bool> = HashMap::new();
         let mut matched = Vec::new();
         for slot in candidates {
-            let Some(Some((entry, _))) = self.slots.get(slot as usize) else {
+            let Some(Some(group)) = self.slots.get(slot as usize) else {
                 continue;
             };
-            let hit = match &entry.kind {
+            let hit = match &group.kind {
                 EntryKind::Classic { clauses } => context.classic_matches(clauses),
                 EntryKind::Topic { topic, filters } => {
                     let key = Arc::as_ptr(topic);
@@ -313,11 +365,73 @@ impl SubscriptionIndex {
                 }
             };
             if hit {
-                matched.push(entry.id.clone());
+                matched.extend(group.members.iter().cloned());
             }
         }
         matched
     }
+}
+
+/// Identical criteria give identical signatures (the clauses' debug form is exact: it lists
+/// every predicate with its values).
+fn signature(kind: &EntryKind) -> String {
+    match kind {
+        EntryKind::Classic { clauses } => format!("classic {clauses:?}"),
+        EntryKind::Topic { topic, filters } => {
+            let mut filters: Vec<_> = filters.iter().collect();
+            filters.sort_by(|a, b| a.0.cmp(b.0));
+            format!("topic {} {filters:?}", topic.url)
+        }
+    }
+}
+
+impl TypeBucket {
+    fn new(resource_type: &str) -> Self {
+        let extracted = Vec::new();
+        Self {
+            keyed: HashMap::new(),
+            unkeyed: Vec::new(),
+            key_params: HashMap::new(),
+            extractor: Arc::new(narrow_registry(resource_type, &extracted).unwrap_or_default()),
+            extracted: Some(extracted),
+        }
+    }
+
+    /// Makes the extractor cover `params` too (rebuilt only when one is new).
+    fn extract_also(&mut self, full: &Arc<Registry>, resource_type: &str, params: &[&str]) {
+        let Some(extracted) = &mut self.extracted else {
+            return;
+        };
+        let mut changed = false;
+        for param in params {
+            if !extracted.iter().any(|known| known == param) {
+                extracted.push((*param).to_owned());
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        match narrow_registry(resource_type, extracted) {
+            Some(registry) => self.extractor = Arc::new(registry),
+            None => {
+                // A parameter that is not a core one (a custom SearchParameter): extract
+                // everything with the registry the criteria were parsed with.
+                self.extractor = full.clone();
+                self.extracted = None;
+            }
+        }
+    }
+}
+
+/// A registry of only `params` of `resource_type`, or `None` when one is not a core R4
+/// parameter.
+fn narrow_registry(resource_type: &str, params: &[String]) -> Option<Registry> {
+    let mut definitions = Vec::new();
+    for param in params {
+        definitions.push(flare_fhir::search_params::find(resource_type, param)?);
+    }
+    Some(Registry::from_definitions(definitions))
 }
 
 /// The keys of the first clause whose every value is an exact token code or reference.
