@@ -162,8 +162,8 @@ impl Delivery {
     }
 }
 
-/// A `POST` of a notification.
-#[derive(Debug, Clone)]
+/// A `POST` of a notification. Its `Debug` form shows header names but not their values.
+#[derive(Clone)]
 pub struct Post {
     pub url: String,
     pub body: Bytes,
@@ -176,6 +176,20 @@ pub struct Post {
     pub secret: Option<Secret>,
     /// Overrides [`DeliveryConfig::timeout_ms`] for this call.
     pub timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Post {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Post")
+            .field("url", &self.url)
+            .field("content_type", &self.content_type)
+            .field("body_bytes", &self.body.len())
+            .field("header_names", &header_names)
+            .field("signed", &self.secret.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Post {
