@@ -87,16 +87,17 @@ impl Mapper<'_> {
             self.drop_count(&format!("{resource_type}.meta.profile"));
         }
         let mapped = if self.version == FhirVersion::Dstu2 {
-            dstu2_to_stu3(&resource_type, &mut object)
-                .then(|| {
-                    let stu3_type = object
-                        .get("resourceType")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    stu3_to_r4(&stu3_type, &mut object, self)
-                })
-                .unwrap_or(false)
+            // DSTU2 goes through STU3; the STU3 type may differ (MedicationOrder).
+            if dstu2_to_stu3(&resource_type, &mut object) {
+                let stu3_type = object
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                stu3_to_r4(&stu3_type, &mut object, self)
+            } else {
+                false
+            }
         } else {
             stu3_to_r4(&resource_type, &mut object, self)
         };
