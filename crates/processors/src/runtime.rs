@@ -214,7 +214,8 @@ impl RuntimeOptions {
     }
 }
 
-/// A running processor.
+/// A running processor. Dropping the handle stops it as [`shutdown`](Self::shutdown) does
+/// (with a final checkpoint), without waiting.
 pub struct ProcessorHandle {
     name: String,
     metrics: Arc<ProcessorMetrics>,
@@ -393,7 +394,21 @@ impl<P: Processor> Runner<P> {
     /// Resolves the input topics and seeks every partition to the state store's offset.
     async fn start(&mut self) -> Result<Box<dyn flare_log::Consumer>, RuntimeError> {
         let declared = self.processor.topics();
-        let existing = self.log.topics().await.map_err(|e| self.log_error(e))?;
+        let mut existing = self.log.topics().await.map_err(|e| self.log_error(e))?;
+        if declared
+            .iter()
+            .any(|topic| !existing.iter().any(|t| &t.name == topic))
+        {
+            // A consumer creates missing inputs with the backend's default partition count,
+            // which their retry topics should share.
+            drop(
+                self.log
+                    .consumer(&self.group, &declared, StartFrom::Earliest)
+                    .await
+                    .map_err(|e| self.log_error(e))?,
+            );
+            existing = self.log.topics().await.map_err(|e| self.log_error(e))?;
+        }
         let mut inputs = Vec::new();
         for topic in &declared {
             inputs.push(topic.clone());
