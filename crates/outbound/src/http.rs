@@ -19,6 +19,7 @@
 //!   endpoint) are dropped.
 //! - Nothing here logs header values, secrets or bodies.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ pub struct DeliveryConfig {
     pub max_response_bytes: usize,
     /// `User-Agent` of every call. Default `Flare/<version>`.
     pub user_agent: String,
+    /// PEM files of CA certificates trusted for https besides the platform's trust store
+    /// (a private CA). Default: none.
+    pub extra_root_certificates: Vec<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -58,6 +62,7 @@ impl Default for DeliveryConfig {
             max_redirects: 3,
             max_response_bytes: 64 * 1024,
             user_agent: concat!("Flare/", env!("CARGO_PKG_VERSION")).to_owned(),
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -65,6 +70,8 @@ impl Default for DeliveryConfig {
 /// The client could not be built (TLS setup); a startup error, not a delivery outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("cannot read CA certificates from {path}: {reason}")]
+    RootCertificates { path: PathBuf, reason: String },
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
     #[error("HTTP client setup failed: {0}")]
@@ -287,7 +294,12 @@ impl Deliverer {
     /// Builds the clients: https with rustls (ring) and the platform's trust store.
     pub fn new(policy: EndpointPolicy, config: DeliveryConfig) -> Result<Self, BuildError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls_platform_verifier::Verifier::new(provider.clone())?;
+        let extra_roots = load_root_certificates(&config.extra_root_certificates)?;
+        let verifier = if extra_roots.is_empty() {
+            rustls_platform_verifier::Verifier::new(provider.clone())?
+        } else {
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?
+        };
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -533,6 +545,28 @@ impl Deliverer {
         }
         Bytes::from(body)
     }
+}
+
+fn load_root_certificates(
+    paths: &[PathBuf],
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, BuildError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut certificates = Vec::new();
+    for path in paths {
+        let error = |reason: String| BuildError::RootCertificates {
+            path: path.clone(),
+            reason,
+        };
+        let before = certificates.len();
+        for certificate in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
+            certificates.push(certificate.map_err(|e| error(e.to_string()))?);
+        }
+        if certificates.len() == before {
+            return Err(error("no PEM certificate in the file".to_owned()));
+        }
+    }
+    Ok(certificates)
 }
 
 /// One request as repeated on each redirect hop.

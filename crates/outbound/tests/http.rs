@@ -533,3 +533,141 @@ async fn invalid_header_values_are_not_sent() {
     assert!(!delivery.outcome.is_retryable());
     assert!(receiver.requests().is_empty());
 }
+
+mod tls {
+    //! https against a receiver whose certificate comes from a test CA (`tests/tls/`).
+
+    use std::io::{Read, Write};
+    use std::path::PathBuf;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/tls")
+            .join(name)
+    }
+
+    /// A one-request-per-connection HTTP/1.1 server over rustls, on a thread of its own so
+    /// it shares nothing with the client under test. Records each request's raw bytes.
+    fn spawn_tls_receiver() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let certificates = CertificateDer::pem_file_iter(fixture("hook.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("hook.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certificates, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let config = config.clone();
+                let recorded = recorded.clone();
+                std::thread::spawn(move || {
+                    let connection = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(connection, stream);
+                    let Some(request) = read_request(&mut tls) else {
+                        return;
+                    };
+                    recorded.lock().unwrap().push(request);
+                    let _ = tls.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    );
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    /// Headers and a `content-length` body, or `None` when the handshake or read fails.
+    fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut chunk).ok()?;
+            if read == 0 {
+                return None;
+            }
+            request.extend_from_slice(&chunk[..read]);
+            let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if request.len() >= end + 4 + length {
+                return Some(request);
+            }
+        }
+    }
+
+    fn https_deliverer(extra_roots: Vec<PathBuf>) -> Deliverer {
+        let lookup = ScriptedLookup::new("hook.test", &[&["127.0.0.1"]]);
+        let policy = EndpointPolicy::new("127.0.0.1".parse().unwrap()).with_lookup(lookup);
+        let config = DeliveryConfig {
+            extra_root_certificates: extra_roots,
+            ..DeliveryConfig::default()
+        };
+        Deliverer::new(policy, config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn https_post_to_a_trusted_certificate() {
+        let (addr, requests) = spawn_tls_receiver();
+        let post = json_post(format!("https://hook.test:{}/hook", addr.port()))
+            .signed_with(Secret::from("s"));
+        let delivery = https_deliverer(vec![fixture("ca.pem")]).post(&post).await;
+        assert_eq!(delivery.outcome, Outcome::Success { status: 200 });
+        assert_eq!(&delivery.body[..], b"ok");
+        let requests = requests.lock().unwrap();
+        assert_eq!(requests.len(), 1);
+        let request = String::from_utf8_lossy(&requests[0]);
+        assert!(request.starts_with("POST /hook HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.ends_with("{\"resourceType\":\"Bundle\"}"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_to_an_untrusted_certificate_fails_before_sending() {
+        let (addr, requests) = spawn_tls_receiver();
+        let post = json_post(format!("https://hook.test:{}/hook", addr.port()));
+        let delivery = https_deliverer(Vec::new()).post(&post).await;
+        assert!(
+            matches!(delivery.outcome, Outcome::ConnectionFailed { .. }),
+            "{:?}",
+            delivery.outcome
+        );
+        assert!(requests.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_root_certificate_file_without_certificates_is_a_build_error() {
+        let config = DeliveryConfig {
+            extra_root_certificates: vec![fixture("hook.key")],
+            ..DeliveryConfig::default()
+        };
+        let error = Deliverer::new(EndpointPolicy::default(), config).unwrap_err();
+        assert!(error.to_string().contains("hook.key"), "{error}");
+    }
+}
