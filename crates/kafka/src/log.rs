@@ -103,7 +103,10 @@ impl KafkaLog {
         meta_config.set("allow.auto.create.topics", "false");
         let meta: BaseConsumer = meta_config.create().map_err(KafkaError::Client)?;
         let mut reader_config = meta_config.clone();
+        // librdkafka assigns partitions only in a consumer with a group id; the reader never
+        // subscribes nor commits, so the group stays empty.
         reader_config
+            .set("group.id", format!("{}-range-reader", config.client_id))
             .set("enable.partition.eof", "true")
             .set("fetch.max.bytes", message_max.as_str())
             .set("enable.auto.commit", "false");
