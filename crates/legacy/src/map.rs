@@ -556,8 +556,7 @@ pub(crate) fn r4_system(system: &str) -> Option<String> {
         "http://hl7.org/fhir/observation-category"
         | "http://hl7.org/fhir/condition-category"
         | "http://hl7.org/fhir/condition-clinical"
-        | "http://hl7.org/fhir/condition-ver-status"
-        | "http://hl7.org/fhir/allergy-intolerance-category" => {
+        | "http://hl7.org/fhir/condition-ver-status" => {
             let name = system.trim_start_matches("http://hl7.org/fhir/");
             Some(format!("http://terminology.hl7.org/CodeSystem/{name}"))
         }
