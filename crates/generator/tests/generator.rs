@@ -86,10 +86,10 @@ fn the_mix_follows_the_configuration() {
                     .to_string(),
             );
         }
-        if let Some(components) = item.resource["component"].as_array() {
-            if components[0]["valueQuantity"]["value"].as_f64().unwrap() <= 100.0 {
-                low_systolic += 1;
-            }
+        if let Some(components) = item.resource["component"].as_array()
+            && components[0]["valueQuantity"]["value"].as_f64().unwrap() <= 100.0
+        {
+            low_systolic += 1;
         }
     }
     let tally = generator.tally();
