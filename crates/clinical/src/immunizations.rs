@@ -396,30 +396,19 @@ impl ImmunizationCounts {
 
     fn adjust(&mut self, contribution: &Contribution, add: bool) {
         let vaccine = &contribution.vaccine;
-        bump(self.totals.entry(vaccine.clone()).or_default(), add);
+        if decrement_or_bump(&mut self.totals, vaccine, add) {
+            self.totals.remove(vaccine);
+        }
         for (table, at) in [
             (&mut self.days, contribution.occurred.start_of_day()),
             (&mut self.hours, contribution.occurred.start_of_hour()),
         ] {
-            bump(
-                table
-                    .entry(vaccine.clone())
-                    .or_default()
-                    .entry(at.as_millis())
-                    .or_default(),
-                add,
-            );
-        }
-        self.drop_zeroes(vaccine);
-    }
-
-    fn drop_zeroes(&mut self, vaccine: &str) {
-        if self.totals.get(vaccine) == Some(&0) {
-            self.totals.remove(vaccine);
-        }
-        for table in [&mut self.days, &mut self.hours] {
-            if let Some(buckets) = table.get_mut(vaccine) {
-                buckets.retain(|_, count| *count > 0);
+            let buckets = table.entry(vaccine.clone()).or_default();
+            let count = buckets.entry(at.as_millis()).or_default();
+            bump(count, add);
+            // Zero counts are dropped so the tables hold only what exists.
+            if *count == 0 {
+                buckets.remove(&at.as_millis());
                 if buckets.is_empty() {
                     table.remove(vaccine);
                 }
@@ -441,6 +430,13 @@ impl ImmunizationCounts {
             CountScope::Hour(at) => lookup(&self.hours, at),
         }
     }
+}
+
+/// Bumps the vaccine's total; true when it dropped to zero.
+fn decrement_or_bump(totals: &mut BTreeMap<String, u64>, vaccine: &str, add: bool) -> bool {
+    let count = totals.entry(vaccine.to_owned()).or_default();
+    bump(count, add);
+    *count == 0
 }
 
 fn bump(count: &mut u64, add: bool) {

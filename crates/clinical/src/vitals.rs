@@ -232,32 +232,51 @@ fn has_loinc(concept: Option<&Value>, wanted: &str) -> bool {
         })
 }
 
+/// What a LOINC code in `Observation.code` makes of the Observation.
+enum CodeMeaning {
+    Vital(Criterion),
+    BloodPressurePanel,
+}
+
+fn code_meaning(code: &str) -> Option<CodeMeaning> {
+    Criterion::ALL
+        .into_iter()
+        .find(|criterion| criterion.loinc() == code)
+        .map(CodeMeaning::Vital)
+        .or_else(|| {
+            BLOOD_PRESSURE_PANELS
+                .contains(&code)
+                .then_some(CodeMeaning::BloodPressurePanel)
+        })
+}
+
 /// The criterion an Observation measures and where its value sits (`None` for the value means
-/// the element is absent; the caller reports it).
+/// the element is absent; the caller reports it). One pass over the codings: this runs for
+/// every Observation on the log.
 fn find_vital(resource: &Value) -> Option<(Criterion, ValueSlot<'_>)> {
-    let code = resource.get("code");
-    for criterion in Criterion::ALL {
-        if has_loinc(code, criterion.loinc()) {
-            return Some((criterion, ValueSlot::of(resource)));
+    let codings = resource.get("code")?.get("coding")?.as_array()?;
+    let meaning = codings.iter().find_map(|coding| {
+        if coding.get("system").and_then(Value::as_str) != Some(LOINC_SYSTEM) {
+            return None;
+        }
+        code_meaning(coding.get("code")?.as_str()?)
+    })?;
+    match meaning {
+        CodeMeaning::Vital(criterion) => Some((criterion, ValueSlot::of(resource))),
+        CodeMeaning::BloodPressurePanel => {
+            let systolic = resource
+                .get("component")
+                .and_then(Value::as_array)?
+                .iter()
+                .find(|component| {
+                    has_loinc(
+                        component.get("code"),
+                        Criterion::SystolicBloodPressure.loinc(),
+                    )
+                })?;
+            Some((Criterion::SystolicBloodPressure, ValueSlot::of(systolic)))
         }
     }
-    if BLOOD_PRESSURE_PANELS
-        .iter()
-        .any(|panel| has_loinc(code, panel))
-    {
-        let systolic = resource
-            .get("component")
-            .and_then(Value::as_array)?
-            .iter()
-            .find(|component| {
-                has_loinc(
-                    component.get("code"),
-                    Criterion::SystolicBloodPressure.loinc(),
-                )
-            })?;
-        return Some((Criterion::SystolicBloodPressure, ValueSlot::of(systolic)));
-    }
-    None
 }
 
 /// The `value[x]` of an Observation or component.
