@@ -20,10 +20,16 @@
 //!
 //! **Topics** ([`topic`]): [`Topic::from_json`] (R4B/R5 `SubscriptionTopic`, or an R4 `Basic`
 //! wrapping it: see the module docs), [`TopicRegistry`] (by canonical; [`TopicRegistry::with_builtins`]),
-//! [`builtin_topics`] under `http://flare.dev/fhir/SubscriptionTopic/`.
+//! [`builtin_topics`] under `http://flare.dev/fhir/SubscriptionTopic/`,
+//! [`Topic::include_references`] (`notificationShape.include` → references to read for
+//! `additional-context`).
 //!
 //! **Matching** ([`matching`]): [`SubscriptionIndex`] with `insert`/`remove`/`matching(&MatchEvent)`
-//! and `needs_previous(type)`.
+//! and `needs_previous(type)`: when it is true for an update's type the caller must pass the
+//! previous version, or `queryCriteria.previous` is judged as for a create.
+//!
+//! Not here (the delivery runtime's): event numbering and cursors, status transitions,
+//! handshake/heartbeat timing, retries, the network guard, HMAC signing, `end` expiry.
 //!
 //! **Notifications** ([`notification`]): [`notification_bundle`], [`status_resource`],
 //! [`status_search_bundle`] (`$status`), [`batches`] (`maxCount`), [`classic_rest_hook`].

@@ -270,6 +270,53 @@ impl Topic {
         types
     }
 
+    /// The references to include with a notification about `resource`
+    /// (`notificationShape.include`, e.g. `Encounter:patient` gives `Patient/123`), for the
+    /// runtime to read and pass as `additional-context`. Only relative `Type/id` references
+    /// are returned; `revInclude` needs a search and is left to the caller.
+    pub fn include_references(&self, registry: &Registry, resource: &Value) -> Vec<String> {
+        let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        let mut wanted: Vec<(&str, Option<&str>)> = Vec::new();
+        for shape in &self.notification_shapes {
+            if shape.resource_type != resource_type {
+                continue;
+            }
+            for include in &shape.include {
+                let mut parts = include.split(':');
+                let (Some(source), Some(param)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                if source == resource_type {
+                    wanted.push((param, parts.next()));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let mut references = Vec::new();
+        for entry in registry.extract(resource) {
+            let flare_search::IndexValue::Reference {
+                target_type: Some(target_type),
+                target_id: Some(target_id),
+                ..
+            } = &entry.value
+            else {
+                continue;
+            };
+            let included = wanted.iter().any(|(param, target)| {
+                *param == entry.param && target.is_none_or(|target| target == target_type)
+            });
+            let reference = format!("{target_type}/{target_id}");
+            if included && !references.contains(&reference) {
+                references.push(reference);
+            }
+        }
+        references
+    }
+
     /// The topic as an R4 `Basic` resource (the form R4 clients can read).
     pub fn to_basic(&self, id: &str) -> Value {
         json!({

@@ -480,3 +480,29 @@ fn topics_parse_from_r5_json_and_from_a_basic_wrapper() {
     let not_a_topic = json!({"resourceType": "Basic", "code": {"text": "x"}});
     assert!(Topic::from_json(&not_a_topic, &registry).is_err());
 }
+
+#[test]
+fn c1_9_23_notification_shape_includes_name_the_references_to_add() {
+    let registry = registry();
+    let topics = crate::topics();
+    let admission = topics.get(&format!("{TOPIC}encounter-admission")).unwrap();
+    let encounter = json!({"resourceType": "Encounter", "id": "e1", "status": "in-progress",
+        "class": {"code": "IMP"}, "subject": {"reference": "Patient/p1"},
+        "participant": [{"individual": {"reference": "Practitioner/d1"}}]});
+    assert_eq!(
+        admission.include_references(&registry, &encounter),
+        ["Patient/p1"]
+    );
+    let group = json!({"resourceType": "Encounter", "id": "e2", "status": "in-progress",
+        "class": {"code": "IMP"}, "subject": {"reference": "Group/g1"}});
+    assert!(
+        admission.include_references(&registry, &group).is_empty(),
+        "Encounter:patient only follows references to a Patient"
+    );
+    let patient = topics.get(&format!("{TOPIC}patient-changed")).unwrap();
+    assert!(
+        patient
+            .include_references(&registry, &json!({"resourceType": "Patient", "id": "p1"}))
+            .is_empty()
+    );
+}
