@@ -169,10 +169,22 @@ impl Delivery {
     }
 }
 
-/// A `POST` of a notification. Its `Debug` form shows header names but not their values.
+/// The method of a [`Post`]: `POST` for notifications, `PUT` for the R4 rest-hook habit of
+/// writing `[endpoint]/[type]/[id]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMethod {
+    #[default]
+    Post,
+    Put,
+}
+
+/// A `POST` (or `PUT`) of a notification. Its `Debug` form shows header names but not their
+/// values.
 #[derive(Clone)]
 pub struct Post {
     pub url: String,
+    /// Default `POST`.
+    pub method: WriteMethod,
     pub body: Bytes,
     /// `Content-Type`, e.g. `application/fhir+json`.
     pub content_type: String,
@@ -190,6 +202,7 @@ impl std::fmt::Debug for Post {
         let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
         f.debug_struct("Post")
             .field("url", &self.url)
+            .field("method", &self.method)
             .field("content_type", &self.content_type)
             .field("body_bytes", &self.body.len())
             .field("header_names", &header_names)
@@ -203,6 +216,7 @@ impl Post {
     pub fn new(url: impl Into<String>, content_type: impl Into<String>, body: Bytes) -> Self {
         Self {
             url: url.into(),
+            method: WriteMethod::Post,
             body,
             content_type: content_type.into(),
             headers: Vec::new(),
@@ -213,6 +227,12 @@ impl Post {
 
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sends with `PUT` instead of `POST`.
+    pub fn put(mut self) -> Self {
+        self.method = WriteMethod::Put;
         self
     }
 
@@ -229,7 +249,7 @@ impl Post {
 
 /// The query of a WebSub/FHIRcast intent verification `GET` (FHIRcast STU1/STU2 webhook
 /// channel): `hub.mode`, `hub.topic`, `hub.events`, `hub.challenge`, `hub.lease_seconds`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IntentVerification {
     /// `subscribe`, `unsubscribe` or `denied`.
     pub mode: String,
@@ -335,7 +355,7 @@ impl Deliverer {
         &self.policy
     }
 
-    /// `POST`s a notification, following allowed redirects.
+    /// `POST`s (or `PUT`s) a notification, following allowed redirects.
     pub async fn post(&self, post: &Post) -> Delivery {
         let mut headers = HeaderMap::new();
         for (name, value) in &post.headers {
@@ -369,8 +389,12 @@ impl Deliverer {
                 fixed.insert(SIGNATURE_HEADER, value);
             }
         }
+        let method = match post.method {
+            WriteMethod::Post => Method::POST,
+            WriteMethod::Put => Method::PUT,
+        };
         let call = Call {
-            method: Method::POST,
+            method,
             body: Some(post.body.clone()),
             fixed,
             extra: headers,

@@ -29,7 +29,7 @@ pub mod smtp;
 
 pub use http::{
     BuildError, Deliverer, Delivery, DeliveryConfig, IntentResult, IntentVerification, Outcome,
-    Post,
+    Post, WriteMethod,
 };
 pub use policy::{
     AddressClass, AllowList, CheckedUrl, EndpointPolicy, EndpointPolicyConfig, HostLookup,

@@ -117,6 +117,7 @@ async fn spawn_receiver(ip: &str) -> (SocketAddr, Receiver) {
     let receiver = Receiver::default();
     let app = Router::new()
         .route("/hook", any(hook))
+        .route("/hook/{*rest}", any(hook))
         .route("/status/{code}", any(status))
         .route("/redirect/{code}", any(redirect))
         .route("/hang", any(hang))
@@ -185,6 +186,19 @@ async fn unsigned_post_has_no_signature_header() {
             .headers
             .contains_key(SIGNATURE_HEADER)
     );
+}
+
+#[tokio::test]
+async fn put_keeps_its_method_through_a_307() {
+    let (addr, receiver) = spawn_receiver("127.0.0.1").await;
+    let post = json_post(format!("http://{addr}/redirect/307?to=/hook/Patient/1")).put();
+    let delivery = deliverer("127.0.0.1").post(&post).await;
+    assert_eq!(delivery.outcome, Outcome::Success { status: 200 });
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r.method == Method::PUT));
+    assert_eq!(requests[1].uri.path(), "/hook/Patient/1");
+    assert_eq!(requests[1].body, post.body);
 }
 
 #[tokio::test]
