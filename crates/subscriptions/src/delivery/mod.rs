@@ -46,7 +46,7 @@ use crate::{SubscriptionIndex, TopicRegistry};
 pub use cursor::{CursorStore, EventRow};
 pub use notify::NotificationType;
 pub use settings::{ChannelSettings, Content};
-pub use transport::{OutboundRequest, PlainHttp, Transport, TransportError};
+pub use transport::{OutboundRequest, Transport, TransportError};
 
 /// Errors of the delivery runtime. Endpoint failures are not errors: they are retried and end
 /// in the subscription's `error` status.

@@ -1,5 +1,5 @@
-//! How a notification leaves the process. [`Transport`] is the seam for the SSRF-guarded,
-//! signing client; [`PlainHttp`] is a direct HTTP client without that guard.
+//! How a notification leaves the process: [`Transport`], implemented by the SSRF-guarded,
+//! signing [`flare_outbound::Deliverer`] (tests may supply their own).
 
 use std::time::Duration;
 
@@ -36,30 +36,45 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(&self, request: OutboundRequest) -> Result<u16, TransportError>;
 }
 
-/// A plain HTTP client: no allow-list, no signature. Suitable for tests and trusted networks
-/// only; production wiring supplies the guarded client.
-#[derive(Clone, Default)]
-pub struct PlainHttp {
-    client: reqwest::Client,
-}
-
+/// The SSRF-guarded client: endpoint policy checked after DNS and on every redirect, and the
+/// `X-Hub-Signature` HMAC when the subscription has a secret. It sends `POST` only, so the R4
+/// classic `PUT [endpoint]/[type]/[id]` (a `payload` without topic) is refused.
 #[async_trait]
-impl Transport for PlainHttp {
+impl Transport for flare_outbound::Deliverer {
     async fn send(&self, request: OutboundRequest) -> Result<u16, TransportError> {
-        let method = reqwest::Method::from_bytes(request.method.as_bytes())
-            .map_err(|e| TransportError::Connection(e.to_string()))?;
-        let mut builder = self
-            .client
-            .request(method, &request.url)
-            .timeout(request.timeout)
-            .body(request.body);
-        for (name, value) in &request.headers {
-            builder = builder.header(name, value);
+        if request.method != "POST" {
+            return Err(TransportError::Refused(format!(
+                "{} deliveries are not supported; the outbound client sends POST only",
+                request.method
+            )));
         }
-        match builder.send().await {
-            Ok(response) => Ok(response.status().as_u16()),
-            Err(e) if e.is_timeout() => Err(TransportError::Timeout(request.timeout)),
-            Err(e) => Err(TransportError::Connection(e.to_string())),
+        let mut content_type = "application/fhir+json".to_owned();
+        let mut post_headers = Vec::new();
+        for (name, value) in request.headers {
+            if name.eq_ignore_ascii_case("content-type") {
+                content_type = value;
+            } else {
+                post_headers.push((name, value));
+            }
         }
+        let mut post = flare_outbound::Post::new(request.url, content_type, request.body.into())
+            .timeout(request.timeout);
+        for (name, value) in post_headers {
+            post = post.header(name, value);
+        }
+        if let Some(secret) = request.secret {
+            post = post.signed_with(flare_outbound::Secret::from(secret));
+        }
+        let delivery = self.post(&post).await;
+        if let Some(status) = delivery.outcome.status() {
+            return Ok(status);
+        }
+        Err(match delivery.outcome {
+            flare_outbound::Outcome::Timeout => TransportError::Timeout(request.timeout),
+            flare_outbound::Outcome::Refused(refusal) => {
+                TransportError::Refused(refusal.to_string())
+            }
+            other => TransportError::Connection(format!("{other:?}")),
+        })
     }
 }

@@ -506,3 +506,25 @@ fn c1_9_23_notification_shape_includes_name_the_references_to_add() {
             .is_empty()
     );
 }
+
+#[test]
+fn malformed_subscriptions_are_issues_not_panics() {
+    let topic = format!("{TOPIC}observation-created");
+    let cases = [
+        json!({}),
+        json!({"resourceType": "Patient"}),
+        json!({"resourceType": "Subscription", "status": 1, "criteria": ["x"], "channel": "rest-hook"}),
+        json!({"resourceType": "Subscription", "status": "requested", "criteria": "Observation?code=1", "channel": {"type": 5}}),
+        json!({"resourceType": "Subscription", "status": "requested", "criteria": topic, "_criteria": "x",
+               "channel": {"type": "rest-hook", "endpoint": "https://a.example", "header": [1, null, "NoColon"],
+                           "_payload": {"extension": "x"}, "extension": [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-timeout", "valueUnsignedInt": -1}]}}),
+        json!({"resourceType": "Subscription", "status": "requested", "criteria": topic,
+               "_criteria": {"extension": [{"url": FILTER, "valueString": "=x"}, {"url": FILTER, "valueString": "é.é:é=é"}, {"url": FILTER}]},
+               "channel": {"type": "rest-hook", "endpoint": "https://a.example", "payload": "application/fhir+json;fhirVersion"}}),
+        json!({"resourceType": "Subscription", "status": "requested", "criteria": "Observation?%zz=%", "end": "soon",
+               "channel": {"type": "email", "endpoint": "mailto:"}}),
+    ];
+    for case in cases {
+        assert!(parse(&case).is_err(), "{case}");
+    }
+}

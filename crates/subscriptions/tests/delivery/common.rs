@@ -24,7 +24,7 @@ use flare_store::{
 };
 use flare_subscriptions::{
     TopicRegistry,
-    delivery::{DeliveryConfig, Dependencies, PlainHttp, SubscriptionRuntime},
+    delivery::{DeliveryConfig, Dependencies, SubscriptionRuntime},
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -251,7 +251,7 @@ impl Env {
                 fhir: fhir.clone(),
                 log: log.clone(),
                 topics: TopicRegistry::with_builtins(&registry()),
-                transport: Arc::new(PlainHttp::default()),
+                transport: Arc::new(loopback_deliverer()),
             },
             config,
         )
@@ -334,4 +334,15 @@ pub fn encounter(patient: &str) -> Value {
     json!({"resourceType": "Encounter", "status": "in-progress",
            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
            "subject": {"reference": format!("Patient/{patient}")}})
+}
+
+/// The guarded outbound client, with loopback allowed explicitly (as a user would with
+/// `--subscription-allow 127.0.0.0/8`).
+fn loopback_deliverer() -> flare_outbound::Deliverer {
+    let allow: flare_outbound::AllowList = "127.0.0.0/8".parse().unwrap();
+    flare_outbound::Deliverer::new(
+        flare_outbound::EndpointPolicy::new(allow),
+        flare_outbound::DeliveryConfig::default(),
+    )
+    .unwrap()
 }

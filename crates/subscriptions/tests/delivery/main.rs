@@ -482,7 +482,7 @@ async fn f25_restart_resumes_with_gap_free_stable_numbers() {
 }
 
 #[tokio::test]
-async fn k41_classic_rest_hook_posts_empty_or_puts_the_resource() {
+async fn k41_classic_rest_hook_posts_an_empty_body_and_refuses_put_payloads() {
     let env = Env::start().await;
     let hooks = Receiver::start().await;
     let classic = |endpoint: String, payload: Option<&str>| {
@@ -511,11 +511,15 @@ async fn k41_classic_rest_hook_posts_empty_or_puts_the_resource() {
     assert_eq!(posted[0].method, "POST");
     assert!(posted[0].body.is_empty());
     assert_eq!(posted[0].headers["authorization"], "Bearer abc");
-    let put = hooks.wait("full", |r| !r.is_empty()).await;
-    assert_eq!(put[0].method, "PUT");
-    assert_eq!(put[0].path, format!("/full/Observation/{id}"));
-    assert_eq!(put[0].json()["meta"]["versionId"], "1");
-    assert_eq!(put[0].headers["content-type"], "application/fhir+json");
+    // The guarded outbound client sends POST only: a classic `payload` subscription (PUT of
+    // the resource) ends in error with the reason, and nothing reaches the endpoint.
+    let failed = env.wait_status(&full, "error").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("POST only"),
+        "{failed}"
+    );
+    assert!(hooks.on("full").is_empty());
+    let _ = id;
 }
 
 #[tokio::test]
