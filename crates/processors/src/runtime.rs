@@ -18,8 +18,8 @@
 //!   resource); records published with [`Context::publish`] carry a caller-chosen, deterministic
 //!   `eventId` header so consumers can drop duplicates. Effects run inside `process`, before
 //!   the checkpoint that covers their record, so an effect is never lost.
-//! - A failing attempt leaves the state untouched (the processor works on a copy). It is retried
-//!   in place with exponential backoff ([`RetryPolicy`]); a non-retryable error, or the last
+//! - A failing attempt leaves the state untouched (the runtime restores a copy, see
+//!   [`Processor::ROLLBACK`]). It is retried in place with exponential backoff ([`RetryPolicy`]); a non-retryable error, or the last
 //!   attempt, parks the record in `<topic>.dlq` (see [`crate::dlq`]) and processing continues.
 //!   In-place retries hold this processor's other partitions too, for at most the sum of the
 //!   backoff delays (1.5 s with the defaults): keeping one loop keeps the checkpoint simple
@@ -135,7 +135,13 @@ pub trait Processor: Send + Sync + 'static {
         }
     }
 
-    /// Handles one record. `state` is a copy: it is kept only when this returns `Ok`.
+    /// Whether the runtime keeps a copy of the state to restore when an attempt fails. A
+    /// processor that changes the state only once nothing can fail any more (no fallible
+    /// effect after the change) may set it to `false` and save the copy of a large state.
+    const ROLLBACK: bool = true;
+
+    /// Handles one record. With [`ROLLBACK`](Self::ROLLBACK), changes to `state` are kept
+    /// only when this returns `Ok`.
     async fn process(
         &self,
         key: &str,
@@ -472,7 +478,7 @@ impl<P: Processor> Runner<P> {
         };
         ProcessorMetrics::add(&self.metrics.records_in, 1);
         let key = self.processor.state_key(&input);
-        let state = match self.cached_state(&key).await? {
+        let mut state = match self.take_state(&key).await? {
             Ok(state) => state,
             Err(error) => {
                 self.dead_letter(&input, &error, 1).await?;
@@ -482,7 +488,7 @@ impl<P: Processor> Runner<P> {
         let retry = self.options.retry;
         let mut attempt = 1;
         loop {
-            let mut working = state.clone();
+            let backup = P::ROLLBACK.then(|| state.clone());
             let mut ctx = Context {
                 log: &self.log,
                 metrics: &self.metrics,
@@ -492,15 +498,17 @@ impl<P: Processor> Runner<P> {
             let started = std::time::Instant::now();
             let result = self
                 .processor
-                .process(&key, &mut working, &input, &mut ctx)
+                .process(&key, &mut state, &input, &mut ctx)
                 .await;
-            match result {
+            let error = match result {
                 Ok(outcome) => {
                     self.metrics.record_latency(started.elapsed());
                     match outcome {
-                        Outcome::Unchanged => {}
+                        Outcome::Unchanged => {
+                            self.cache.insert(key, state);
+                        }
                         Outcome::Updated => {
-                            self.cache.insert(key.clone(), working);
+                            self.cache.insert(key.clone(), state);
                             self.dirty.insert(key, false);
                         }
                         Outcome::Remove => {
@@ -510,35 +518,44 @@ impl<P: Processor> Runner<P> {
                     }
                     return Ok(Handled::Done);
                 }
-                Err(error) => {
-                    ProcessorMetrics::add(&self.metrics.failed, 1);
-                    if !error.retryable || attempt >= retry.max_attempts.max(1) {
-                        self.dead_letter(&input, &error, attempt).await?;
-                        return Ok(Handled::Done);
-                    }
-                    tracing::debug!(processor = %self.group, topic = %input.topic,
-                        partition = input.partition, offset = input.offset, attempt,
-                        error = %error.message, "processing failed; retrying");
-                    let delay = retry.delay_after(attempt);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.changed() => return Ok(Handled::Interrupted),
-                    }
-                    ProcessorMetrics::add(&self.metrics.retried, 1);
-                    attempt += 1;
+                Err(error) => error,
+            };
+            if let Some(backup) = backup {
+                state = backup;
+            }
+            ProcessorMetrics::add(&self.metrics.failed, 1);
+            if !error.retryable || attempt >= retry.max_attempts.max(1) {
+                // Every path puts the state back: a dirty key must stay cached until the
+                // checkpoint writes it.
+                self.cache.insert(key, state);
+                self.dead_letter(&input, &error, attempt).await?;
+                return Ok(Handled::Done);
+            }
+            tracing::debug!(processor = %self.group, topic = %input.topic,
+                partition = input.partition, offset = input.offset, attempt,
+                error = %error.message, "processing failed; retrying");
+            let delay = retry.delay_after(attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.changed() => {
+                    self.cache.insert(key, state);
+                    return Ok(Handled::Interrupted);
                 }
             }
+            ProcessorMetrics::add(&self.metrics.retried, 1);
+            attempt += 1;
         }
     }
 
-    /// The key's state from the cache or the store; a state that cannot be decoded is a
-    /// failure of the record (it goes to the dead-letter topic), not of the processor.
-    async fn cached_state(
+    /// The key's state, taken out of the cache (the caller puts it back) or loaded from the
+    /// store; a state that cannot be decoded is a failure of the record (it goes to the
+    /// dead-letter topic), not of the processor.
+    async fn take_state(
         &mut self,
         key: &str,
     ) -> Result<Result<P::State, ProcessError>, RuntimeError> {
-        if let Some(state) = self.cache.get(key) {
-            return Ok(Ok(state.clone()));
+        if let Some(state) = self.cache.remove(key) {
+            return Ok(Ok(state));
         }
         let stored = self
             .store
@@ -556,7 +573,6 @@ impl<P: Processor> Runner<P> {
                 }
             },
         };
-        self.cache.insert(key.to_owned(), state.clone());
         Ok(Ok(state))
     }
 
