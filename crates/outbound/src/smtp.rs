@@ -6,13 +6,14 @@
 //! subscription cannot add `Bcc:` or rewrite the subject.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,9 @@ pub struct SmtpConfig {
     pub from: String,
     /// Longest one SMTP command may wait for the server, in milliseconds. Default 30000.
     pub timeout_ms: u64,
+    /// PEM files of CA certificates trusted for the server's certificate besides the
+    /// platform's trust store (a private CA). Default: none.
+    pub extra_root_certificates: Vec<PathBuf>,
 }
 
 impl Default for SmtpConfig {
@@ -77,6 +81,7 @@ impl Default for SmtpConfig {
             password: None,
             from: "Flare <flare@localhost>".to_owned(),
             timeout_ms: 30_000,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -91,6 +96,7 @@ impl fmt::Debug for SmtpConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("from", &self.from)
             .field("timeout_ms", &self.timeout_ms)
+            .field("extra_root_certificates", &self.extra_root_certificates)
             .finish()
     }
 }
@@ -239,10 +245,19 @@ impl Mailer {
                 reason: e.to_string(),
             })?;
         let tls_parameters = || {
-            TlsParameters::new(config.host.clone()).map_err(|e| MailError::Smtp {
-                reason: format!("TLS setup: {e}"),
+            let tls_error = |reason: String| MailError::Smtp {
+                reason: format!("TLS setup: {reason}"),
                 retryable: false,
-            })
+            };
+            let mut builder = TlsParameters::builder(config.host.clone());
+            for path in &config.extra_root_certificates {
+                let pem = std::fs::read(path)
+                    .map_err(|e| tls_error(format!("{}: {e}", path.display())))?;
+                let certificate = Certificate::from_pem(&pem)
+                    .map_err(|e| tls_error(format!("{}: {e}", path.display())))?;
+                builder = builder.add_root_certificate(certificate);
+            }
+            builder.build().map_err(|e| tls_error(e.to_string()))
         };
         let tls = match config.security {
             SmtpSecurity::Starttls => Tls::Required(tls_parameters()?),

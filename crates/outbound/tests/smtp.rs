@@ -199,6 +199,53 @@ async fn authenticates_with_the_configured_credentials() {
     assert!(matches!(error, MailError::Smtp { .. }), "{error:?}");
 }
 
+fn tls_fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tls")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn starttls_with_a_trusted_certificate() {
+    let Some(python) = python_with_aiosmtpd() else {
+        return;
+    };
+    let (cert, key) = (tls_fixture("hook.pem"), tls_fixture("hook.key"));
+    let mut server = SmtpServer::start(&python, &["starttls", &cert, &key]).await;
+    let mail = Mail {
+        to: "erin@example.org".into(),
+        subject: "over TLS".into(),
+        text: "t".into(),
+        attachment: None,
+    };
+    let trusted = Mailer::new(&SmtpConfig {
+        security: SmtpSecurity::Starttls,
+        extra_root_certificates: vec![tls_fixture("ca.pem").into()],
+        ..server.config()
+    })
+    .unwrap();
+    trusted.send(&mail).await.unwrap();
+    assert_eq!(server.next_message().await["subject"], "over TLS");
+
+    // Without the test CA the certificate is not trusted and nothing is sent.
+    let untrusted = Mailer::new(&SmtpConfig {
+        security: SmtpSecurity::Starttls,
+        ..server.config()
+    })
+    .unwrap();
+    assert!(untrusted.send(&mail).await.is_err());
+    // The server requires STARTTLS: a plain session is refused too.
+    assert!(
+        Mailer::new(&server.config())
+            .unwrap()
+            .send(&mail)
+            .await
+            .is_err()
+    );
+}
+
 #[tokio::test]
 async fn unreachable_server_is_retryable() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -2,12 +2,14 @@
 
 Prints {"port": N} once listening, then one JSON line per message received: envelope,
 headers, the plain-text part and the attachments as the server parsed them.
-With the argument `auth`, the server requires AUTH as flare/pw.
+With the argument `auth`, the server requires AUTH as flare/pw; with
+`starttls CERT KEY`, it requires STARTTLS with that certificate.
 """
 
 import asyncio
 import email
 import json
+import ssl
 import sys
 from email import policy
 
@@ -57,10 +59,16 @@ def authenticator(server, session, envelope, mechanism, auth_data):
 
 
 async def main():
-    require_auth = sys.argv[1:] == ["auth"]
+    mode = sys.argv[1] if len(sys.argv) > 1 else None
+    tls_context = None
+    if mode == "starttls":
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(sys.argv[2], sys.argv[3])
 
     def factory():
-        if require_auth:
+        if tls_context is not None:
+            return SMTP(Recorder(), tls_context=tls_context, require_starttls=True)
+        if mode == "auth":
             return SMTP(
                 Recorder(),
                 authenticator=authenticator,
