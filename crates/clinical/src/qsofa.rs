@@ -967,19 +967,27 @@ impl QsofaEngine {
     }
 
     fn apply_to(&mut self, patient_id: &str, change: EvidenceChange) -> Applied {
-        let state = self
-            .patients
-            .entry(patient_id.to_owned())
-            .or_insert_with(|| PatientQsofa::new(patient_id));
+        // Look up before inserting: `entry` would allocate the key on every observation.
+        if !self.patients.contains_key(patient_id) {
+            self.patients
+                .insert(patient_id.to_owned(), PatientQsofa::new(patient_id));
+        }
+        let Some(state) = self.patients.get_mut(patient_id) else {
+            return Applied {
+                disposition: Disposition::Ignored(IgnoreReason::NoEvidence),
+                alerts: Vec::new(),
+                released: Vec::new(),
+            };
+        };
         let observation_id = match &change {
             EvidenceChange::Measured { observation_id, .. }
             | EvidenceChange::Cleared { observation_id } => observation_id.clone(),
         };
         let applied = state.apply(&self.config, change);
-        if state.holds(&observation_id) {
+        if applied.disposition == Disposition::Recorded {
             self.observation_patient
                 .insert(observation_id, patient_id.to_owned());
-        } else {
+        } else if !state.holds(&observation_id) {
             self.observation_patient.remove(&observation_id);
         }
         for released in &applied.released {
