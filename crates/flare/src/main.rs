@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod dlq_cmd;
 mod events_cmd;
+mod generate_cmd;
 mod ingest;
 mod process_cmd;
 mod serve;
@@ -49,6 +50,17 @@ enum Command {
     ///   flare ingest ./bundles/
     ///   flare ingest --url http://127.0.0.1:8080/fhir patients.ndjson
     Ingest(ingest::IngestArgs),
+    /// Generate a seeded synthetic population (vital signs with sepsis courses, immunizations,
+    /// labs, medications) into a Flare server, NDJSON files or stdout.
+    ///
+    /// The same seed and --start give the same data, byte for byte.
+    ///
+    /// Examples:
+    ///   flare generate --patients 1000 --url http://127.0.0.1:8080/fhir
+    ///   flare generate --url http://127.0.0.1:8080/fhir --start now --speed 60x --rate 200/s
+    ///   flare generate --patients 100 --out ./population
+    #[command(verbatim_doc_comment)]
+    Generate(generate_cmd::GenerateArgs),
     /// Run stream processors (e.g. qSOFA sepsis alerts) without the HTTP API.
     ///
     /// Examples:
@@ -75,6 +87,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Outbound https (subscriptions, webhooks) uses rustls on the ring provider; installing it
+    // as the process default lets every HTTP client in the binary use TLS without a panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // Batch commands keep the terminal for their progress and summary.
     let default_level = if matches!(cli.command, Command::Serve(_)) {
@@ -101,6 +116,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Events { command } => events_cmd::run(command).await,
             Command::Ingest(args) => ingest::run(args).await,
+            Command::Generate(args) => generate_cmd::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Process(args) => process_cmd::run(args).await,
             Command::Dlq { command } => dlq_cmd::run(command).await,
