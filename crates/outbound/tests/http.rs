@@ -685,3 +685,33 @@ mod tls {
         assert!(error.to_string().contains("hook.key"), "{error}");
     }
 }
+
+#[test]
+fn delivery_config_from_toml_rejects_unknown_fields() {
+    let config: DeliveryConfig = toml::from_str("timeout_ms = 500\nmax_redirects = 0").unwrap();
+    assert_eq!(config.timeout_ms, 500);
+    assert_eq!(config.max_redirects, 0);
+    assert_eq!(
+        config.connect_timeout_ms,
+        DeliveryConfig::default().connect_timeout_ms
+    );
+    assert!(toml::from_str::<DeliveryConfig>("timeout = 5").is_err());
+}
+
+#[tokio::test]
+async fn max_redirects_zero_follows_none() {
+    let (addr, receiver) = spawn_receiver("127.0.0.1").await;
+    let config = DeliveryConfig {
+        max_redirects: 0,
+        ..DeliveryConfig::default()
+    };
+    let deliverer =
+        Deliverer::new(EndpointPolicy::new("127.0.0.1".parse().unwrap()), config).unwrap();
+    let url = format!("http://{addr}/redirect/307?to=/hook");
+    let delivery = deliverer.post(&json_post(url)).await;
+    assert_eq!(
+        delivery.outcome,
+        Outcome::Refused(Refusal::TooManyRedirects { max: 0 })
+    );
+    assert_eq!(receiver.requests().len(), 1);
+}
