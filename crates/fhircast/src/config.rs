@@ -55,6 +55,13 @@ pub struct HubConfig {
     /// Accept `*-update` for an open context that is not the current one (advertised as
     /// `supportsNonCurrentContextUpdates`). Default `false`.
     pub non_current_context_updates: bool,
+    /// Accept the legacy STU1/STU2 webhook channel (`hub.callback` + `hub.secret`,
+    /// intent verification, signed POSTs). Needs the crate feature `webhook`. Default `false`.
+    pub webhook: bool,
+    /// Networks whose callbacks the webhook channel may call although not public, and over
+    /// plain `http` (SSRF guard of `flare-outbound`, checked after DNS and on redirects),
+    /// e.g. `["127.0.0.0/8"]`. Default: none (public `https` callbacks only).
+    pub webhook_allow: Vec<String>,
 }
 
 impl Default for HubConfig {
@@ -70,6 +77,8 @@ impl Default for HubConfig {
             max_unacknowledged: 3,
             max_update_entries: 100,
             non_current_context_updates: false,
+            webhook: false,
+            webhook_allow: Vec::new(),
         }
     }
 }

@@ -58,6 +58,51 @@ pub enum Output {
         code: u16,
         reason: String,
     },
+    /// Webhook channel: `GET callback?hub.mode=..&hub.challenge=..`; report the answer with
+    /// [`Hub::intent_verified`].
+    VerifyIntent {
+        subscription: String,
+        callback: String,
+        intent: WebhookIntent,
+    },
+    /// Webhook channel: POST `body` signed with `secret`; report the answer with
+    /// [`Hub::webhook_delivered`].
+    WebhookPost {
+        subscription: String,
+        callback: String,
+        secret: String,
+        body: String,
+        event_id: String,
+        event_name: String,
+    },
+    /// Webhook channel: the denial `GET` (`intent.mode` is `denied`); the subscription is gone.
+    WebhookDenied {
+        subscription: String,
+        callback: String,
+        intent: WebhookIntent,
+    },
+}
+
+/// The query of a webhook intent verification or denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookIntent {
+    pub mode: String,
+    pub topic: String,
+    pub events: String,
+    pub challenge: String,
+    pub lease_seconds: Option<u64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Channel {
+    WebSocket,
+    Webhook {
+        callback: String,
+        secret: String,
+        /// Intent verified: events flow.
+        active: bool,
+    },
 }
 
 /// The result of an HTTP interaction: the reply and the socket work it causes.
@@ -111,6 +156,7 @@ struct PendingAck {
 
 struct Subscription {
     topic: String,
+    channel: Channel,
     events: Vec<EventName>,
     lease_seconds: u64,
     expires_at: OffsetDateTime,
@@ -242,7 +288,7 @@ impl Hub {
         json!({
             "eventsSupported": supported_events(),
             "websocketSupport": true,
-            "webhookSupport": false,
+            "webhookSupport": self.config.webhook,
             "fhircastVersion": "3.0.0",
             "getCurrentSupport": true,
             "capabilities": {
@@ -257,7 +303,9 @@ impl Hub {
     pub fn endpoint_is_live(&self, endpoint: &str, now: OffsetDateTime) -> bool {
         self.subscriptions
             .get(endpoint)
-            .is_some_and(|subscription| subscription.expires_at > now)
+            .is_some_and(|subscription| {
+                subscription.channel == Channel::WebSocket && subscription.expires_at > now
+            })
     }
 
     /// A subscribe or unsubscribe form (`application/x-www-form-urlencoded` body).
@@ -301,6 +349,13 @@ impl Hub {
 
         match param("hub.channel.type") {
             Some(channel) if channel.eq_ignore_ascii_case("websocket") => {}
+            Some(channel) if channel.eq_ignore_ascii_case("webhook") && self.config.webhook => {
+                return self.webhook_subscribe(&params, now);
+            }
+            // STU1 had no channel type: a callback means a webhook.
+            None if self.config.webhook && param("hub.callback").is_some() => {
+                return self.webhook_subscribe(&params, now);
+            }
             Some(channel) => {
                 return Err(bad_request(format!(
                     "hub.channel.type `{channel}` is not supported: this hub offers websocket"
@@ -376,6 +431,7 @@ impl Hub {
                     endpoint.clone(),
                     Subscription {
                         topic: topic.clone(),
+                        channel: Channel::WebSocket,
                         events,
                         lease_seconds,
                         expires_at,
@@ -437,6 +493,25 @@ impl Hub {
         };
         if let Some(topic) = self.topics.get_mut(&subscription.topic) {
             topic.subscribers.retain(|other| other != endpoint);
+        }
+        if let Channel::Webhook {
+            callback,
+            active: true,
+            ..
+        } = &subscription.channel
+        {
+            return vec![Output::WebhookDenied {
+                subscription: endpoint.to_string(),
+                callback: callback.clone(),
+                intent: WebhookIntent {
+                    mode: "denied".into(),
+                    topic: subscription.topic.clone(),
+                    events: subscription.events_list(),
+                    challenge: String::new(),
+                    lease_seconds: None,
+                    reason: Some(reason.into()),
+                },
+            }];
         }
         let Some(connection) = subscription.connection else {
             return Vec::new();
@@ -562,6 +637,33 @@ impl Hub {
             return Vec::new();
         };
         let pending = subscription.pending.remove(position);
+        self.answered(
+            &endpoint,
+            &pending.event_id,
+            &pending.event_name,
+            status,
+            now,
+        )
+    }
+
+    /// A subscriber answered `event_id` with `status`: anything but 2xx is reported to the
+    /// topic's other SyncError subscribers.
+    fn answered(
+        &mut self,
+        endpoint: &str,
+        event_id: &str,
+        event_name: &str,
+        status: u64,
+        now: OffsetDateTime,
+    ) -> Vec<Output> {
+        let Some(subscription) = self.subscriptions.get_mut(endpoint) else {
+            return Vec::new();
+        };
+        let pending = PendingAck {
+            event_id: event_id.to_string(),
+            event_name: event_name.to_string(),
+            deadline: now,
+        };
         subscription.unanswered = 0;
         if (200..300).contains(&status) {
             return Vec::new();
@@ -580,9 +682,187 @@ impl Hub {
             &pending.event_name,
             &name,
             &diagnostics,
-            Some(&endpoint),
+            Some(endpoint),
             now,
         )
+    }
+
+    fn webhook_subscribe(
+        &mut self,
+        params: &HashMap<String, String>,
+        now: OffsetDateTime,
+    ) -> Result<Response, Rejection> {
+        let param = |name: &str| {
+            params
+                .get(name)
+                .map(|value| value.trim())
+                .filter(|v| !v.is_empty())
+        };
+        let topic = param("hub.topic")
+            .ok_or_else(|| bad_request("hub.topic is required"))?
+            .to_string();
+        let callback = param("hub.callback")
+            .ok_or_else(|| bad_request("hub.callback is required on the webhook channel"))?
+            .to_string();
+        let existing: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, subscription)| {
+                subscription.topic == topic
+                    && matches!(&subscription.channel, Channel::Webhook { callback: known, .. } if *known == callback)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        match param("hub.mode") {
+            Some("subscribe") => {}
+            Some("unsubscribe") => {
+                if existing.is_empty() {
+                    return Err(bad_request(
+                        "no webhook subscription of this topic has this callback",
+                    ));
+                }
+                // STU2: unsubscribing is neither verified nor denied.
+                for key in existing {
+                    self.forget(&key);
+                }
+                return Ok(Response::reply(HttpReply {
+                    status: 202,
+                    content_type: None,
+                    body: String::new(),
+                }));
+            }
+            Some(other) => {
+                return Err(bad_request(format!(
+                    "hub.mode `{other}` is invalid: use subscribe or unsubscribe"
+                )));
+            }
+            None => return Err(bad_request("hub.mode is required")),
+        }
+        let secret = param("hub.secret")
+            .ok_or_else(|| bad_request("hub.secret is required on the webhook channel"))?
+            .to_string();
+        if secret.len() >= 200 {
+            return Err(bad_request("hub.secret must be shorter than 200 bytes"));
+        }
+        let events = parse_event_list(param("hub.events"))?;
+        let lease_seconds = match param("hub.lease_seconds") {
+            None => self.config.default_lease_seconds,
+            Some(text) => text
+                .parse::<u64>()
+                .ok()
+                .filter(|seconds| *seconds > 0)
+                .ok_or_else(|| bad_request("hub.lease_seconds must be a positive whole number"))?,
+        }
+        .min(self.config.max_lease_seconds);
+        // Subscribing again with the same callback replaces the previous subscription.
+        for key in existing {
+            self.forget(&key);
+        }
+        let key = (self.new_id)();
+        let subscription = Subscription {
+            topic: topic.clone(),
+            channel: Channel::Webhook {
+                callback: callback.clone(),
+                secret,
+                active: false,
+            },
+            events,
+            lease_seconds,
+            expires_at: now + Duration::seconds(lease_seconds.min(i64::MAX as u64) as i64),
+            name: param("subscriber.name").map(str::to_string),
+            connection: None,
+            pending: Vec::new(),
+            unanswered: 0,
+            last_event: None,
+        };
+        let intent = WebhookIntent {
+            mode: "subscribe".into(),
+            topic: topic.clone(),
+            events: subscription.events_list(),
+            challenge: (self.new_id)(),
+            lease_seconds: Some(lease_seconds),
+            reason: None,
+        };
+        self.subscriptions.insert(key.clone(), subscription);
+        self.topics
+            .entry(topic)
+            .or_default()
+            .subscribers
+            .push(key.clone());
+        Ok(Response {
+            reply: HttpReply {
+                status: 202,
+                content_type: None,
+                body: String::new(),
+            },
+            outputs: vec![Output::VerifyIntent {
+                subscription: key,
+                callback,
+                intent,
+            }],
+        })
+    }
+
+    /// Drops a subscription without telling its subscriber.
+    fn forget(&mut self, key: &str) {
+        if let Some(removed) = self.subscriptions.remove(key)
+            && let Some(topic) = self.topics.get_mut(&removed.topic)
+        {
+            topic.subscribers.retain(|other| other != key);
+        }
+    }
+
+    /// The outcome of a webhook intent verification: confirmed subscriptions start
+    /// receiving events (the lease counts from now), the others are dropped.
+    pub fn intent_verified(&mut self, subscription: &str, confirmed: bool, now: OffsetDateTime) {
+        if !confirmed {
+            self.forget(subscription);
+            return;
+        }
+        if let Some(found) = self.subscriptions.get_mut(subscription)
+            && let Channel::Webhook { active, .. } = &mut found.channel
+        {
+            *active = true;
+            found.expires_at =
+                now + Duration::seconds(found.lease_seconds.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    /// The answer to a webhook notification: the HTTP status, or `None` when the call
+    /// failed (refused by the endpoint policy, unreachable, timed out).
+    pub fn webhook_delivered(
+        &mut self,
+        subscription: &str,
+        event_id: &str,
+        event_name: &str,
+        status: Option<u16>,
+        now: OffsetDateTime,
+    ) -> Vec<Output> {
+        if let Some(status) = status {
+            return self.answered(subscription, event_id, event_name, u64::from(status), now);
+        }
+        let Some(found) = self.subscriptions.get_mut(subscription) else {
+            return Vec::new();
+        };
+        found.unanswered += 1;
+        let unresponsive = found.unanswered >= self.config.max_unacknowledged.max(1);
+        let topic = found.topic.clone();
+        let name = found.display_name();
+        let diagnostics =
+            format!("{name} could not be reached for event {event_id} ({event_name})");
+        let mut outputs = self.sync_error(
+            &topic,
+            event_id,
+            event_name,
+            &name,
+            &diagnostics,
+            Some(subscription),
+            now,
+        );
+        if unresponsive {
+            outputs.extend(self.end_subscription(subscription, "subscriber unresponsive"));
+        }
+        outputs
     }
 
     /// The socket closed (`code` is `None` when the connection dropped without a close
@@ -1001,18 +1281,38 @@ impl Hub {
             let Some(subscription) = self.subscriptions.get_mut(endpoint) else {
                 continue;
             };
+            if !subscription.wants(event_key) {
+                continue;
+            }
+            if let Channel::Webhook {
+                callback,
+                secret,
+                active: true,
+            } = &subscription.channel
+            {
+                outputs.push(Output::WebhookPost {
+                    subscription: endpoint.clone(),
+                    callback: callback.clone(),
+                    secret: secret.clone(),
+                    body: notification.to_string(),
+                    event_id: notification["id"].as_str().unwrap_or_default().to_string(),
+                    event_name: notification["event"]["hub.event"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+                continue;
+            }
             let Some(connection) = subscription.connection else {
                 continue;
             };
-            if subscription.wants(event_key) {
-                deliver(
-                    subscription,
-                    connection,
-                    notification,
-                    deadline,
-                    &mut outputs,
-                );
-            }
+            deliver(
+                subscription,
+                connection,
+                notification,
+                deadline,
+                &mut outputs,
+            );
         }
         outputs
     }

@@ -13,4 +13,6 @@ pub mod hub;
 
 pub use config::{HubConfig, Profile};
 pub use driver::{HubHandle, SocketCommand, SocketSession};
-pub use hub::{ConnectRefused, ConnectionId, ContextShape, HttpReply, Hub, Output, Response};
+pub use hub::{
+    ConnectRefused, ConnectionId, ContextShape, HttpReply, Hub, Output, Response, WebhookIntent,
+};

@@ -514,3 +514,78 @@ fn subscription_errors() {
         assert!(!reply.body.is_empty());
     }
 }
+
+#[test]
+fn webhook_subscription_is_active_only_after_a_confirmed_verification() {
+    let config = HubConfig {
+        webhook: true,
+        ..HubConfig::default()
+    };
+    let mut hub = Hub::with_id_source(config, counter_ids());
+    let now = datetime!(2025-01-01 10:00 UTC);
+    let form = "hub.channel.type=webhook&hub.mode=subscribe&hub.topic=t&hub.events=Patient-open&hub.callback=https%3A%2F%2Fapp.test%2Fcb%3Fx%3D1&hub.secret=s";
+    let subscribe = |hub: &mut Hub| {
+        let response = hub.subscribe(form.as_bytes(), BASE, now);
+        assert_eq!(response.reply.status, 202);
+        match &response.outputs[..] {
+            [
+                Output::VerifyIntent {
+                    subscription,
+                    callback,
+                    intent,
+                },
+            ] => {
+                assert_eq!(callback, "https://app.test/cb?x=1");
+                assert_eq!(intent.mode, "subscribe");
+                assert_eq!(intent.events, "Patient-open");
+                subscription.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let publish = |hub: &mut Hub, id: &str| {
+        let event = json!({"timestamp": "2025-01-01T10:00:00Z", "id": id, "event": {"hub.topic": "t",
+            "hub.event": "Patient-open", "context": [{"key": "patient", "resource": {"resourceType": "Patient", "id": "p"}}]}});
+        hub.publish(None, event.to_string().as_bytes(), now).outputs
+    };
+    let refused = subscribe(&mut hub);
+    assert!(publish(&mut hub, "e1").is_empty(), "not verified yet");
+    hub.intent_verified(&refused, false, now);
+    let unsubscribe = "hub.channel.type=webhook&hub.mode=unsubscribe&hub.topic=t&hub.callback=https%3A%2F%2Fapp.test%2Fcb%3Fx%3D1";
+    assert_eq!(
+        hub.subscribe(unsubscribe.as_bytes(), BASE, now)
+            .reply
+            .status,
+        400,
+        "dropped"
+    );
+
+    let confirmed = subscribe(&mut hub);
+    hub.intent_verified(&confirmed, true, now);
+    match &publish(&mut hub, "e2")[..] {
+        [
+            Output::WebhookPost {
+                callback,
+                secret,
+                body,
+                ..
+            },
+        ] => {
+            assert_eq!(callback, "https://app.test/cb?x=1");
+            assert_eq!(secret, "s");
+            assert_eq!(serde_json::from_str::<Value>(body).unwrap()["id"], "e2");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A 500 from the callback is a refusal like a WebSocket ack: reported, not fatal.
+    assert!(
+        hub.webhook_delivered(&confirmed, "e2", "Patient-open", Some(500), now)
+            .is_empty()
+    );
+    assert_eq!(
+        hub.subscribe(unsubscribe.as_bytes(), BASE, now)
+            .reply
+            .status,
+        202
+    );
+}
