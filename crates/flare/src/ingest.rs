@@ -7,12 +7,17 @@ use std::{
 };
 
 use anyhow::Context;
+use flare_legacy::{DeclaredVersion, FhirVersion, Unmapped};
 use flare_service::{Fhir, FhirError, RequestContext, ReturnPreference};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::{app::App, config::CommonArgs};
+
+fn parse_version(text: &str) -> Result<DeclaredVersion, String> {
+    text.parse()
+}
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -24,6 +29,10 @@ pub struct IngestArgs {
     /// `http://127.0.0.1:8080/fhir`.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// FHIR version of the files: `auto` detects it per file (DSTU2 and STU3 are mapped to R4,
+    /// R4 is loaded unchanged), or `dstu2`, `stu3`, `r4`.
+    #[arg(long, default_value = "auto", value_name = "VERSION", value_parser = parse_version)]
+    pub from: DeclaredVersion,
     /// Files loaded at the same time.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
@@ -52,6 +61,15 @@ struct Tally {
     updated: AtomicU64,
     unchanged: AtomicU64,
     failed: AtomicU64,
+    /// Legacy resources with no R4 mapping, by type: not loaded, counted as failed.
+    unmapped: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// What a file holds: the items to write and the legacy resources left out.
+#[derive(Default)]
+struct FileItems {
+    items: Vec<Item>,
+    unmapped: Vec<Unmapped>,
 }
 
 impl Tally {
@@ -98,8 +116,11 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         .map(|file| {
             let (target, tally, progress) = (&target, &tally, &progress);
             async move {
-                match read_items(&file) {
-                    Ok(items) => {
+                match read_items(&file, args.from) {
+                    Ok(FileItems { items, unmapped }) => {
+                        for message in report_unmapped(&unmapped, items.is_empty(), tally) {
+                            progress.suspend(|| eprintln!("failed {}: {message}", file.display()));
+                        }
                         for item in items {
                             match write_item(target, &item, tally).await {
                                 Ok(entry_failures) => {
@@ -147,6 +168,14 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         tally.unchanged.load(Ordering::Relaxed),
         failed
     );
+    let unmapped = tally.unmapped.lock();
+    if !unmapped.is_empty() {
+        let by_type: Vec<String> = unmapped
+            .iter()
+            .map(|(resource_type, count)| format!("{resource_type} {count}"))
+            .collect();
+        println!("not loaded, no R4 mapping: {}", by_type.join(", "));
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -190,43 +219,122 @@ fn file_limits() -> flare_fhir::ParseLimits {
     }
 }
 
-fn read_items(path: &Path) -> Result<Vec<Item>, String> {
+fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let name = path.display().to_string();
     match path.extension().and_then(|e| e.to_str()) {
         Some("ndjson") => {
             let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
-            text.lines()
+            let mut file = FileItems::default();
+            for (n, line) in text
+                .lines()
                 .enumerate()
                 .filter(|(_, line)| !line.trim().is_empty())
-                .map(|(n, line)| {
-                    let resource = flare_fhir::parse_json(line.as_bytes())
-                        .map_err(|e| format!("line {}: {e}", n + 1))?;
-                    Ok(Item {
-                        source: format!("{name}:{}", n + 1),
+            {
+                let resource = flare_fhir::parse_json(line.as_bytes())
+                    .map_err(|e| format!("line {}: {e}", n + 1))?;
+                let source = format!("{name}:{}", n + 1);
+                let line_items = to_r4_items(resource, source, from)
+                    .map_err(|e| format!("line {}: {e}", n + 1))?;
+                file.items.extend(line_items.items);
+                file.unmapped.extend(line_items.unmapped);
+            }
+            Ok(file)
+        }
+        Some("xml") if from != DeclaredVersion::Exactly(FhirVersion::R4) => {
+            let converted = flare_legacy::convert(&bytes, flare_legacy::InputFormat::Xml, from)
+                .map_err(|e| e.to_string())?;
+            Ok(FileItems {
+                items: converted
+                    .resources
+                    .into_iter()
+                    .map(|resource| Item {
+                        source: name.clone(),
                         resource,
                     })
-                })
-                .collect()
+                    .collect(),
+                unmapped: converted.unmapped,
+            })
         }
         Some("xml") => {
             let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
             let resource =
                 flare_fhir::xml::to_json(text).map_err(|e| format!("not FHIR R4 XML: {e}"))?;
-            Ok(vec![Item {
-                source: name,
-                resource,
-            }])
+            Ok(FileItems {
+                items: vec![Item {
+                    source: name,
+                    resource,
+                }],
+                unmapped: Vec::new(),
+            })
         }
         _ => {
             let resource = flare_fhir::parse_json_with(&bytes, file_limits())
                 .map_err(|e| format!("not JSON: {e}"))?;
-            Ok(vec![Item {
-                source: name,
-                resource,
-            }])
+            to_r4_items(resource, name, from)
         }
     }
+}
+
+/// A parsed JSON document as R4 items: unchanged when it is R4, mapped when it is DSTU2 or
+/// STU3 (declared, or detected with `auto`).
+fn to_r4_items(
+    resource: Value,
+    source: String,
+    from: DeclaredVersion,
+) -> Result<FileItems, String> {
+    let version = match from {
+        DeclaredVersion::Exactly(version) => version,
+        DeclaredVersion::Auto => flare_legacy::detect(&resource),
+    };
+    if version == FhirVersion::R4 {
+        return Ok(FileItems {
+            items: vec![Item { source, resource }],
+            unmapped: Vec::new(),
+        });
+    }
+    let converted = flare_legacy::to_r4(resource, version).map_err(|e| e.to_string())?;
+    Ok(FileItems {
+        items: converted
+            .resources
+            .into_iter()
+            .map(|resource| Item {
+                source: source.clone(),
+                resource,
+            })
+            .collect(),
+        unmapped: converted.unmapped,
+    })
+}
+
+/// Counts legacy resources left out of a file as failures and describes them, one line per
+/// type and reason. `nothing_else`: the file had nothing that could be loaded.
+fn report_unmapped(unmapped: &[Unmapped], nothing_else: bool, tally: &Tally) -> Vec<String> {
+    let mut groups: std::collections::BTreeMap<(&str, &str), u64> =
+        std::collections::BTreeMap::new();
+    for item in unmapped {
+        *groups
+            .entry((item.resource_type.as_str(), item.reason.as_str()))
+            .or_default() += 1;
+    }
+    let mut by_type = tally.unmapped.lock();
+    for item in unmapped {
+        *by_type.entry(item.resource_type.clone()).or_default() += 1;
+    }
+    tally
+        .failed
+        .fetch_add(unmapped.len() as u64, Ordering::Relaxed);
+    groups
+        .into_iter()
+        .map(|((resource_type, reason), count)| {
+            let what = if nothing_else {
+                "not loaded"
+            } else {
+                "Bundle entries not loaded"
+            };
+            format!("{what}: {count} {resource_type}: {reason}")
+        })
+        .collect()
 }
 
 /// Writes one item and counts its outcome. A Bundle counts each entry and returns the
