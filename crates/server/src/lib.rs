@@ -13,6 +13,7 @@ mod fhir_http;
 mod fhircast_http;
 mod format;
 mod metrics;
+pub mod subscriptions_http;
 mod web;
 
 use std::sync::Arc;

@@ -44,6 +44,9 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::{SubscriptionIndex, TopicRegistry};
 
 pub use cursor::{CursorStore, EventRow};
+/// The guarded client's crate, for callers that build a [`flare_outbound::Deliverer`].
+#[cfg(feature = "outbound")]
+pub use flare_outbound as outbound;
 pub use notify::NotificationType;
 pub use settings::{ChannelSettings, Content};
 pub use transport::{OutboundRequest, Transport, TransportError};

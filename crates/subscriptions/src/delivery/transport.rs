@@ -36,9 +36,10 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(&self, request: OutboundRequest) -> Result<u16, TransportError>;
 }
 
-/// The SSRF-guarded client: endpoint policy checked after DNS and on every redirect, and the
+/// The SSRF-guarded client (cargo feature `outbound`): endpoint policy checked after DNS and on every redirect, and the
 /// `X-Hub-Signature` HMAC when the subscription has a secret. It sends `POST` only, so the R4
 /// classic `PUT [endpoint]/[type]/[id]` (a `payload` without topic) is refused.
+#[cfg(feature = "outbound")]
 #[async_trait]
 impl Transport for flare_outbound::Deliverer {
     async fn send(&self, request: OutboundRequest) -> Result<u16, TransportError> {

@@ -338,11 +338,11 @@ pub fn encounter(patient: &str) -> Value {
 
 /// The guarded outbound client, with loopback allowed explicitly (as a user would with
 /// `--subscription-allow 127.0.0.0/8`).
-fn loopback_deliverer() -> flare_outbound::Deliverer {
-    let allow: flare_outbound::AllowList = "127.0.0.0/8".parse().unwrap();
-    flare_outbound::Deliverer::new(
-        flare_outbound::EndpointPolicy::new(allow),
-        flare_outbound::DeliveryConfig::default(),
+fn loopback_deliverer() -> flare_subscriptions::delivery::outbound::Deliverer {
+    let allow: flare_subscriptions::delivery::outbound::AllowList = "127.0.0.0/8".parse().unwrap();
+    flare_subscriptions::delivery::outbound::Deliverer::new(
+        flare_subscriptions::delivery::outbound::EndpointPolicy::new(allow),
+        flare_subscriptions::delivery::outbound::DeliveryConfig::default(),
     )
     .unwrap()
 }
