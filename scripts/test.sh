@@ -56,3 +56,15 @@ fi
 step "Interop: fhirpy against flare serve"
 cargo build --quiet --bin flare
 FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" "$venv/bin/python" -m pytest -q tests/interop
+
+step "Kafka interop: confluent-kafka (PyPI) against flare serve --log kafka:// on nisshi"
+# The venv lives under target/ (ignored), pinned by tests/kafka-interop/requirements.txt.
+kvenv="${CARGO_TARGET_DIR:-$root/target}/kafka-interop-venv"
+if [ ! -x "$kvenv/bin/python" ] || ! "$kvenv/bin/python" -c 'import confluent_kafka, pytest' 2>/dev/null; then
+  python3 -m venv "$kvenv"
+  "$kvenv/bin/pip" install --quiet --disable-pip-version-check -r tests/kafka-interop/requirements.txt
+fi
+cargo build --quiet -p flare-kafka --example kafka_tail
+FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" \
+  FLARE_KAFKA_TAIL="${CARGO_TARGET_DIR:-$root/target}/debug/examples/kafka_tail" \
+  "$kvenv/bin/python" -m pytest -q -p no:cacheprovider tests/kafka-interop

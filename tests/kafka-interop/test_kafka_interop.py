@@ -49,7 +49,7 @@ def test_flare_reads_what_a_confluent_producer_wrote(broker, kafka_tail_bin):
     topic = f"interop.{uuid.uuid4().hex}"
     producer = Producer({"bootstrap.servers": broker, "enable.idempotence": True,
                          "partitioner": "murmur2_random"})
-    # Create the topic with 4 partitions through Flare's first read, then produce.
+    # Four partitions, so that where each key lands is worth checking.
     delivered = {}
 
     def on_delivery(err, message):
@@ -57,8 +57,8 @@ def test_flare_reads_what_a_confluent_producer_wrote(broker, kafka_tail_bin):
         delivered[message.key().decode()] = message.partition()
 
     from confluent_kafka.admin import AdminClient, NewTopic
-    AdminClient({"bootstrap.servers": broker}).create_topics(
-        [NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(timeout=30)
+    admin = AdminClient({"bootstrap.servers": broker})
+    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(timeout=30)
     for i in range(12):
         producer.produce(topic, key=f"Patient/{i}", value=json.dumps({"n": i}).encode(),
                          headers=[("eventId", f"e-{i}"), ("binary", b"\x00\xff")],
