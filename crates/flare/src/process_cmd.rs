@@ -20,8 +20,8 @@ use crate::{app::App, config::CommonArgs, serve::shutdown_signal};
 pub struct ProcessArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Processors to run, comma-separated, e.g. `qsofa` [default: `processors.enabled` of the
-    /// config].
+    /// Processors to run, comma-separated: `qsofa`, `immunizations` [default:
+    /// `processors.enabled` of the config].
     #[arg(
         long,
         env = "FLARE_PROCESSORS",
@@ -74,8 +74,8 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     };
     let mut handles = Vec::new();
     for name in &names {
-        match spawn_builtin(name, &deps) {
-            Ok(handle) => handles.push(handle),
+        match spawn_builtin(name, &deps).await {
+            Ok(spawned) => handles.push(spawned.handle),
             Err(e) => {
                 for handle in handles {
                     let _ = handle.shutdown().await;

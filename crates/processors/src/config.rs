@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// ```toml
 /// [processors]
-/// enabled = ["qsofa"]
+/// enabled = ["qsofa", "immunizations"]
 /// state = "embedded"                 # or "redis://127.0.0.1:6379/0"
 /// allowed_lateness_ms = 21600000     # 6 h
 ///
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorsConfig {
-    /// Processors to run, by name (see `builtin::BUILTIN_PROCESSORS`). Default `["qsofa"]`.
+    /// Processors to run, by name (see `builtin::BUILTIN_PROCESSORS`). Default `["qsofa", "immunizations"]`.
     pub enabled: Vec<String>,
     /// The state backend: `embedded` (a SQLite file `processors.db` in the data dir), or a
     /// `redis://host:port/db` URL. Default `embedded`.
@@ -40,7 +40,7 @@ pub struct ProcessorsConfig {
 impl Default for ProcessorsConfig {
     fn default() -> Self {
         Self {
-            enabled: vec!["qsofa".into()],
+            enabled: vec!["qsofa".into(), "immunizations".into()],
             state: "embedded".into(),
             allowed_lateness_ms: 6 * 60 * 60 * 1000,
             checkpoint: CheckpointPolicy::default(),

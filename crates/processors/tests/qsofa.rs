@@ -112,7 +112,7 @@ async fn alerts_are_written_and_published_and_poison_is_parked() {
         state: state.clone(),
         options,
     };
-    let handle = spawn_builtin("qsofa", &deps).unwrap();
+    let handle = spawn_builtin("qsofa", &deps).await.unwrap().handle;
     wait_checkpointed(&state, "qsofa", "fhir.observation.vitals", 4).await;
     let metrics = handle.metrics();
     handle.shutdown().await.unwrap();

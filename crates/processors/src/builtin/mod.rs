@@ -1,9 +1,11 @@
 //! The built-in processors, adapters from the log to the sans-I/O logic of `flare-clinical`.
 //!
 //! - [`qsofa::QsofaProcessor`] (`qsofa`): sepsis screening over vital-sign Observations.
+//! - [`immunizations::ImmunizationsProcessor`] (`immunizations`): live counts by vaccine.
 //!
 //! [`spawn_builtin`] starts one by name, for `flare serve` and `flare process`.
 
+pub mod immunizations;
 pub mod qsofa;
 
 use std::sync::Arc;
@@ -11,10 +13,10 @@ use std::sync::Arc;
 use flare_log::EventLog;
 use flare_service::Fhir;
 
-use crate::{ProcessorHandle, RuntimeOptions, StateStore, spawn};
+use crate::{ProcessorHandle, RuntimeOptions, StateError, StateStore, spawn};
 
 /// Names [`spawn_builtin`] knows.
-pub const BUILTIN_PROCESSORS: &[&str] = &["qsofa"];
+pub const BUILTIN_PROCESSORS: &[&str] = &["qsofa", "immunizations"];
 
 /// What the built-in processors run on.
 #[derive(Clone)]
@@ -26,21 +28,55 @@ pub struct BuiltinDeps {
     pub options: RuntimeOptions,
 }
 
+/// A started built-in processor, with the read side it offers (if any).
+pub struct SpawnedBuiltin {
+    pub handle: ProcessorHandle,
+    /// Live counts, for `immunizations`.
+    pub immunizations: Option<Arc<immunizations::ImmunizationView>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuiltinError {
     #[error("unknown processor `{name}`: choose from {}", BUILTIN_PROCESSORS.join(", "))]
     Unknown { name: String },
+    #[error("processor `{name}` cannot read its state: {source}")]
+    State {
+        name: String,
+        #[source]
+        source: StateError,
+    },
 }
 
 /// Starts the built-in processor called `name`.
-pub fn spawn_builtin(name: &str, deps: &BuiltinDeps) -> Result<ProcessorHandle, BuiltinError> {
+pub async fn spawn_builtin(name: &str, deps: &BuiltinDeps) -> Result<SpawnedBuiltin, BuiltinError> {
     match name {
-        "qsofa" => Ok(spawn(
-            qsofa::QsofaProcessor::new(deps.fhir.clone()),
-            deps.log.clone(),
-            deps.state.clone(),
-            deps.options.clone(),
-        )),
+        "qsofa" => Ok(SpawnedBuiltin {
+            handle: spawn(
+                qsofa::QsofaProcessor::new(deps.fhir.clone()),
+                deps.log.clone(),
+                deps.state.clone(),
+                deps.options.clone(),
+            ),
+            immunizations: None,
+        }),
+        "immunizations" => {
+            let processor = immunizations::ImmunizationsProcessor::open(&deps.state)
+                .await
+                .map_err(|source| BuiltinError::State {
+                    name: name.to_owned(),
+                    source,
+                })?;
+            let view = processor.view();
+            Ok(SpawnedBuiltin {
+                handle: spawn(
+                    processor,
+                    deps.log.clone(),
+                    deps.state.clone(),
+                    deps.options.clone(),
+                ),
+                immunizations: Some(view),
+            })
+        }
         other => Err(BuiltinError::Unknown {
             name: other.to_owned(),
         }),
