@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// [processors]
 /// enabled = ["qsofa", "immunizations"]
 /// state = "embedded"                 # or "redis://127.0.0.1:6379/0"
-/// allowed_lateness_ms = 21600000     # 6 h
+/// allowed_lateness_ms = 7200000      # 2 h
 ///
 /// [processors.checkpoint]
 /// every_records = 1000
@@ -30,8 +30,8 @@ pub struct ProcessorsConfig {
     /// The state backend: `embedded` (a SQLite file `processors.db` in the data dir), or a
     /// `redis://host:port/db` URL. Default `embedded`.
     pub state: String,
-    /// How long after the newest event time seen an out-of-order record still counts, in
-    /// milliseconds. Default 6 hours.
+    /// How far behind the newest event time seen (per patient, for qSOFA) an out-of-order
+    /// record is still applied, in milliseconds. Default 2 hours.
     pub allowed_lateness_ms: u64,
     pub checkpoint: CheckpointPolicy,
     pub retry: RetryPolicy,
@@ -42,7 +42,7 @@ impl Default for ProcessorsConfig {
         Self {
             enabled: vec!["qsofa".into(), "immunizations".into()],
             state: "embedded".into(),
-            allowed_lateness_ms: 6 * 60 * 60 * 1000,
+            allowed_lateness_ms: 2 * 60 * 60 * 1000,
             checkpoint: CheckpointPolicy::default(),
             retry: RetryPolicy::default(),
         }

@@ -10,6 +10,7 @@ pub mod qsofa;
 
 use std::sync::Arc;
 
+use flare_clinical::QsofaConfig;
 use flare_log::EventLog;
 use flare_service::Fhir;
 
@@ -52,7 +53,13 @@ pub async fn spawn_builtin(name: &str, deps: &BuiltinDeps) -> Result<SpawnedBuil
     match name {
         "qsofa" => Ok(SpawnedBuiltin {
             handle: spawn(
-                qsofa::QsofaProcessor::new(deps.fhir.clone()),
+                qsofa::QsofaProcessor::new(deps.fhir.clone()).with_config(QsofaConfig {
+                    allowed_lateness_minutes: u32::try_from(
+                        deps.options.allowed_lateness.as_secs() / 60,
+                    )
+                    .unwrap_or(u32::MAX),
+                    ..QsofaConfig::default()
+                }),
                 deps.log.clone(),
                 deps.state.clone(),
                 deps.options.clone(),
