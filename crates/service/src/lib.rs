@@ -74,6 +74,15 @@ struct Inner {
     /// Conditional creates and updates search, then write; serialising them on this node keeps
     /// two concurrent `If-None-Exist` creates from both creating.
     conditional: tokio::sync::Mutex<()>,
+    /// Checks other components registered for writes of one resource type.
+    write_checks: std::sync::RwLock<Vec<(String, Arc<dyn WriteCheck>)>>,
+}
+
+/// A check run before every create or update of one resource type (plain, conditional or in a
+/// Bundle), registered by a component that gives the type a meaning, e.g. the subscription
+/// runtime refusing a Subscription it cannot honour. An `Err` rejects the write as is.
+pub trait WriteCheck: Send + Sync {
+    fn check(&self, resource: &serde_json::Value) -> Result<(), FhirError>;
 }
 
 impl Fhir {
@@ -84,6 +93,7 @@ impl Fhir {
                 registry,
                 config,
                 conditional: tokio::sync::Mutex::new(()),
+                write_checks: std::sync::RwLock::new(Vec::new()),
             }),
         }
     }
@@ -98,5 +108,26 @@ impl Fhir {
 
     pub fn config(&self) -> &FhirConfig {
         &self.inner.config
+    }
+
+    /// Registers `check` for every later write of `resource_type`.
+    pub fn add_write_check(&self, resource_type: &str, check: Arc<dyn WriteCheck>) {
+        if let Ok(mut checks) = self.inner.write_checks.write() {
+            checks.push((resource_type.to_owned(), check));
+        }
+    }
+
+    pub(crate) fn run_write_checks(
+        &self,
+        resource_type: &str,
+        resource: &serde_json::Value,
+    ) -> Result<(), FhirError> {
+        let Ok(checks) = self.inner.write_checks.read() else {
+            return Ok(());
+        };
+        checks
+            .iter()
+            .filter(|(t, _)| t == resource_type)
+            .try_for_each(|(_, check)| check.check(resource))
     }
 }

@@ -105,6 +105,9 @@ impl Fhir {
         body: Option<Value>,
         now_ms: i64,
     ) -> Result<PlannedWrite, FhirError> {
+        if let Some(resource) = &body {
+            self.run_write_checks(&key.resource_type, resource)?;
+        }
         let version_id = current.map_or(1, |v| v.version_id + 1);
         let expected = current.map_or(Expected::Absent, |v| Expected::Version(v.version_id));
         let live_before = current.is_some_and(|v| !v.is_deleted());

@@ -24,6 +24,7 @@
 //! after a Subscription create can, in rare interleavings across partitions, be read before
 //! the create and is then not matched.
 
+mod check;
 pub mod cursor;
 mod manager;
 pub mod notify;
@@ -43,6 +44,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{SubscriptionIndex, TopicRegistry};
 
+pub use check::SubscriptionCheck;
 pub use cursor::{CursorStore, EventRow};
 /// The guarded client's crate, for callers that build a [`flare_outbound::Deliverer`].
 #[cfg(feature = "outbound")]

@@ -372,10 +372,23 @@ pub(crate) async fn write_status(
         let ctx = RequestContext::new(shared.config.base_url.clone());
         match shared
             .fhir
-            .update(&ctx, "Subscription", id, body, Some(current.version_id))
+            .update(
+                &ctx,
+                "Subscription",
+                id,
+                body.clone(),
+                Some(current.version_id),
+            )
             .await
         {
-            Ok(_) => return true,
+            Ok(_) => {
+                // `$status` answers from memory: show the new status now rather than when the
+                // manager reads the update back from the log.
+                if let Some(live) = shared.live.lock().get_mut(id) {
+                    live.resource = Arc::new(body);
+                }
+                return true;
+            }
             Err(e) if e.status == 412 || e.status == 409 => continue,
             Err(e) => {
                 tracing::warn!(subscription = %id, error = %e, "cannot write the subscription status");

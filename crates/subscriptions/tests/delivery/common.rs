@@ -24,7 +24,7 @@ use flare_store::{
 };
 use flare_subscriptions::{
     TopicRegistry,
-    delivery::{DeliveryConfig, Dependencies, SubscriptionRuntime},
+    delivery::{DeliveryConfig, Dependencies, SubscriptionCheck, SubscriptionRuntime},
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -225,6 +225,13 @@ impl Env {
         log_config.durability = Durability::None;
         let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(log_config).await.unwrap());
         let fhir = Fhir::new(store.clone(), registry(), FhirConfig::default());
+        fhir.add_write_check(
+            "Subscription",
+            Arc::new(SubscriptionCheck::new(
+                registry(),
+                TopicRegistry::with_builtins(&registry()),
+            )),
+        );
         let relay = Relay::new(store, log.clone());
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(relay.run(stopped));
@@ -264,13 +271,16 @@ impl Env {
     }
 
     pub async fn create(&self, resource: Value) -> String {
+        self.try_create(resource).await.unwrap()
+    }
+
+    pub async fn try_create(&self, resource: Value) -> Result<String, flare_service::FhirError> {
         let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
         let outcome = self
             .fhir
             .create(&self.ctx(), &resource_type, resource, None)
-            .await
-            .unwrap();
-        outcome.version.unwrap().key.id.clone()
+            .await?;
+        Ok(outcome.version.unwrap().key.id.clone())
     }
 
     pub async fn update(&self, resource: Value) {

@@ -523,21 +523,25 @@ async fn k41_classic_rest_hook_posts_an_empty_body_and_refuses_put_payloads() {
 }
 
 #[tokio::test]
-async fn k42_criteria_that_cannot_be_evaluated_turn_error_not_match_all() {
+async fn k42_b5_what_cannot_be_honoured_is_refused_at_create() {
     let env = Env::start().await;
     let hooks = Receiver::start().await;
-    let id = env
-        .create(
-            json!({"resourceType": "Subscription", "status": "requested", "reason": "t",
-            "criteria": "Observation?subject:Patient.name=x",
-            "channel": {"type": "rest-hook", "endpoint": hooks.url("a")}}),
-        )
-        .await;
-    let failed = env.wait_status(&id, "error").await;
-    assert!(!failed["error"].as_str().unwrap().is_empty());
-    env.create(json!({"resourceType": "Observation", "status": "final",
-        "code": {"text": "x"}}))
-        .await;
+    let chained = json!({"resourceType": "Subscription", "status": "requested", "reason": "t",
+        "criteria": "Observation?subject:Patient.name=x",
+        "channel": {"type": "rest-hook", "endpoint": hooks.url("a")}});
+    let error = env.try_create(chained).await.unwrap_err();
+    assert_eq!(error.status, 422);
+    let mut unknown_topic = backport_subscription(&hooks.url("a"), "p1", "id-only");
+    unknown_topic["criteria"] = json!("http://example.org/no-such-topic");
+    let error = env.try_create(unknown_topic).await.unwrap_err();
+    assert_eq!(error.status, 422);
+    assert!(
+        error
+            .issues
+            .iter()
+            .any(|i| i.message.contains("no-such-topic")),
+        "{error}"
+    );
     assert!(hooks.on("a").is_empty());
 }
 
