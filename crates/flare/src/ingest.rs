@@ -63,6 +63,8 @@ struct Tally {
     failed: AtomicU64,
     /// Legacy resources with no R4 mapping, by type: not loaded, counted as failed.
     unmapped: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Legacy elements R4 has no place for, by path: loaded without them.
+    dropped: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// What a file holds: the items to write and the legacy resources left out.
@@ -70,6 +72,7 @@ struct Tally {
 struct FileItems {
     items: Vec<Item>,
     unmapped: Vec<Unmapped>,
+    dropped: std::collections::BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -117,7 +120,16 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
             let (target, tally, progress) = (&target, &tally, &progress);
             async move {
                 match read_items(&file, args.from) {
-                    Ok(FileItems { items, unmapped }) => {
+                    Ok(FileItems {
+                        items,
+                        unmapped,
+                        dropped,
+                    }) => {
+                        let mut all_dropped = tally.dropped.lock();
+                        for (path, count) in dropped {
+                            *all_dropped.entry(path).or_default() += count;
+                        }
+                        drop(all_dropped);
                         for message in report_unmapped(&unmapped, items.is_empty(), tally) {
                             progress.suspend(|| eprintln!("failed {}: {message}", file.display()));
                         }
@@ -175,6 +187,21 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
             .map(|(resource_type, count)| format!("{resource_type} {count}"))
             .collect();
         println!("not loaded, no R4 mapping: {}", by_type.join(", "));
+    }
+    let dropped = tally.dropped.lock();
+    if !dropped.is_empty() {
+        let mut by_count: Vec<(&String, &u64)> = dropped.iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let most: Vec<String> = by_count
+            .iter()
+            .take(5)
+            .map(|(path, count)| format!("{path} {count}"))
+            .collect();
+        println!(
+            "legacy elements with no R4 place, dropped: {} kinds, most often {}",
+            dropped.len(),
+            most.join(", ")
+        );
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -238,6 +265,9 @@ fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
                     .map_err(|e| format!("line {}: {e}", n + 1))?;
                 file.items.extend(line_items.items);
                 file.unmapped.extend(line_items.unmapped);
+                for (path, count) in line_items.dropped {
+                    *file.dropped.entry(path).or_default() += count;
+                }
             }
             Ok(file)
         }
@@ -254,6 +284,7 @@ fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
                     })
                     .collect(),
                 unmapped: converted.unmapped,
+                dropped: converted.dropped,
             })
         }
         Some("xml") => {
@@ -266,6 +297,7 @@ fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
                     resource,
                 }],
                 unmapped: Vec::new(),
+                dropped: Default::default(),
             })
         }
         _ => {
@@ -291,6 +323,7 @@ fn to_r4_items(
         return Ok(FileItems {
             items: vec![Item { source, resource }],
             unmapped: Vec::new(),
+            dropped: Default::default(),
         });
     }
     let converted = flare_legacy::to_r4(resource, version).map_err(|e| e.to_string())?;
@@ -304,6 +337,7 @@ fn to_r4_items(
             })
             .collect(),
         unmapped: converted.unmapped,
+        dropped: converted.dropped,
     })
 }
 
