@@ -50,6 +50,10 @@ pub struct HubConfig {
     /// Consecutive unanswered events after which an unresponsive subscriber is
     /// unsubscribed (denial, then close). Default 3; at least 1.
     pub max_unacknowledged: u32,
+    /// How often the server pings each subscriber socket, in milliseconds; a socket that
+    /// answers none of two pings in a row is treated as dropped (SyncError, unsubscribed).
+    /// 0 turns pings off. Default 30000.
+    pub ping_interval_ms: u64,
     /// Largest number of entries in a `*-update` Bundle; larger ones get 413. Default 100.
     pub max_update_entries: usize,
     /// Accept `*-update` for an open context that is not the current one (advertised as
@@ -75,6 +79,7 @@ impl Default for HubConfig {
             max_lease_seconds: 86_400,
             ack_timeout_ms: 10_000,
             max_unacknowledged: 3,
+            ping_interval_ms: 30_000,
             max_update_entries: 100,
             non_current_context_updates: false,
             webhook: false,

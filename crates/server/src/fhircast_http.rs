@@ -2,6 +2,8 @@
 //! Get Current Context and the subscriber sockets. Protocol decisions live in
 //! `flare-fhircast`; this module only moves bytes.
 
+use std::time::Duration;
+
 use axum::{
     Router,
     body::Bytes,
@@ -23,6 +25,8 @@ struct HubState {
     /// The hub's path, without a trailing slash.
     path: String,
     public_url: Option<String>,
+    /// Liveness pings; `None` when off.
+    ping_interval: Option<Duration>,
 }
 
 /// The hub's routes under its configured path (`/fhircast` by default):
@@ -43,6 +47,8 @@ pub fn fhircast_routes(hub: HubHandle) -> Router {
         public_url: config
             .public_url
             .map(|url| url.trim_end_matches('/').to_string()),
+        ping_interval: (config.ping_interval_ms > 0)
+            .then(|| Duration::from_millis(config.ping_interval_ms)),
     };
     let root = if path.is_empty() {
         "/".to_string()
@@ -125,10 +131,18 @@ async fn websocket(
         )
             .into_response();
     }
-    upgrade.on_upgrade(move |socket| run_socket(state.hub, endpoint, socket))
+    upgrade.on_upgrade(move |socket| run_socket(state.hub, endpoint, socket, state.ping_interval))
 }
 
-async fn run_socket(hub: HubHandle, endpoint: String, socket: WebSocket) {
+/// Pings in a row a socket may leave unanswered before it counts as dropped.
+const MAX_MISSED_PONGS: u32 = 2;
+
+async fn run_socket(
+    hub: HubHandle,
+    endpoint: String,
+    socket: WebSocket,
+    ping_interval: Option<Duration>,
+) {
     let (mut sink, mut stream) = socket.split();
     let Ok(mut session) = hub.connect(&endpoint) else {
         let _ = sink
@@ -140,8 +154,25 @@ async fn run_socket(hub: HubHandle, endpoint: String, socket: WebSocket) {
         return;
     };
     let connection = session.connection;
+    // Without pings the interval is an hour-long tick that is never selected.
+    let mut pings = tokio::time::interval(ping_interval.unwrap_or(Duration::from_secs(3600)));
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pings.tick().await;
+    let mut missed_pongs = 0u32;
     loop {
         tokio::select! {
+            _ = pings.tick(), if ping_interval.is_some() => {
+                if missed_pongs >= MAX_MISSED_PONGS {
+                    // Silent peer (sleeping laptop, dead proxy): as if the TCP dropped.
+                    hub.closed(connection, None);
+                    return;
+                }
+                missed_pongs += 1;
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    hub.closed(connection, None);
+                    return;
+                }
+            }
             command = session.commands.recv() => match command {
                 Some(SocketCommand::Text(text)) => {
                     if sink.send(Message::Text(text.into())).await.is_err() {
@@ -159,7 +190,11 @@ async fn run_socket(hub: HubHandle, endpoint: String, socket: WebSocket) {
                 None => return,
             },
             frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => hub.message(connection, text.as_str()),
+                Some(Ok(Message::Text(text))) => {
+                    missed_pongs = 0;
+                    hub.message(connection, text.as_str());
+                }
+                Some(Ok(Message::Pong(_))) => missed_pongs = 0,
                 Some(Ok(Message::Close(frame))) => {
                     // A close frame without a code is still a deliberate close.
                     hub.closed(connection, Some(frame.map_or(1000, |frame| frame.code)));

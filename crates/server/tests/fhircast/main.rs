@@ -502,6 +502,23 @@ async fn p35_denial_frame_then_close() {
     assert!(socket.next_is_close().await);
 }
 
+#[tokio::test]
+async fn p37_subscriber_that_never_answers_pings_is_dropped_with_a_sync_error() {
+    let hub = Hub::start(HubConfig {
+        ping_interval_ms: 100,
+        ..HubConfig::default()
+    })
+    .await;
+    let mut watcher = hub.subscriber("t", "SyncError", "Watcher").await;
+    // A client that is never polled never answers pings (tungstenite pongs while reading).
+    let endpoint = hub.subscribe("t", "Patient-open", "Sleeper").await;
+    let _sleeper = Socket::connect(&endpoint).await;
+    // The watcher keeps reading, so it answers every ping and stays.
+    let error = watcher.next_json().await;
+    assert_eq!(sync_error_codes(&error)[2], "Sleeper");
+    assert!(tokio_tungstenite::connect_async(endpoint).await.is_err());
+}
+
 // ---- Publish ----
 
 #[tokio::test]
