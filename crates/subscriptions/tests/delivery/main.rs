@@ -594,3 +594,32 @@ async fn h34_resend_delivers_a_range_again() {
     assert_eq!(numbers, vec![1, 2, 3, 2, 3]);
     assert!(!env.runtime.resend("unknown", 1).await.unwrap());
 }
+
+#[tokio::test]
+async fn m52_notifications_carry_the_hmac_signature_of_their_body() {
+    use flare_subscriptions::delivery::outbound::{Secret, verify_hub_signature};
+    let env = Env::start().await;
+    let hooks = Receiver::start().await;
+    let mut subscription = backport_subscription(&hooks.url("a"), "p1", "id-only");
+    subscription["channel"]["extension"] = json!([{
+        "url": flare_subscriptions::spec::EXT_HMAC_SECRET, "valueString": "s3cret"}]);
+    let id = env.create(subscription).await;
+    env.wait_status(&id, "active").await;
+    env.create(encounter("p1")).await;
+    let received = hooks
+        .wait("a", |r| r.iter().any(|n| n.kind() == "event-notification"))
+        .await;
+    for request in &received {
+        let signature = &request.headers["x-hub-signature"];
+        assert!(verify_hub_signature(
+            &Secret::from("s3cret"),
+            &request.body,
+            signature
+        ));
+        assert!(!verify_hub_signature(
+            &Secret::from("other"),
+            &request.body,
+            signature
+        ));
+    }
+}
