@@ -125,11 +125,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
                         unmapped,
                         dropped,
                     }) => {
-                        let mut all_dropped = tally.dropped.lock();
-                        for (path, count) in dropped {
-                            *all_dropped.entry(path).or_default() += count;
+                        {
+                            let mut all_dropped = tally.dropped.lock();
+                            for (path, count) in dropped {
+                                *all_dropped.entry(path).or_default() += count;
+                            }
                         }
-                        drop(all_dropped);
                         for message in report_unmapped(&unmapped, items.is_empty(), tally) {
                             progress.suspend(|| eprintln!("failed {}: {message}", file.display()));
                         }
