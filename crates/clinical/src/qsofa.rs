@@ -967,28 +967,30 @@ impl QsofaEngine {
     }
 
     fn apply_to(&mut self, patient_id: &str, change: EvidenceChange) -> Applied {
-        // Look up before inserting: `entry` would allocate the key on every observation.
-        if !self.patients.contains_key(patient_id) {
-            self.patients
-                .insert(patient_id.to_owned(), PatientQsofa::new(patient_id));
-        }
-        let Some(state) = self.patients.get_mut(patient_id) else {
-            return Applied {
-                disposition: Disposition::Ignored(IgnoreReason::NoEvidence),
-                alerts: Vec::new(),
-                released: Vec::new(),
-            };
-        };
         let observation_id = match &change {
             EvidenceChange::Measured { observation_id, .. }
             | EvidenceChange::Cleared { observation_id } => observation_id.clone(),
         };
-        let applied = state.apply(&self.config, change);
-        if applied.disposition == Disposition::Recorded {
-            self.observation_patient
-                .insert(observation_id, patient_id.to_owned());
-        } else if !state.holds(&observation_id) {
-            self.observation_patient.remove(&observation_id);
+        // `get_mut` first: `entry` would allocate the key on every observation.
+        let applied = match self.patients.get_mut(patient_id) {
+            Some(state) => state.apply(&self.config, change),
+            None => {
+                let mut state = PatientQsofa::new(patient_id);
+                let applied = state.apply(&self.config, change);
+                self.patients.insert(patient_id.to_owned(), state);
+                applied
+            }
+        };
+        match applied.disposition {
+            Disposition::Recorded => {
+                self.observation_patient
+                    .insert(observation_id, patient_id.to_owned());
+            }
+            // Only these remove evidence; anything else left the index as it was.
+            Disposition::Normal | Disposition::Cleared | Disposition::Rejected(_) => {
+                self.observation_patient.remove(&observation_id);
+            }
+            Disposition::Ignored(_) | Disposition::TooLate { .. } => {}
         }
         for released in &applied.released {
             self.observation_patient.remove(released);

@@ -164,13 +164,25 @@ impl VitalReading {
     }
 }
 
+/// A member of a JSON object by linear scan. FHIR objects have a handful of members, and
+/// serde_json's ordered map hashes every lookup with SipHash, which the benchmark showed costs
+/// more than comparing a few short keys.
+fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    let object = value.as_object()?;
+    if object.len() > 16 {
+        return object.get(key);
+    }
+    object
+        .iter()
+        .find_map(|(name, member)| (name == key).then_some(member))
+}
+
 /// Reads the qSOFA evidence of one Observation version as it appears in a change event.
 pub fn read_observation(resource: &Value) -> VitalReading {
-    let observation_id = resource
-        .get("id")
+    let observation_id = field(resource, "id")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    if resource.get("resourceType").and_then(Value::as_str) != Some("Observation") {
+    if field(resource, "resourceType").and_then(Value::as_str) != Some("Observation") {
         return VitalReading::Rejected {
             observation_id,
             patient_id: None,
@@ -188,7 +200,7 @@ pub fn read_observation(resource: &Value) -> VitalReading {
             reason: Rejection::MissingId,
         };
     };
-    let status = status_effect(resource.get("status").and_then(Value::as_str));
+    let status = status_effect(field(resource, "status").and_then(Value::as_str));
     if status != StatusEffect::Counts {
         return VitalReading::Withdrawn {
             observation_id,
@@ -222,12 +234,12 @@ pub fn read_observation(resource: &Value) -> VitalReading {
 
 fn has_loinc(concept: Option<&Value>, wanted: &str) -> bool {
     concept
-        .and_then(|c| c.get("coding"))
+        .and_then(|c| field(c, "coding"))
         .and_then(Value::as_array)
         .is_some_and(|codings| {
             codings.iter().any(|coding| {
-                coding.get("system").and_then(Value::as_str) == Some(LOINC_SYSTEM)
-                    && coding.get("code").and_then(Value::as_str) == Some(wanted)
+                field(coding, "system").and_then(Value::as_str) == Some(LOINC_SYSTEM)
+                    && field(coding, "code").and_then(Value::as_str) == Some(wanted)
             })
         })
 }
@@ -254,23 +266,22 @@ fn code_meaning(code: &str) -> Option<CodeMeaning> {
 /// the element is absent; the caller reports it). One pass over the codings: this runs for
 /// every Observation on the log.
 fn find_vital(resource: &Value) -> Option<(Criterion, ValueSlot<'_>)> {
-    let codings = resource.get("code")?.get("coding")?.as_array()?;
+    let codings = field(field(resource, "code")?, "coding")?.as_array()?;
     let meaning = codings.iter().find_map(|coding| {
-        if coding.get("system").and_then(Value::as_str) != Some(LOINC_SYSTEM) {
+        if field(coding, "system").and_then(Value::as_str) != Some(LOINC_SYSTEM) {
             return None;
         }
-        code_meaning(coding.get("code")?.as_str()?)
+        code_meaning(field(coding, "code")?.as_str()?)
     })?;
     match meaning {
         CodeMeaning::Vital(criterion) => Some((criterion, ValueSlot::of(resource))),
         CodeMeaning::BloodPressurePanel => {
-            let systolic = resource
-                .get("component")
+            let systolic = field(resource, "component")
                 .and_then(Value::as_array)?
                 .iter()
                 .find(|component| {
                     has_loinc(
-                        component.get("code"),
+                        field(component, "code"),
                         Criterion::SystolicBloodPressure.loinc(),
                     )
                 })?;
@@ -288,7 +299,7 @@ enum ValueSlot<'a> {
 
 impl<'a> ValueSlot<'a> {
     fn of(element: &'a Value) -> Self {
-        if let Some(quantity) = element.get("valueQuantity") {
+        if let Some(quantity) = field(element, "valueQuantity") {
             return ValueSlot::Quantity(quantity);
         }
         let has_other_value = element
@@ -311,17 +322,16 @@ fn measure(criterion: Criterion, slot: ValueSlot<'_>) -> Result<Measurement, Rej
     if !quantity.is_object() {
         return Err(Rejection::NotAQuantity { criterion });
     }
-    let value = quantity
-        .get("value")
+    let value = field(quantity, "value")
         .and_then(Value::as_f64)
         .filter(|v| v.is_finite())
         .ok_or(Rejection::MissingValue { criterion })?;
     // The UCUM code is authoritative; `unit` is display text, used only when there is no code.
-    let ucum_code = match quantity.get("system").and_then(Value::as_str) {
+    let ucum_code = match field(quantity, "system").and_then(Value::as_str) {
         Some(system) if system != UCUM_SYSTEM => None,
-        _ => quantity.get("code").and_then(Value::as_str),
+        _ => field(quantity, "code").and_then(Value::as_str),
     };
-    let unit = ucum_code.or_else(|| quantity.get("unit").and_then(Value::as_str));
+    let unit = ucum_code.or_else(|| field(quantity, "unit").and_then(Value::as_str));
     if !criterion.accepts_unit(unit) {
         return Err(Rejection::WrongUnit {
             criterion,
@@ -334,11 +344,11 @@ fn measure(criterion: Criterion, slot: ValueSlot<'_>) -> Result<Measurement, Rej
 /// The id of the Patient an Observation is about (`subject` = `Patient/x`, relative or
 /// absolute, with or without `_history`).
 pub fn patient_id(resource: &Value) -> Option<String> {
-    patient_from_reference(resource.get("subject")?)
+    patient_from_reference(field(resource, "subject")?)
 }
 
 pub(crate) fn patient_from_reference(reference: &Value) -> Option<String> {
-    let text = reference.get("reference")?.as_str()?;
+    let text = field(reference, "reference")?.as_str()?;
     let (_, tail) = text.rsplit_once("Patient/")?;
     let id = tail.split('/').next()?;
     (!id.is_empty()).then(|| id.to_owned())
@@ -346,10 +356,9 @@ pub(crate) fn patient_from_reference(reference: &Value) -> Option<String> {
 
 /// `effectiveDateTime`, `effectivePeriod.start` or `effectiveInstant`, as a UTC instant.
 pub fn effective_time(resource: &Value) -> Result<Timestamp, Rejection> {
-    let text = resource
-        .get("effectiveDateTime")
-        .or_else(|| resource.get("effectivePeriod").and_then(|p| p.get("start")))
-        .or_else(|| resource.get("effectiveInstant"))
+    let text = field(resource, "effectiveDateTime")
+        .or_else(|| field(resource, "effectivePeriod").and_then(|p| field(p, "start")))
+        .or_else(|| field(resource, "effectiveInstant"))
         .ok_or(Rejection::NoEffectiveTime)?;
     let text = text
         .as_str()
