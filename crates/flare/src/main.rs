@@ -87,9 +87,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // Outbound https (subscriptions, webhooks) uses rustls on the ring provider; installing it
-    // as the process default lets every HTTP client in the binary use TLS without a panic.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // Batch commands keep the terminal for their progress and summary.
     let default_level = if matches!(cli.command, Command::Serve(_)) {

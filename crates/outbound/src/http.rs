@@ -72,8 +72,6 @@ impl Default for DeliveryConfig {
 pub enum BuildError {
     #[error("cannot read CA certificates from {path}: {reason}")]
     RootCertificates { path: PathBuf, reason: String },
-    #[error("TLS setup failed: {0}")]
-    Tls(#[from] rustls::Error),
     #[error("HTTP client setup failed: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -311,24 +309,13 @@ impl Resolve for GuardedResolver {
 }
 
 impl Deliverer {
-    /// Builds the clients: https with rustls (ring) and the platform's trust store.
+    /// Builds the clients: https through the system's TLS library (OpenSSL) and trust store,
+    /// plus any extra CA certificates from the config.
     pub fn new(policy: EndpointPolicy, config: DeliveryConfig) -> Result<Self, BuildError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let extra_roots = load_root_certificates(&config.extra_root_certificates)?;
-        let verifier = if extra_roots.is_empty() {
-            rustls_platform_verifier::Verifier::new(provider.clone())?
-        } else {
-            rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        // Both clients get the TLS setup: without one, reqwest would look for a process-wide
-        // rustls provider and panic when there is none, even for a client that never uses TLS.
         let client = |plain_http: bool| {
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
+                .tls_backend_native()
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .timeout(Duration::from_millis(config.timeout_ms))
@@ -337,9 +324,11 @@ impl Deliverer {
                 .dns_resolver(Arc::new(GuardedResolver {
                     policy: policy.clone(),
                     plain_http,
-                }))
-                .tls_backend_preconfigured(tls.clone())
-                .build()
+                }));
+            for root in &extra_roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            builder.build()
         };
         let https = client(false)?;
         let plain_http = client(true)?;
@@ -571,24 +560,19 @@ impl Deliverer {
     }
 }
 
-fn load_root_certificates(
-    paths: &[PathBuf],
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, BuildError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
+fn load_root_certificates(paths: &[PathBuf]) -> Result<Vec<reqwest::Certificate>, BuildError> {
     let mut certificates = Vec::new();
     for path in paths {
         let error = |reason: String| BuildError::RootCertificates {
             path: path.clone(),
             reason,
         };
-        let before = certificates.len();
-        for certificate in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
-            certificates.push(certificate.map_err(|e| error(e.to_string()))?);
-        }
-        if certificates.len() == before {
+        let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+        let found = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
+        if found.is_empty() {
             return Err(error("no PEM certificate in the file".to_owned()));
         }
+        certificates.extend(found);
     }
     Ok(certificates)
 }
