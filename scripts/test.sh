@@ -40,6 +40,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq redis-server
 fi
 
+step "Chromium for the browser tests (Debian chromium; playwright-core drives it)"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
+if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
+  (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -52,6 +60,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+step "Dashboard unit tests (Vitest; web/ is installed by the flare-web build)"
+(cd web && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } && npm run --silent test)
+
+step "Dashboard in headless Chromium against flare serve (screenshot: target/dashboard.png)"
+cargo build --quiet --bin flare
+FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" node tests/dashboard/dashboard.mjs "${CARGO_TARGET_DIR:-$root/target}/dashboard.png"
+
+step "FHIRcast interop: @medplum/core (npm) against the hub of flare serve"
+FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" bash tests/fhircast-interop/run.sh
 
 step "Interop: fhirpy against flare serve"
 cargo build --quiet --bin flare

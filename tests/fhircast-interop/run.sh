@@ -15,7 +15,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-(cd "$work" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund @medplum/core@4.5)
+(cd "$work" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund @medplum/core@4.5.2)
 cp "$here/medplum.mjs" "$work/"
 printf 'data_dir = "%s/data"\n[server]\nlisten = "127.0.0.1:0"\n[fhircast]\nenabled = true\n' "$work" > "$work/flare.toml"
 "$flare" serve -c "$work/flare.toml" > "$work/flare.log" 2>&1 &

@@ -47,6 +47,40 @@ pub struct FlareConfig {
     pub kafka: flare_kafka::KafkaConfig,
     /// Stream processors: which run, their state backend, retries, checkpoints.
     pub processors: ProcessorsConfig,
+    /// FHIR Subscriptions: delivery of notifications to the endpoints subscriptions name.
+    pub subscriptions: SubscriptionsConfig,
+}
+
+/// `[subscriptions]`: notification delivery.
+///
+/// ```toml
+/// [subscriptions]
+/// enabled = true
+/// [subscriptions.endpoints]
+/// allow = ["127.0.0.0/8"]      # also plain http to these; env FLARE_SUBSCRIPTION_ALLOW
+/// [subscriptions.delivery]
+/// max_attempts = 5
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsConfig {
+    /// Deliver notifications for active Subscriptions. Default `true`.
+    pub enabled: bool,
+    /// Which endpoints may be called: only public `https` ones unless allow-listed.
+    pub endpoints: flare_outbound::EndpointPolicyConfig,
+    /// Retries, batches, timeouts; `cursor_file` defaults to `subscriptions.sqlite` in the
+    /// data directory.
+    pub delivery: flare_subscriptions::delivery::DeliveryConfig,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoints: flare_outbound::EndpointPolicyConfig::default(),
+            delivery: flare_subscriptions::delivery::DeliveryConfig::default(),
+        }
+    }
 }
 
 impl Default for FlareConfig {
@@ -63,6 +97,7 @@ impl Default for FlareConfig {
             #[cfg(feature = "kafka")]
             kafka: flare_kafka::KafkaConfig::default(),
             processors: ProcessorsConfig::default(),
+            subscriptions: SubscriptionsConfig::default(),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 mod app;
 mod bench;
+mod components;
 mod config;
+mod demo_cmd;
 mod dlq_cmd;
 mod events_cmd;
 mod generate_cmd;
@@ -32,6 +34,16 @@ enum Command {
     ///   flare serve --listen 0.0.0.0:8080 --data-dir /var/lib/flare
     ///   FLARE_STORE=sqlite::memory: flare serve      # nothing kept on disk but the log
     Serve(serve::ServeArgs),
+    /// The whole thing on a laptop: the server on embedded defaults with its processors, fed
+    /// by a synthetic population; open the printed dashboard URL.
+    ///
+    /// Data goes to a temporary folder (removed at exit) unless --data-dir names one.
+    ///
+    /// Examples:
+    ///   flare demo
+    ///   flare demo --listen 127.0.0.1:9090 --data-dir ./demo-data --speed 60x
+    #[command(verbatim_doc_comment)]
+    Demo(demo_cmd::DemoArgs),
     /// Read the event log: follow a topic, list topics.
     ///
     /// Works while `flare serve` runs on the same data directory.
@@ -111,6 +123,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Demo(args) => demo_cmd::run(args).await,
             Command::Events { command } => events_cmd::run(command).await,
             Command::Ingest(args) => ingest::run(args).await,
             Command::Generate(args) => generate_cmd::run(args).await,

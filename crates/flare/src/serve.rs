@@ -6,7 +6,11 @@ use anyhow::Context;
 use flare_server::{AppState, Metrics};
 use tokio::net::TcpListener;
 
-use crate::{app::App, config::CommonArgs};
+use crate::{
+    app::App,
+    components::Components,
+    config::{CommonArgs, FlareConfig},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -18,6 +22,25 @@ pub struct ServeArgs {
     /// Public base URL of the FHIR API, if clients reach it through a proxy.
     #[arg(long, env = "FLARE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Stream processors to run, comma-separated: `qsofa`, `immunizations`, or `none`
+    /// [default: qsofa,immunizations].
+    #[arg(
+        long,
+        env = "FLARE_PROCESSORS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub processors: Option<Vec<String>>,
+    /// Where processor state lives: `embedded` or `redis://host:port/db` [default: embedded].
+    #[arg(long, env = "FLARE_PROCESSOR_STATE", value_name = "URL")]
+    pub processor_state: Option<String>,
+    /// Networks subscriptions may deliver to although not public (and over plain http), e.g.
+    /// `127.0.0.0/8` for local development [default: none].
+    #[arg(long, env = "FLARE_SUBSCRIPTION_ALLOW", value_name = "CIDRS")]
+    pub subscription_allow: Option<String>,
+    /// Do not deliver subscription notifications (Subscriptions are stored, nothing more).
+    #[arg(long, env = "FLARE_NO_SUBSCRIPTIONS")]
+    pub no_subscriptions: bool,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -28,6 +51,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = args.public_url {
         config.server.public_url = Some(url);
     }
+    if let Some(names) = args.processors {
+        config.processors.enabled = names;
+    }
+    if let Some(url) = args.processor_state {
+        config.processors.state = url;
+    }
+    if args.no_subscriptions {
+        config.subscriptions.enabled = false;
+    }
+    if let Some(allow) = args.subscription_allow {
+        config.subscriptions.endpoints.allow = allow.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "--subscription-allow {allow}: {e} (write networks such as 127.0.0.0/8, ::1)"
+            )
+        })?;
+    }
+    serve_config(config, shutdown_signal(), None).await
+}
+
+/// Runs the server on `config` until `shutdown` resolves; `ready` learns the address once the
+/// server accepts requests.
+pub async fn serve_config(
+    config: FlareConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<ExitCode> {
     let app = App::open(&config).await?;
     let listener = TcpListener::bind(&config.server.listen)
         .await
@@ -38,14 +87,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let address = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    let public_base = config
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}/fhir"));
+    let components = Components::start(&config, &app, &metrics, &public_base).await?;
     let state = AppState {
         fhir: app.fhir.clone(),
         log: app.log.clone(),
         config: Arc::new(config.server.clone()),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         relay: app.relay_stats.clone(),
     };
     println!("Flare is listening on http://{address}");
+    println!("  dashboard     http://{address}/");
     println!("  FHIR API      http://{address}/fhir   (try http://{address}/fhir/metadata)");
     println!("  health        http://{address}/health, metrics http://{address}/metrics");
     println!(
@@ -58,18 +115,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "  follow events flare events tail fhir.Patient --data-dir {}",
         config.data_dir.display()
     );
+    for line in &components.banner {
+        println!("  {line}");
+    }
     println!("Press Ctrl-C to stop.");
     // Optional components merge their routes here.
-    let mut routes = flare_server::router(state);
+    let mut routes = flare_server::router(state).merge(components.routes.clone());
     if config.fhircast.enabled {
         let hub = flare_fhircast::HubHandle::start(config.fhircast.clone());
         println!("  FHIRcast hub  http://{address}{}", config.fhircast.path);
         routes = routes.merge(flare_server::fhircast_routes(hub));
     }
-    flare_server::serve_router(listener, routes, shutdown_signal())
+    if let Some(ready) = ready {
+        let _ = ready.send(address);
+    }
+    flare_server::serve_router(listener, routes, shutdown)
         .await
         .context("the HTTP server failed")?;
-    eprintln!("stopping: relaying the last events…");
+    eprintln!("stopping: checkpointing processors, relaying the last events…");
+    components.shutdown().await;
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

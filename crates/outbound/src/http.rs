@@ -568,7 +568,8 @@ fn load_root_certificates(paths: &[PathBuf]) -> Result<Vec<reqwest::Certificate>
             reason,
         };
         let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-        let found = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
+        let found =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
         if found.is_empty() {
             return Err(error("no PEM certificate in the file".to_owned()));
         }

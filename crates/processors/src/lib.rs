@@ -14,6 +14,7 @@
 
 pub mod builtin;
 pub mod config;
+pub mod dashboard;
 pub mod dlq;
 pub mod metrics;
 pub mod runtime;

@@ -9,6 +9,7 @@
 //! log and the search engine only through `flare-service`.
 
 mod config;
+mod dashboard_http;
 mod fhir_http;
 mod fhircast_http;
 mod format;
@@ -25,8 +26,9 @@ use flare_service::Fhir;
 use tokio::net::TcpListener;
 
 pub use config::ServerConfig;
+pub use dashboard_http::{DashboardState, dashboard_routes};
 pub use fhircast_http::fhircast_routes;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, MetricsSource};
 
 /// Everything a request handler needs, shared.
 #[derive(Clone)]

@@ -2,23 +2,46 @@
 
 use std::{
     fmt::Write,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use axum::{extract::State, http::header, response::IntoResponse};
 
 use crate::AppState;
 
-/// Request counters by status class, kept lock-free.
-#[derive(Debug, Default)]
+/// Renders the metrics of a component (processors, say) in the text exposition format.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Request counters by status class, kept lock-free, and the components' own metrics.
+#[derive(Default)]
 pub struct Metrics {
     by_class: [AtomicU64; 6],
+    sources: RwLock<Vec<MetricsSource>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("by_class", &self.by_class)
+            .finish()
+    }
 }
 
 impl Metrics {
     pub fn record(&self, status: u16) {
         let class = usize::from(status / 100).min(5);
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds a component's metrics to `/metrics`.
+    pub fn add_source(&self, source: MetricsSource) {
+        self.sources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(source);
     }
 }
 
@@ -56,6 +79,15 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
                 );
             }
         }
+    }
+    let sources = state
+        .metrics
+        .sources
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for source in sources {
+        out.push_str(&source());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -59,6 +59,8 @@ export class VaccineBars {
         (update) => update,
         (exit) => exit.transition(t).style("opacity", 0).remove(),
       )
+      .attr("data-code", (d) => d.code)
+      .attr("data-count", (d) => d.count)
       .call((g) => {
         g.select("title").text((d) => `${d.display} (CVX ${d.code}): ${d.count}`);
         g.select("text.label")

@@ -61,11 +61,31 @@ pub(super) async fn resume(shared: &Arc<Shared>) -> Result<(), DeliveryError> {
     Ok(())
 }
 
-/// Whether a topic can carry change events under the routing config.
+/// Whether a topic can carry change events under the routing config: a routed topic, or one
+/// the naming strategies make (`fhir.Patient`, `fhir.created`, `fhir.Patient.created`). Other
+/// topics under the prefix (the processors' `fhir.alerts.sepsis`, retry and dead-letter
+/// topics) carry other messages.
 fn is_input_topic(shared: &Shared, topic: &str) -> bool {
-    let prefix = format!("{}.", shared.routing.prefix);
-    let routed = shared.routing.routes.iter().any(|r| r.topic == topic);
-    (routed || topic.starts_with(&prefix)) && !topic.ends_with(".retry") && !topic.ends_with(".dlq")
+    if shared.routing.routes.iter().any(|r| r.topic == topic) {
+        return true;
+    }
+    let Some(rest) = topic
+        .strip_prefix(shared.routing.prefix.as_str())
+        .and_then(|rest| rest.strip_prefix('.'))
+    else {
+        return false;
+    };
+    let is_action = |name: &str| {
+        [Action::Created, Action::Updated, Action::Deleted]
+            .iter()
+            .any(|action| action.as_str() == name)
+    };
+    match rest.split_once('.') {
+        None => flare_fhir::model::is_resource_type(rest) || is_action(rest),
+        Some((resource_type, action)) => {
+            flare_fhir::model::is_resource_type(resource_type) && is_action(action)
+        }
+    }
 }
 
 pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
