@@ -22,14 +22,15 @@ pub enum Profile {
 ///
 /// ```toml
 /// [fhircast]
-/// enabled = true
+/// enabled = true             # default
 /// path = "/fhircast"
 /// profile = "lenient"          # lenient | ira
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
-    /// Serve the hub. Default `false`.
+    /// Serve the hub at `path` on the Flare server and advertise it in the CapabilityStatement.
+    /// Default `true` (the hub holds nothing until a client subscribes or publishes).
     pub enabled: bool,
     /// The hub's path on the Flare server (`hub.url` is this under the public base URL).
     /// Default `/fhircast`.
@@ -71,7 +72,7 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
             path: "/fhircast".into(),
             public_url: None,
             profile: Profile::default(),

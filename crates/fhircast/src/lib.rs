@@ -6,13 +6,20 @@
 //!
 //! Architecture invariant: knows nothing of FHIR storage or of any web framework.
 
+pub mod capability;
 pub mod catalog;
 pub mod config;
 pub mod driver;
 pub mod hub;
 
+pub use capability::{capability_extensions, hub_url};
 pub use config::{HubConfig, Profile};
 pub use driver::{HubHandle, SocketCommand, SocketSession};
 pub use hub::{
     ConnectRefused, ConnectionId, ContextShape, HttpReply, Hub, Output, Response, WebhookIntent,
 };
+
+/// The sandbox page served at `{hub.url}/sandbox`: one static HTML file with vanilla JS that
+/// subscribes over the WebSocket channel, publishes events, reads the current context and logs
+/// every frame. It talks to the hub only through the public protocol.
+pub const SANDBOX_PAGE: &str = include_str!("../assets/sandbox.html");

@@ -39,7 +39,7 @@ pub struct FlareConfig {
     pub sqlite: SqliteConfig,
     /// Embedded-log tuning (`data_dir` comes from `data_dir`).
     pub embedded_log: EmbeddedLogConfig,
-    /// The FHIRcast hub, `[fhircast]` (off unless `enabled = true`).
+    /// The FHIRcast hub, `[fhircast]` (served at `/fhircast` unless `enabled = false`).
     pub fhircast: flare_fhircast::HubConfig,
     /// Kafka-log settings, used when `log` is `kafka://...` (brokers come from the URL) or
     /// `kafka` (brokers from this section).

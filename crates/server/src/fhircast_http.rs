@@ -36,6 +36,7 @@ struct HubState {
 /// - `POST {hub}/{topic}`: publish (the STU1/STU2 path); `GET {hub}/{topic}`: current context
 /// - `GET {hub}/STU2/{topic}`: current context as a bare array (STU2-era clients)
 /// - `GET {hub}/ws/{endpoint}`: a subscriber's WebSocket
+/// - `GET {hub}/sandbox`: the sandbox page (so `GET` of a topic named `sandbox` shows the page)
 ///
 /// Browser apps call the hub from other origins, so CORS is open on these routes.
 pub fn fhircast_routes(hub: HubHandle) -> Router {
@@ -67,12 +68,30 @@ pub fn fhircast_routes(hub: HubHandle) -> Router {
         )
         .route(&format!("{path}/STU2/{{topic}}"), get(current_context_stu2))
         .route(&format!("{path}/ws/{{endpoint}}"), get(websocket))
+        .route(
+            &format!("{path}/sandbox"),
+            get(sandbox).post(publish_to_sandbox_topic),
+        )
         .layer(CorsLayer::permissive())
         .with_state(state)
 }
 
 async fn discovery(State(state): State<HubState>) -> Response {
     axum::Json(state.hub.discovery()).into_response()
+}
+
+async fn sandbox() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        flare_fhircast::SANDBOX_PAGE,
+    )
+        .into_response()
+}
+
+/// The page's static route shadows `POST {hub}/{topic}` for the topic `sandbox`; keep publishing
+/// to it working.
+async fn publish_to_sandbox_topic(State(state): State<HubState>, body: Bytes) -> Response {
+    to_response(state.hub.publish(Some("sandbox"), &body))
 }
 
 async fn hub_post(State(state): State<HubState>, headers: HeaderMap, body: Bytes) -> Response {

@@ -1,8 +1,14 @@
 //! The CapabilityStatement: exactly what this server supports.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use crate::Fhir;
+
+/// Builds extensions for `rest[mode=server].extension` from the FHIR base URL of the request
+/// (so a component served next to the FHIR API can advertise an absolute URL of its own).
+pub type CapabilityExtension = Arc<dyn Fn(&str) -> Vec<Value> + Send + Sync>;
 
 /// Interactions supported on every resource type.
 const TYPE_INTERACTIONS: &[&str] = &[
@@ -17,6 +23,28 @@ const TYPE_INTERACTIONS: &[&str] = &[
 ];
 
 impl Fhir {
+    /// Has every later CapabilityStatement carry the extensions `extensions` builds from the
+    /// FHIR base URL, in `rest[mode=server].extension`, for components the binary runs beside
+    /// the FHIR API (e.g. a FHIRcast hub advertising its `hub.url`).
+    pub fn add_capability_extensions(
+        &self,
+        extensions: impl Fn(&str) -> Vec<Value> + Send + Sync + 'static,
+    ) {
+        if let Ok(mut registered) = self.inner.capability_extensions.write() {
+            registered.push(Arc::new(extensions));
+        }
+    }
+
+    fn rest_extensions(&self, base_url: &str) -> Vec<Value> {
+        let Ok(registered) = self.inner.capability_extensions.read() else {
+            return Vec::new();
+        };
+        registered
+            .iter()
+            .flat_map(|build| build(base_url))
+            .collect()
+    }
+
     /// `GET /metadata`.
     pub fn capability_statement(&self, base_url: &str) -> Value {
         let resources: Vec<Value> = flare_fhir::model::resource_types()
@@ -44,7 +72,7 @@ impl Fhir {
                 })
             })
             .collect();
-        json!({
+        let mut statement = json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
             "date": "2026-11-21",
@@ -71,6 +99,12 @@ impl Fhir {
                     {"name": "_revinclude", "type": "special"},
                 ],
             }],
-        })
+        });
+        let extensions = self.rest_extensions(base_url);
+        // FHIR forbids empty arrays, so the key appears only when something registered one.
+        if !extensions.is_empty() {
+            statement["rest"][0]["extension"] = Value::Array(extensions);
+        }
+        statement
     }
 }

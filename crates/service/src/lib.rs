@@ -76,6 +76,8 @@ struct Inner {
     conditional: tokio::sync::Mutex<()>,
     /// Checks other components registered for writes of one resource type.
     write_checks: std::sync::RwLock<Vec<(String, Arc<dyn WriteCheck>)>>,
+    /// Extensions other components add to the CapabilityStatement's `rest` entry.
+    capability_extensions: std::sync::RwLock<Vec<capability::CapabilityExtension>>,
 }
 
 /// A check run before every create or update of one resource type (plain, conditional or in a
@@ -94,6 +96,7 @@ impl Fhir {
                 config,
                 conditional: tokio::sync::Mutex::new(()),
                 write_checks: std::sync::RwLock::new(Vec::new()),
+                capability_extensions: std::sync::RwLock::new(Vec::new()),
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! The FHIRcast hub black-box on 127.0.0.1:0 with real WebSocket clients, walking the
 //! conformance checklist of the FHIRcast brief (§3). Each test is named after its point.
 
+mod capability;
 mod support;
 
 use flare_fhircast::{HubConfig, Profile};
