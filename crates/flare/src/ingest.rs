@@ -20,7 +20,10 @@ fn parse_version(text: &str) -> Result<DeclaredVersion, String> {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct IngestArgs {
+    #[command(subcommand)]
+    pub source: Option<IngestSource>,
     /// Files or folders (walked recursively): `.json` (a resource or Bundle), `.ndjson` (one
     /// resource per line) or `.xml`.
     #[arg(required = true, value_name = "PATH")]
@@ -40,14 +43,30 @@ pub struct IngestArgs {
     pub common: CommonArgs,
 }
 
+/// Sources other than files.
+#[derive(Debug, clap::Subcommand)]
+pub enum IngestSource {
+    /// Consume FHIR messages (resources or Bundles, JSON or XML, R4 or legacy) from a Kafka
+    /// topic; messages that cannot be loaded go to the topic `<TOPIC>.dlq`.
+    ///
+    /// Offsets are committed only after a message is stored (or dead-lettered), so a stopped
+    /// ingest resumes where it left off.
+    ///
+    /// Examples:
+    ///   flare ingest kafka --brokers 127.0.0.1:9092 --topic hl7-in --data-dir ./flare-data
+    ///   flare ingest kafka --brokers kafka:9092 --topic hl7-in --url http://127.0.0.1:8080/fhir
+    #[command(verbatim_doc_comment)]
+    Kafka(crate::ingest_kafka::KafkaIngestArgs),
+}
+
 /// One thing to write: a resource or a Bundle, and where it came from.
-struct Item {
-    source: String,
-    resource: Value,
+pub(crate) struct Item {
+    pub(crate) source: String,
+    pub(crate) resource: Value,
 }
 
 /// Where writes go.
-enum Target {
+pub(crate) enum Target {
     Local(Fhir),
     Remote {
         client: reqwest::Client,
@@ -56,23 +75,33 @@ enum Target {
 }
 
 #[derive(Default)]
-struct Tally {
-    created: AtomicU64,
-    updated: AtomicU64,
-    unchanged: AtomicU64,
-    failed: AtomicU64,
+pub(crate) struct Tally {
+    pub(crate) created: AtomicU64,
+    pub(crate) updated: AtomicU64,
+    pub(crate) unchanged: AtomicU64,
+    pub(crate) failed: AtomicU64,
     /// Legacy resources with no R4 mapping, by type: not loaded, counted as failed.
-    unmapped: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+    pub(crate) unmapped: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Legacy elements R4 has no place for, by path: loaded without them.
-    dropped: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+    pub(crate) dropped: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// What a file holds: the items to write and the legacy resources left out.
 #[derive(Default)]
-struct FileItems {
-    items: Vec<Item>,
-    unmapped: Vec<Unmapped>,
-    dropped: std::collections::BTreeMap<String, u64>,
+pub(crate) struct FileItems {
+    pub(crate) items: Vec<Item>,
+    pub(crate) unmapped: Vec<Unmapped>,
+    pub(crate) dropped: std::collections::BTreeMap<String, u64>,
+}
+
+/// How a file or message body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyFormat {
+    /// One resource or Bundle.
+    Json,
+    /// One resource per line.
+    Ndjson,
+    Xml,
 }
 
 impl Tally {
@@ -88,24 +117,14 @@ impl Tally {
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    if let Some(IngestSource::Kafka(kafka)) = args.source {
+        return crate::ingest_kafka::run(kafka).await;
+    }
     let files = collect_files(&args.paths)?;
     if files.is_empty() {
         anyhow::bail!("no .json, .ndjson or .xml files under {:?}", args.paths);
     }
-    let (target, app) = match &args.url {
-        Some(url) => (
-            Target::Remote {
-                client: reqwest::Client::new(),
-                base: url.trim_end_matches('/').to_owned(),
-            },
-            None,
-        ),
-        None => {
-            let config = args.common.load()?;
-            let app = App::open(&config).await?;
-            (Target::Local(app.fhir.clone()), Some(app))
-        }
-    };
+    let (target, app) = open_target(args.url.as_deref(), &args.common).await?;
     let progress = ProgressBar::new(files.len() as u64);
     progress.set_style(
         ProgressStyle::with_template(
@@ -211,6 +230,28 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A running server's FHIR base when `url` is given, else the data directory (the returned
+/// `App`, to shut down when done).
+pub(crate) async fn open_target(
+    url: Option<&str>,
+    common: &CommonArgs,
+) -> anyhow::Result<(Target, Option<App>)> {
+    Ok(match url {
+        Some(url) => (
+            Target::Remote {
+                client: reqwest::Client::new(),
+                base: url.trim_end_matches('/').to_owned(),
+            },
+            None,
+        ),
+        None => {
+            let config = common.load()?;
+            let app = App::open(&config).await?;
+            (Target::Local(app.fhir.clone()), Some(app))
+        }
+    })
+}
+
 fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
@@ -250,9 +291,24 @@ fn file_limits() -> flare_fhir::ParseLimits {
 fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let name = path.display().to_string();
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("ndjson") => {
-            let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("ndjson") => BodyFormat::Ndjson,
+        Some("xml") => BodyFormat::Xml,
+        _ => BodyFormat::Json,
+    };
+    items_from_bytes(&bytes, name, format, from)
+}
+
+/// The items of a file or message body named `name`, mapped to R4 as `from` says.
+pub(crate) fn items_from_bytes(
+    bytes: &[u8],
+    name: String,
+    format: BodyFormat,
+    from: DeclaredVersion,
+) -> Result<FileItems, String> {
+    match format {
+        BodyFormat::Ndjson => {
+            let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
             let mut file = FileItems::default();
             for (n, line) in text
                 .lines()
@@ -272,8 +328,8 @@ fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
             }
             Ok(file)
         }
-        Some("xml") if from != DeclaredVersion::Exactly(FhirVersion::R4) => {
-            let converted = flare_legacy::convert(&bytes, flare_legacy::InputFormat::Xml, from)
+        BodyFormat::Xml if from != DeclaredVersion::Exactly(FhirVersion::R4) => {
+            let converted = flare_legacy::convert(bytes, flare_legacy::InputFormat::Xml, from)
                 .map_err(|e| e.to_string())?;
             Ok(FileItems {
                 items: converted
@@ -288,8 +344,8 @@ fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
                 dropped: converted.dropped,
             })
         }
-        Some("xml") => {
-            let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+        BodyFormat::Xml => {
+            let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
             let resource =
                 flare_fhir::xml::to_json(text).map_err(|e| format!("not FHIR R4 XML: {e}"))?;
             Ok(FileItems {
@@ -301,8 +357,8 @@ fn read_items(path: &Path, from: DeclaredVersion) -> Result<FileItems, String> {
                 dropped: Default::default(),
             })
         }
-        _ => {
-            let resource = flare_fhir::parse_json_with(&bytes, file_limits())
+        BodyFormat::Json => {
+            let resource = flare_fhir::parse_json_with(bytes, file_limits())
                 .map_err(|e| format!("not JSON: {e}"))?;
             to_r4_items(resource, name, from)
         }
@@ -344,7 +400,11 @@ fn to_r4_items(
 
 /// Counts legacy resources left out of a file as failures and describes them, one line per
 /// type and reason. `nothing_else`: the file had nothing that could be loaded.
-fn report_unmapped(unmapped: &[Unmapped], nothing_else: bool, tally: &Tally) -> Vec<String> {
+pub(crate) fn report_unmapped(
+    unmapped: &[Unmapped],
+    nothing_else: bool,
+    tally: &Tally,
+) -> Vec<String> {
     let mut groups: std::collections::BTreeMap<(&str, &str), u64> =
         std::collections::BTreeMap::new();
     for item in unmapped {
@@ -374,7 +434,11 @@ fn report_unmapped(unmapped: &[Unmapped], nothing_else: bool, tally: &Tally) -> 
 
 /// Writes one item and counts its outcome. A Bundle counts each entry and returns the
 /// failures of its entries (already counted); `Err` is a failure of the whole item.
-async fn write_item(target: &Target, item: &Item, tally: &Tally) -> Result<Vec<String>, String> {
+pub(crate) async fn write_item(
+    target: &Target,
+    item: &Item,
+    tally: &Tally,
+) -> Result<Vec<String>, String> {
     let resource_type = item
         .resource
         .get("resourceType")

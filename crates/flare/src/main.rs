@@ -9,6 +9,7 @@ mod dlq_cmd;
 mod events_cmd;
 mod generate_cmd;
 mod ingest;
+mod ingest_kafka;
 mod process_cmd;
 mod serve;
 
