@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::builtin::pager::PagerConfig;
+
 /// Which processors run and how.
 ///
 /// ```toml
@@ -21,6 +23,9 @@ use serde::{Deserialize, Serialize};
 /// factor = 2.0
 /// max_delay_ms = 5000
 /// max_attempts = 5
+///
+/// [processors.qsofa.pager]           # optional, see `builtin::pager::PagerConfig`
+/// routing_key = "R0UTINGKEY"
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,6 +40,17 @@ pub struct ProcessorsConfig {
     pub allowed_lateness_ms: u64,
     pub checkpoint: CheckpointPolicy,
     pub retry: RetryPolicy,
+    /// Settings of the `qsofa` processor and its companions.
+    pub qsofa: QsofaSettings,
+}
+
+/// `[processors.qsofa]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QsofaSettings {
+    /// The pager webhook the `qsofa-pager` processor sends alerts to. Default: none (the
+    /// `qsofa-pager` processor refuses to start without it).
+    pub pager: Option<PagerConfig>,
 }
 
 impl Default for ProcessorsConfig {
@@ -45,6 +61,7 @@ impl Default for ProcessorsConfig {
             allowed_lateness_ms: 2 * 60 * 60 * 1000,
             checkpoint: CheckpointPolicy::default(),
             retry: RetryPolicy::default(),
+            qsofa: QsofaSettings::default(),
         }
     }
 }
@@ -141,5 +158,13 @@ mod tests {
         assert_eq!(parsed.retry.max_attempts, 2);
         assert_eq!(parsed.retry.base_ms, 100);
         assert!(toml::from_str::<ProcessorsConfig>("retries = 3").is_err());
+        assert_eq!(parsed.qsofa.pager, None);
+        let paged: ProcessorsConfig = toml::from_str(
+            "[qsofa.pager]\nrouting_key = \"K\"\nendpoints.allow = [\"127.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let pager = paged.qsofa.pager.unwrap();
+        assert_eq!(pager.routing_key, "K");
+        assert!(!pager.endpoints.allow.is_empty());
     }
 }

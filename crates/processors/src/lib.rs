@@ -8,7 +8,8 @@
 //! - [`dlq`]: dead letters: list, show, replay, purge.
 //! - [`metrics`]: per-processor counters and latency, rendered for Prometheus.
 //! - [`config`]: the `[processors]` config section.
-//! - [`builtin`]: the built-in processors (`qsofa`) over `flare-clinical`.
+//! - [`builtin`]: the built-in processors (`qsofa`, `qsofa-pager`, `immunizations`) over
+//!   `flare-clinical`.
 //!
 //! Architecture invariant: knows the log only through `flare_log::EventLog`; no HTTP.
 
@@ -20,7 +21,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod state;
 
-pub use config::{CheckpointPolicy, ProcessorsConfig, RetryPolicy};
+pub use config::{CheckpointPolicy, ProcessorsConfig, QsofaSettings, RetryPolicy};
 pub use dlq::{DeadLetter, DeadLetterId, DeadLetters, DlqError};
 pub use metrics::{ProcessorMetrics, render_prometheus};
 pub use runtime::{

@@ -38,7 +38,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
 use crate::{
-    config::{CheckpointPolicy, ProcessorsConfig, RetryPolicy},
+    config::{CheckpointPolicy, ProcessorsConfig, QsofaSettings, RetryPolicy},
     dlq,
     metrics::ProcessorMetrics,
     state::{Checkpoint, PartitionOffset, StateError, StateStore},
@@ -200,6 +200,8 @@ pub struct RuntimeOptions {
     /// States kept in memory between checkpoints; above it, the cache is dropped after a
     /// checkpoint (states are reloaded from the store as keys come back). Default 100,000.
     pub max_cached_keys: usize,
+    /// `[processors.qsofa]`, for the built-in processors that read it.
+    pub qsofa: QsofaSettings,
 }
 
 impl Default for RuntimeOptions {
@@ -216,6 +218,7 @@ impl RuntimeOptions {
             allowed_lateness: Duration::from_millis(config.allowed_lateness_ms),
             poll_max: 500,
             max_cached_keys: 100_000,
+            qsofa: config.qsofa.clone(),
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The built-in processors, adapters from the log to the sans-I/O logic of `flare-clinical`.
 //!
 //! - [`qsofa::QsofaProcessor`] (`qsofa`): sepsis screening over vital-sign Observations.
+//! - [`pager::PagerProcessor`] (`qsofa-pager`): pages qSOFA alerts to a PagerDuty Events API
+//!   v2 webhook; needs `[processors.qsofa.pager]`, off unless enabled by name.
 //! - [`immunizations::ImmunizationsProcessor`] (`immunizations`): live counts by vaccine.
 //!
 //! [`spawn_builtin`] starts one by name, for `flare serve` and `flare process`.
 
 pub mod immunizations;
+pub mod pager;
 pub mod qsofa;
 
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use flare_service::Fhir;
 use crate::{ProcessorHandle, RuntimeOptions, StateError, StateStore, spawn};
 
 /// Names [`spawn_builtin`] knows.
-pub const BUILTIN_PROCESSORS: &[&str] = &["qsofa", "immunizations"];
+pub const BUILTIN_PROCESSORS: &[&str] = &["qsofa", "qsofa-pager", "immunizations"];
 
 /// What the built-in processors run on.
 #[derive(Clone)]
@@ -40,6 +43,16 @@ pub struct SpawnedBuiltin {
 pub enum BuiltinError {
     #[error("unknown processor `{name}`: choose from {}", BUILTIN_PROCESSORS.join(", "))]
     Unknown { name: String },
+    #[error(
+        "processor `{name}` needs its settings: add [processors.qsofa.pager] with a routing_key"
+    )]
+    NotConfigured { name: String },
+    #[error("processor `{name}` cannot start its HTTP client: {source}")]
+    Client {
+        name: String,
+        #[source]
+        source: flare_outbound::BuildError,
+    },
     #[error("processor `{name}` cannot read its state: {source}")]
     State {
         name: String,
@@ -66,6 +79,24 @@ pub async fn spawn_builtin(name: &str, deps: &BuiltinDeps) -> Result<SpawnedBuil
             ),
             immunizations: None,
         }),
+        pager::NAME => {
+            let Some(config) = deps.options.qsofa.pager.clone() else {
+                return Err(BuiltinError::NotConfigured {
+                    name: name.to_owned(),
+                });
+            };
+            let mut options = deps.options.clone();
+            options.retry = config.retry;
+            let processor =
+                pager::PagerProcessor::new(config).map_err(|source| BuiltinError::Client {
+                    name: name.to_owned(),
+                    source,
+                })?;
+            Ok(SpawnedBuiltin {
+                handle: spawn(processor, deps.log.clone(), deps.state.clone(), options),
+                immunizations: None,
+            })
+        }
         "immunizations" => {
             let processor = immunizations::ImmunizationsProcessor::open(&deps.state)
                 .await
