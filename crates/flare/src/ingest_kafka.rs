@@ -116,7 +116,11 @@ mod with_kafka {
         .with_context(|| format!("cannot connect to {}", args.brokers.join(",")))?;
         let (target, app) = ingest::open_target(args.url.as_deref(), &args.common).await?;
         let mut consumer = log
-            .consumer(&args.group, &[args.topic.clone()], StartFrom::Earliest)
+            .consumer(
+                &args.group,
+                std::slice::from_ref(&args.topic),
+                StartFrom::Earliest,
+            )
             .await
             .with_context(|| format!("cannot join group {} on {}", args.group, args.topic))?;
 
