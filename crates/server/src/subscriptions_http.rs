@@ -1,17 +1,32 @@
 //! The Subscription operations of the backport IG over the delivery runtime: `$status`
-//! (instance and type level), `$events` and `$resend`. Merged into the application by
-//! [`routes`]; more specific than the `/fhir/{*path}` catch-all, so they take precedence.
+//! (instance and type level), `$events`, `$resend`, `$get-ws-binding-token`, and the websocket
+//! channel's endpoint. Merged into the application by [`routes`]; more specific than the
+//! `/fhir/{*path}` catch-all, so they take precedence.
+//!
+//! The websocket endpoint is `ws://<host>/fhir/Subscription/$websocket` ([`WEBSOCKET_PATH`]),
+//! returned as `websocket-url` by `$get-ws-binding-token`. It speaks the four dialects of
+//! [`flare_subscriptions::websocket`]; a token in the URL (`?token=…`, optionally
+//! `&lastEventNumber=N` to resume) is checked before the upgrade, and an unknown or expired
+//! one is refused with 401. Resume and expiry rules: [`flare_subscriptions::delivery::websocket`].
 
 use axum::{
     Router,
-    extract::{Path, RawQuery, State},
-    http::{StatusCode, header},
+    body::Bytes,
+    extract::{
+        Path, RawQuery, State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::any,
 };
 use flare_service::FhirError;
-use flare_subscriptions::delivery::{Content, SubscriptionRuntime};
+use flare_subscriptions::delivery::{Content, SubscriptionRuntime, WsSession, WsTokenError};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// Where websocket clients connect.
+pub const WEBSOCKET_PATH: &str = "/fhir/Subscription/$websocket";
 
 /// The operation routes, with the runtime as their state.
 pub fn routes(runtime: SubscriptionRuntime) -> Router {
@@ -20,6 +35,15 @@ pub fn routes(runtime: SubscriptionRuntime) -> Router {
         .route("/fhir/Subscription/{id}/$status", any(instance_status))
         .route("/fhir/Subscription/{id}/$events", any(events))
         .route("/fhir/Subscription/{id}/$resend", any(resend))
+        .route(
+            "/fhir/Subscription/$get-ws-binding-token",
+            any(type_binding_token),
+        )
+        .route(
+            "/fhir/Subscription/{id}/$get-ws-binding-token",
+            any(instance_binding_token),
+        )
+        .route(WEBSOCKET_PATH, any(websocket))
         .with_state(runtime)
 }
 
@@ -181,5 +205,132 @@ async fn resend(
         ),
         Ok(false) => unknown(&id),
         Err(e) => internal(e),
+    }
+}
+
+/// The `websocket-url` clients should use: the request's host, `wss` when the configured base
+/// URL is https.
+fn websocket_url(runtime: &SubscriptionRuntime, headers: &HeaderMap) -> String {
+    let base = runtime.base_url();
+    let scheme = if base.starts_with("https://") {
+        "wss"
+    } else {
+        "ws"
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            base.split_once("://")
+                .map(|(_, rest)| rest.split('/').next().unwrap_or(rest).to_owned())
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{scheme}://{host}{WEBSOCKET_PATH}")
+}
+
+fn binding_token(runtime: &SubscriptionRuntime, headers: &HeaderMap, ids: &[String]) -> Response {
+    match runtime.issue_ws_token(ids) {
+        Ok(token) => fhir_json(
+            StatusCode::OK,
+            &token.parameters(&websocket_url(runtime, headers)),
+        ),
+        Err(WsTokenError::Unknown(id)) => unknown(&id),
+        Err(e) => failure(FhirError::bad_request(e.to_string())),
+    }
+}
+
+/// `id` parameters of a POSTed Parameters body (`valueId`, `valueString` or
+/// `valueReference`), `Subscription/` prefix removed.
+fn body_ids(body: &[u8]) -> Vec<String> {
+    let Ok(parameters) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    parameters["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == "id")
+        .filter_map(|p| {
+            p["valueId"]
+                .as_str()
+                .or_else(|| p["valueString"].as_str())
+                .or_else(|| {
+                    p.pointer("/valueReference/reference")
+                        .and_then(Value::as_str)
+                })
+        })
+        .map(|id| id.trim_start_matches("Subscription/").to_owned())
+        .collect()
+}
+
+async fn type_binding_token(
+    State(runtime): State<SubscriptionRuntime>,
+    headers: HeaderMap,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
+    let mut ids: Vec<String> = multi(&query_pairs(query), "id")
+        .into_iter()
+        .map(|id| id.trim_start_matches("Subscription/").to_owned())
+        .collect();
+    ids.extend(body_ids(&body));
+    binding_token(&runtime, &headers, &ids)
+}
+
+async fn instance_binding_token(
+    State(runtime): State<SubscriptionRuntime>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    binding_token(&runtime, &headers, &[id])
+}
+
+async fn websocket(
+    State(runtime): State<SubscriptionRuntime>,
+    query: RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let (mut session, outgoing) = runtime.open_ws_session();
+    if let Some(raw) = query.0.as_deref()
+        && let Some(token) = flare_subscriptions::websocket::token_from_query(raw)
+    {
+        let pairs = flare_service::parse_query_string(raw);
+        let resume = match number(&pairs, "lastEventNumber") {
+            Ok(n) => n,
+            Err(response) => return response,
+        };
+        if !session.bind_query_token(&token, resume) {
+            return failure(FhirError::new(
+                401,
+                flare_fhir::IssueCode::Expired,
+                "binding token unknown or expired",
+            ));
+        }
+    }
+    upgrade.on_upgrade(move |socket| serve_socket(socket, session, outgoing))
+}
+
+/// Pumps one connection: client frames into the session, the session's frames out.
+async fn serve_socket(
+    mut socket: WebSocket,
+    mut session: WsSession,
+    mut outgoing: mpsc::UnboundedReceiver<String>,
+) {
+    loop {
+        tokio::select! {
+            frame = outgoing.recv() => {
+                let Some(frame) = frame else { return };
+                if socket.send(Message::Text(frame.into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                // Pings are answered by the websocket layer; binary frames mean nothing here.
+                Some(Ok(_)) => {}
+            },
+        }
     }
 }

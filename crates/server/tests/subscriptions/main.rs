@@ -29,6 +29,8 @@ use flare_subscriptions::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+mod websocket;
+
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
 const ADMISSION: &str = "http://flare.dev/fhir/SubscriptionTopic/encounter-admission";
 
@@ -43,6 +45,10 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut DeliveryConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let registry = Arc::new(Registry::r4());
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
@@ -74,6 +80,13 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let base = format!("http://{address}/fhir");
+        let mut config = DeliveryConfig {
+            cursor_file: dir.path().join("subscriptions.sqlite"),
+            topic_refresh_ms: 20,
+            base_url: base.clone(),
+            ..DeliveryConfig::default()
+        };
+        adjust(&mut config);
         let runtime = SubscriptionRuntime::start(
             Dependencies {
                 fhir: fhir.clone(),
@@ -81,12 +94,7 @@ impl Server {
                 topics: TopicRegistry::with_builtins(&registry),
                 transport: Arc::new(LoopbackHttp(reqwest::Client::new())),
             },
-            DeliveryConfig {
-                cursor_file: dir.path().join("subscriptions.sqlite"),
-                topic_refresh_ms: 20,
-                base_url: base.clone(),
-                ..DeliveryConfig::default()
-            },
+            config,
         )
         .await
         .unwrap();

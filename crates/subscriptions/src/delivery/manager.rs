@@ -30,6 +30,8 @@ enum Lifecycle {
     Deliver(String),
     Stop(String),
     Fail(String, String),
+    /// A websocket subscription: `active` without a handshake (the IG's rule); clients bind.
+    Activate(String),
 }
 
 /// Loads the remembered subscriptions and restarts their workers.
@@ -47,9 +49,14 @@ pub(super) async fn resume(shared: &Arc<Shared>) -> Result<(), DeliveryError> {
                 events_since_start: s.events_since_start,
                 indexed,
             };
-            match entry.status() {
-                "requested" => actions.push(Lifecycle::Handshake(s.id.clone())),
-                "active" => actions.push(Lifecycle::Deliver(s.id.clone())),
+            let kind = ChannelSettings::from_resource(&entry.resource).kind;
+            match (entry.status(), kind) {
+                ("requested", ChannelKind::Websocket) => {
+                    actions.push(Lifecycle::Activate(s.id.clone()))
+                }
+                (_, ChannelKind::Websocket) => {}
+                ("requested", _) => actions.push(Lifecycle::Handshake(s.id.clone())),
+                ("active", _) => actions.push(Lifecycle::Deliver(s.id.clone())),
                 _ => {}
             }
             live.insert(s.id, entry);
@@ -244,6 +251,9 @@ async fn process(
     for action in actions {
         apply_lifecycle(shared, action).await;
     }
+    if !touched.is_empty() {
+        shared.committed.send_modify(|generation| *generation += 1);
+    }
     let workers = shared.workers.lock();
     for id in touched {
         if let Some(handle) = workers.get(&id) {
@@ -301,6 +311,8 @@ fn subscription_event(
                 Lifecycle::Deliver(id)
             }
         }
+        ("requested", Ok(_), ChannelKind::Websocket) => Lifecycle::Activate(id),
+        ("active", Ok(_), ChannelKind::Websocket) => Lifecycle::Stop(id),
         ("requested", Ok(_), other) => Lifecycle::Fail(
             id,
             format!("channel type {other:?} is not delivered by this server; use rest-hook"),
@@ -411,6 +423,10 @@ async fn apply_lifecycle(shared: &Arc<Shared>, action: Lifecycle) {
                     workers.insert(id, handle);
                 }
             }
+        }
+        Lifecycle::Activate(id) => {
+            let shared = shared.clone();
+            tokio::spawn(async move { worker::write_status(&shared, &id, "active", None).await });
         }
         Lifecycle::Fail(id, reason) => {
             if let Some(handle) = shared.workers.lock().remove(&id) {

@@ -30,6 +30,7 @@ mod manager;
 pub mod notify;
 pub mod settings;
 pub mod transport;
+pub mod websocket;
 mod worker;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
@@ -52,6 +53,7 @@ pub use flare_outbound as outbound;
 pub use notify::NotificationType;
 pub use settings::{ChannelSettings, Content};
 pub use transport::{OutboundRequest, Transport, TransportError};
+pub use websocket::{WsBindingToken, WsSession, WsTokenError};
 
 /// Errors of the delivery runtime. Endpoint failures are not errors: they are retried and end
 /// in the subscription's `error` status.
@@ -99,6 +101,8 @@ pub struct DeliveryConfig {
     pub topic_refresh_ms: u64,
     /// The FHIR base URL used in notifications. Default: `http://localhost:8080/fhir`.
     pub base_url: String,
+    /// How long a `$get-ws-binding-token` token binds. Default: 300,000 ms (5 min).
+    pub ws_token_ttl_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -112,6 +116,7 @@ impl Default for DeliveryConfig {
             default_timeout_ms: 10_000,
             topic_refresh_ms: 1000,
             base_url: "http://localhost:8080/fhir".into(),
+            ws_token_ttl_ms: 300_000,
         }
     }
 }
@@ -152,6 +157,10 @@ pub(crate) struct Shared {
     pub config: DeliveryConfig,
     pub live: Mutex<HashMap<String, Live>>,
     pub workers: Mutex<HashMap<String, worker::WorkerHandle>>,
+    /// Websocket binding tokens.
+    pub ws_tokens: websocket::Tokens,
+    /// Bumped after every batch that numbered events; websocket sessions wait on it.
+    pub committed: watch::Sender<u64>,
 }
 
 /// What the runtime needs from the rest of Flare.
@@ -200,6 +209,8 @@ impl SubscriptionRuntime {
             config,
             live: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
+            ws_tokens: websocket::Tokens::default(),
+            committed: watch::channel(0).0,
         });
         manager::resume(&shared).await?;
         let (stop, stopped) = watch::channel(false);
@@ -316,6 +327,22 @@ impl SubscriptionRuntime {
             handle.wake();
         }
         Ok(rewound)
+    }
+
+    /// `$get-ws-binding-token`: a token binding the given websocket subscriptions, valid for
+    /// [`DeliveryConfig::ws_token_ttl_ms`].
+    pub fn issue_ws_token(&self, ids: &[String]) -> Result<WsBindingToken, WsTokenError> {
+        websocket::issue_token(&self.shared, ids)
+    }
+
+    /// A new websocket connection's session and the queue of frames to write to the client.
+    pub fn open_ws_session(&self) -> (WsSession, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        WsSession::new(self.shared.clone())
+    }
+
+    /// The FHIR base URL of notifications ([`DeliveryConfig::base_url`]).
+    pub fn base_url(&self) -> &str {
+        &self.shared.config.base_url
     }
 
     /// The cursor file's location.
