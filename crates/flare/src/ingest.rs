@@ -20,7 +20,11 @@ fn parse_version(text: &str) -> Result<DeclaredVersion, String> {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
 pub struct IngestArgs {
     #[command(subcommand)]
     pub source: Option<IngestSource>,

@@ -368,3 +368,79 @@ fn dstu2_xml_messages_load_with_the_readme_counts_and_a_malformed_one_is_dead_le
     }
     assert_eq!(served.count("Observation"), 1288);
 }
+
+#[test]
+fn messages_go_to_a_running_server_and_its_refusals_are_dead_lettered() {
+    let Some(broker) = TestBroker::start() else {
+        return;
+    };
+    let topic = "fhir-to-server";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let log = runtime
+        .block_on(KafkaLog::connect(broker.config()))
+        .unwrap();
+    let stu3_practitioner = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/sample-patients/stu3-json")
+            .join("0-practitioner-72004454.fhir-bundle.json"),
+    )
+    .unwrap();
+    let messages: Vec<Vec<u8>> = vec![
+        br#"{"resourceType":"Patient","id":"kafka-r4","birthDate":"1970-01-01"}"#.to_vec(),
+        stu3_practitioner,
+        // Parses and maps, but the server refuses it (400): not worth a retry.
+        br#"{"resourceType":"Patient","id":"kafka-bad","birthDate":"not-a-date"}"#.to_vec(),
+    ];
+    runtime.block_on(async {
+        // One partition: the messages are consumed in the order written.
+        log.ensure_topic(topic, 1).await.unwrap();
+        for payload in messages {
+            log.append(
+                topic,
+                vec![NewRecord {
+                    key: None,
+                    headers: Vec::new(),
+                    payload,
+                    timestamp_ms: None,
+                }],
+            )
+            .await
+            .unwrap();
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path());
+    let output = flare()
+        .args(["ingest", "kafka", "--brokers"])
+        .arg(broker.address())
+        .args(["--topic", topic, "--until-idle", "5", "--url"])
+        .arg(&served.base)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("3 messages, 2 loaded, 1 dead-lettered to fhir-to-server.dlq"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(served.count("Patient?_id=kafka-r4"), 1);
+    assert_eq!(served.count("Patient?_id=kafka-bad"), 0);
+    assert_eq!(
+        served.count("Practitioner?_id=smart-Practitioner-72004454"),
+        1
+    );
+
+    let dead_letters = runtime.block_on(read_all(&log, "fhir-to-server.dlq"));
+    assert_eq!(dead_letters.len(), 1, "{dead_letters:#?}");
+    let letter = &dead_letters[0];
+    assert!(
+        letter
+            .header_str("error")
+            .is_some_and(|reason| reason.contains("HTTP 400") && reason.contains("birthDate")),
+        "{letter:#?}"
+    );
+    assert_eq!(letter.header_str("retryCount"), Some("0"));
+    assert_eq!(letter.header_str("flare-original-offset"), Some("2"));
+}
