@@ -22,6 +22,7 @@ use axum::{
 };
 use flare_service::FhirError;
 use flare_subscriptions::delivery::{Content, SubscriptionRuntime, WsSession, WsTokenError};
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -300,7 +301,7 @@ async fn websocket(
             Ok(n) => n,
             Err(response) => return response,
         };
-        if !session.bind_query_token(&token, resume) {
+        if !session.bind_query_token(&token, resume).await {
             return failure(FhirError::new(
                 401,
                 flare_fhir::IssueCode::Expired,
@@ -311,26 +312,31 @@ async fn websocket(
     upgrade.on_upgrade(move |socket| serve_socket(socket, session, outgoing))
 }
 
-/// Pumps one connection: client frames into the session, the session's frames out.
+/// Pumps one connection: a writer task sends the session's frames while this loop feeds it
+/// the client's, so a reply waiting for queue space never blocks the queue's draining.
 async fn serve_socket(
-    mut socket: WebSocket,
+    socket: WebSocket,
     mut session: WsSession,
-    mut outgoing: mpsc::UnboundedReceiver<String>,
+    mut outgoing: mpsc::Receiver<String>,
 ) {
-    loop {
-        tokio::select! {
-            frame = outgoing.recv() => {
-                let Some(frame) = frame else { return };
-                if socket.send(Message::Text(frame.into())).await.is_err() {
-                    return;
-                }
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if sink.send(Message::Text(frame.into())).await.is_err() {
+                return;
             }
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                // Pings are answered by the websocket layer; binary frames mean nothing here.
-                Some(Ok(_)) => {}
-            },
+        }
+    });
+    while let Some(incoming) = stream.next().await {
+        match incoming {
+            Ok(Message::Text(text)) => session.handle_text(text.as_str()).await,
+            Ok(Message::Close(_)) | Err(_) => break,
+            // Pings are answered by the websocket layer; binary frames mean nothing here.
+            Ok(_) => {}
+        }
+        if writer.is_finished() {
+            break;
         }
     }
+    writer.abort();
 }

@@ -336,7 +336,7 @@ impl SubscriptionRuntime {
     }
 
     /// A new websocket connection's session and the queue of frames to write to the client.
-    pub fn open_ws_session(&self) -> (WsSession, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    pub fn open_ws_session(&self) -> (WsSession, tokio::sync::mpsc::Receiver<String>) {
         WsSession::new(self.shared.clone())
     }
 

@@ -165,10 +165,13 @@ struct Binding {
     task: JoinHandle<()>,
 }
 
+/// Frames queued per connection before its delivery tasks wait for the client.
+const OUTGOING_CAPACITY: usize = 64;
+
 /// One websocket connection. Dropping it stops its delivery tasks.
 pub struct WsSession {
     shared: Arc<Shared>,
-    outgoing: mpsc::UnboundedSender<String>,
+    outgoing: mpsc::Sender<String>,
     bindings: HashMap<String, Binding>,
 }
 
@@ -210,8 +213,10 @@ fn outcome(diagnostics: &str) -> String {
 }
 
 impl WsSession {
-    pub(crate) fn new(shared: Arc<Shared>) -> (Self, mpsc::UnboundedReceiver<String>) {
-        let (outgoing, receiver) = mpsc::unbounded_channel();
+    pub(crate) fn new(shared: Arc<Shared>) -> (Self, mpsc::Receiver<String>) {
+        // Bounded: a slow client holds back its own delivery tasks (they resume from the
+        // cursor file) instead of piling notifications up in memory.
+        let (outgoing, receiver) = mpsc::channel(OUTGOING_CAPACITY);
         (
             Self {
                 shared,
@@ -231,27 +236,29 @@ impl WsSession {
 
     /// Binds the subscriptions of a token given in the connection URL. `false`: the token is
     /// unknown or expired (refuse the connection).
-    pub fn bind_query_token(&mut self, token: &str, last_event_number: Option<u64>) -> bool {
-        self.bind_token(token, last_event_number)
+    pub async fn bind_query_token(&mut self, token: &str, last_event_number: Option<u64>) -> bool {
+        self.bind_token(token, last_event_number).await
     }
 
     /// Handles one client text frame; replies and notifications arrive on the outgoing queue.
-    pub fn handle_text(&mut self, text: &str) {
+    /// Waits while that queue is full, so the queue must be drained concurrently.
+    pub async fn handle_text(&mut self, text: &str) {
         let (frame, resume) = split_resume(text);
         match parse_client_frame(&frame) {
             ClientFrame::Bind { subscription_id } => {
                 if is_websocket(&self.shared, &subscription_id) == Some(true) {
                     self.bind(&subscription_id, Dialect::Classic, None, resume);
-                    self.send(bound_frame(&subscription_id));
+                    self.send(bound_frame(&subscription_id)).await;
                 } else {
                     self.send(unexpected_frame(&format!(
                         "Subscription/{subscription_id} is not a websocket subscription"
-                    )));
+                    )))
+                    .await;
                 }
             }
             ClientFrame::BindWithToken { token } => {
-                if !self.bind_token(&token, resume) {
-                    self.send(outcome("binding token unknown or expired"));
+                if !self.bind_token(&token, resume).await {
+                    self.send(outcome("binding token unknown or expired")).await;
                 }
             }
             ClientFrame::UnbindFromToken { token } => {
@@ -263,16 +270,16 @@ impl WsSession {
                     }
                 }
             }
-            ClientFrame::Ping => self.send(json!({"type": "pong"}).to_string()),
-            ClientFrame::Unknown(text) => self.send(unexpected_frame(&text)),
+            ClientFrame::Ping => self.send(json!({"type": "pong"}).to_string()).await,
+            ClientFrame::Unknown(text) => self.send(unexpected_frame(&text)).await,
         }
     }
 
-    fn send(&self, frame: String) {
-        let _ = self.outgoing.send(frame);
+    async fn send(&self, frame: String) {
+        let _ = self.outgoing.send(frame).await;
     }
 
-    fn bind_token(&mut self, token: &str, resume: Option<u64>) -> bool {
+    async fn bind_token(&mut self, token: &str, resume: Option<u64>) -> bool {
         let Some(grant) = self.shared.ws_tokens.valid(token) else {
             return false;
         };
@@ -294,7 +301,8 @@ impl WsSession {
             self.send(
                 notify::notification_bundle(&facts, &[], settings.content, &worker::now_instant())
                     .to_string(),
-            );
+            )
+            .await;
             self.bind(id, Dialect::Token, Some(grant.expires), resume);
         }
         true
@@ -340,7 +348,7 @@ async fn deliver(
     dialect: Dialect,
     expires: Option<Instant>,
     next: Arc<AtomicU64>,
-    outgoing: mpsc::UnboundedSender<String>,
+    outgoing: mpsc::Sender<String>,
 ) {
     let mut committed = shared.committed.subscribe();
     let mut last_sent = Instant::now();
@@ -394,7 +402,7 @@ async fn deliver(
                     .to_string()
                 }
             };
-            if outgoing.send(frame).is_err() {
+            if outgoing.send(frame).await.is_err() {
                 return;
             }
             next.store(last + 1, Ordering::SeqCst);
@@ -426,7 +434,7 @@ async fn deliver(
                 };
                 let bundle = notify::notification_bundle(
                     &facts, &[], settings.content, &worker::now_instant());
-                if outgoing.send(bundle.to_string()).is_err() {
+                if outgoing.send(bundle.to_string()).await.is_err() {
                     return;
                 }
                 last_sent = Instant::now();
