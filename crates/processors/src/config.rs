@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::builtin::pager::PagerConfig;
+use crate::builtin::{pager::PagerConfig, watermark::IdleResolution};
 
 /// Which processors run and how.
 ///
@@ -23,6 +23,9 @@ use crate::builtin::pager::PagerConfig;
 /// factor = 2.0
 /// max_delay_ms = 5000
 /// max_attempts = 5
+///
+/// [processors.qsofa.idle]            # see `builtin::watermark::IdleResolution`
+/// clock = "event-time"               # default "off"
 ///
 /// [processors.qsofa.pager]           # optional, see `builtin::pager::PagerConfig`
 /// routing_key = "R0UTINGKEY"
@@ -51,6 +54,8 @@ pub struct QsofaSettings {
     /// The pager webhook the `qsofa-pager` processor sends alerts to. Default: none (the
     /// `qsofa-pager` processor refuses to start without it).
     pub pager: Option<PagerConfig>,
+    /// How episodes of patients without newer evidence resolve. Default: `clock = "off"`.
+    pub idle: IdleResolution,
 }
 
 impl Default for ProcessorsConfig {

@@ -237,6 +237,12 @@ impl ProcessorHandle {
         &self.name
     }
 
+    /// Turns `true` (or closes) when the processor is asked to stop, for tasks that live as
+    /// long as it does.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     pub fn metrics(&self) -> Arc<ProcessorMetrics> {
         self.metrics.clone()
     }

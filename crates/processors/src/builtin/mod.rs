@@ -10,6 +10,7 @@
 pub mod immunizations;
 pub mod pager;
 pub mod qsofa;
+pub mod watermark;
 
 use std::sync::Arc;
 
@@ -64,21 +65,38 @@ pub enum BuiltinError {
 /// Starts the built-in processor called `name`.
 pub async fn spawn_builtin(name: &str, deps: &BuiltinDeps) -> Result<SpawnedBuiltin, BuiltinError> {
     match name {
-        "qsofa" => Ok(SpawnedBuiltin {
-            handle: spawn(
+        "qsofa" => {
+            let mut processor =
                 qsofa::QsofaProcessor::new(deps.fhir.clone()).with_config(QsofaConfig {
                     allowed_lateness_minutes: u32::try_from(
                         deps.options.allowed_lateness.as_secs() / 60,
                     )
                     .unwrap_or(u32::MAX),
                     ..QsofaConfig::default()
-                }),
+                });
+            let idle = deps.options.qsofa.idle;
+            if idle.clock != watermark::IdleClock::Off {
+                processor = processor.with_idle_clock();
+            }
+            let clock = watermark::WatermarkClock::new(
+                deps.log.clone(),
+                idle,
+                deps.options.allowed_lateness,
+                processor.latest_effective(),
+            );
+            let handle = spawn(
+                processor,
                 deps.log.clone(),
                 deps.state.clone(),
                 deps.options.clone(),
-            ),
-            immunizations: None,
-        }),
+            );
+            // The clock stops with the processor (on shutdown or when the handle is dropped).
+            tokio::spawn(clock.run(handle.stop_signal()));
+            Ok(SpawnedBuiltin {
+                handle,
+                immunizations: None,
+            })
+        }
         pager::NAME => {
             let Some(config) = deps.options.qsofa.pager.clone() else {
                 return Err(BuiltinError::NotConfigured {

@@ -12,6 +12,11 @@
 //! can be replayed with `flare dlq replay` once the cause is fixed. Expected rejections (wrong
 //! unit, no patient) only withdraw the Observation's earlier evidence.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
+
 use async_trait::async_trait;
 use flare_clinical::{
     AlertEvent, EvidenceChange, PatientQsofa, QsofaConfig, Rejection, VitalReading, alerts,
@@ -22,7 +27,11 @@ use flare_log::{NewRecord, Record};
 use flare_service::{Fhir, RequestContext};
 use serde_json::Value;
 
-use crate::{Context, Outcome, ProcessError, Processor};
+use crate::{
+    Context, Outcome, ProcessError, Processor,
+    builtin::watermark::{self, NOTHING_SEEN, WATERMARK_TOPIC},
+    dlq,
+};
 
 /// Topics with Observations under the default routing (vital signs, and everything else).
 pub const DEFAULT_TOPICS: &[&str] = &["fhir.observation.vitals", "fhir.Observation"];
@@ -31,6 +40,10 @@ pub struct QsofaProcessor {
     fhir: Fhir,
     config: QsofaConfig,
     topics: Vec<String>,
+    /// Whether watermark records of the idle clock are consumed.
+    idle_clock: bool,
+    /// The newest effective time applied, for the `event-time` idle clock.
+    latest_effective_ms: Arc<AtomicI64>,
 }
 
 impl QsofaProcessor {
@@ -39,7 +52,49 @@ impl QsofaProcessor {
             fhir,
             config: QsofaConfig::default(),
             topics: DEFAULT_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
+            idle_clock: false,
+            latest_effective_ms: Arc::new(AtomicI64::new(NOTHING_SEEN)),
         }
+    }
+
+    /// Also consumes [`WATERMARK_TOPIC`], where the idle clock (see
+    /// [`watermark`](crate::builtin::watermark)) moves the watermark of idle patients.
+    pub fn with_idle_clock(mut self) -> Self {
+        self.idle_clock = true;
+        self
+    }
+
+    /// The newest effective time applied, in milliseconds ([`NOTHING_SEEN`] before any).
+    pub fn latest_effective(&self) -> Arc<AtomicI64> {
+        self.latest_effective_ms.clone()
+    }
+
+    /// Applies a watermark record of the idle clock.
+    async fn advance(
+        &self,
+        state: &mut Option<PatientQsofa>,
+        record: &Record,
+        ctx: &mut Context<'_>,
+    ) -> Result<Outcome, ProcessError> {
+        let Some(to) = watermark::parse_watermark(&record.payload) else {
+            return Err(ProcessError::permanent(
+                "the watermark record has no `to` instant",
+            ));
+        };
+        let Some(patient) = state.as_mut() else {
+            return Ok(Outcome::Unchanged);
+        };
+        let applied = patient.advance_watermark(&self.config, to);
+        if applied.alerts.is_empty() && applied.released.is_empty() {
+            return Ok(Outcome::Unchanged);
+        }
+        for alert in &applied.alerts {
+            self.emit(alert, record, "", ctx).await?;
+        }
+        if patient.is_idle() {
+            return Ok(Outcome::Remove);
+        }
+        Ok(Outcome::Updated)
     }
 
     /// Other input topics (e.g. under the `action` or `hybrid` topic strategy).
@@ -137,7 +192,11 @@ impl Processor for QsofaProcessor {
     }
 
     fn topics(&self) -> Vec<String> {
-        self.topics.clone()
+        let mut topics = self.topics.clone();
+        if self.idle_clock {
+            topics.push(WATERMARK_TOPIC.to_owned());
+        }
+        topics
     }
 
     async fn process(
@@ -147,6 +206,9 @@ impl Processor for QsofaProcessor {
         record: &Record,
         ctx: &mut Context<'_>,
     ) -> Result<Outcome, ProcessError> {
+        if record.topic == WATERMARK_TOPIC || record.topic == dlq::retry_topic(WATERMARK_TOPIC) {
+            return self.advance(state, record, ctx).await;
+        }
         let event = ChangeEvent::from_json_bytes(&record.payload).map_err(|e| {
             ProcessError::permanent(format!("the payload is not a change event: {e}"))
         })?;
@@ -172,6 +234,8 @@ impl Processor for QsofaProcessor {
                     if state.is_none() {
                         *state = Some(PatientQsofa::new(patient_id));
                     }
+                    self.latest_effective_ms
+                        .fetch_max(effective.as_millis(), Ordering::Relaxed);
                     EvidenceChange::Measured {
                         observation_id,
                         measurement,

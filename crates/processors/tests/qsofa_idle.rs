@@ -1,0 +1,264 @@
+//! Idle patients: the watermark clock resolves an episode whose patient gets no newer vitals,
+//! once the clock (here event time: the newest vital of any patient, minus the allowed
+//! lateness) has passed the episode's end; an episode still inside stays active.
+
+mod common;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
+use std::time::Duration;
+
+use flare_clinical::{
+    AlertEvent, Criterion, Episode, EvidenceRef, ResolveReason, Timestamp, alerts,
+};
+use flare_events::Relay;
+use flare_log::{EventLog, NewRecord};
+use flare_processors::{
+    RuntimeOptions,
+    builtin::{
+        BuiltinDeps, spawn_builtin,
+        watermark::{IdleClock, IdleResolution, WATERMARK_TOPIC, WatermarkClock, parse_watermark},
+    },
+};
+use flare_search::Registry;
+use flare_service::{Fhir, FhirConfig, RequestContext};
+use flare_store::{
+    Store,
+    sqlite::{SqliteConfig, SqliteStore},
+};
+use serde_json::{Value, json};
+
+use common::*;
+
+fn vital(id: &str, patient: &str, loinc: &str, value: f64, unit: &str, at: &str) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "id": id,
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": at,
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    })
+}
+
+async fn alert_messages(log: &Arc<dyn EventLog>) -> Vec<Value> {
+    let mut messages = Vec::new();
+    for partition in 0..2 {
+        for record in log
+            .read(alerts::ALERTS_TOPIC, partition, 0, 1000)
+            .await
+            .unwrap_or_default()
+        {
+            messages.push(serde_json::from_slice::<Value>(&record.payload).unwrap());
+        }
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_time_clock_resolves_the_episode_of_an_idle_patient() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
+    let fhir = Fhir::new(
+        store.clone(),
+        Arc::new(Registry::r4()),
+        FhirConfig::default(),
+    );
+    let log = open_log(dir.path(), 2).await;
+    let relay = Relay::new(store, log.clone());
+    let (stop_relay, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(relay.run(stopped));
+
+    let ctx = RequestContext::new("http://127.0.0.1/fhir");
+    let observations = [
+        // p1: positive on 1 March, then silent.
+        vital("rr-1", "p1", "9279-1", 24.0, "/min", "2024-03-01T10:00:00Z"),
+        vital(
+            "sbp-1",
+            "p1",
+            "8480-6",
+            95.0,
+            "mm[Hg]",
+            "2024-03-01T12:00:00Z",
+        ),
+        // p3: positive early on 2 March, its window still open at the clock's watermark.
+        vital("rr-3", "p3", "9279-1", 26.0, "/min", "2024-03-02T03:00:00Z"),
+        vital(
+            "sbp-3",
+            "p3",
+            "8480-6",
+            90.0,
+            "mm[Hg]",
+            "2024-03-02T03:30:00Z",
+        ),
+        // p2: a normal vital that moves event time to 06:00 on 2 March.
+        vital("rr-2", "p2", "9279-1", 16.0, "/min", "2024-03-02T06:00:00Z"),
+    ];
+    for observation in observations {
+        let id = observation["id"].as_str().unwrap().to_owned();
+        fhir.update(&ctx, "Observation", &id, observation, None)
+            .await
+            .unwrap();
+    }
+
+    let (state, _guard) = embedded_store().await.unwrap();
+    let mut options = RuntimeOptions::default(); // allowed lateness 2 h
+    options.checkpoint.every_ms = 20;
+    options.qsofa.idle = IdleResolution {
+        clock: IdleClock::EventTime,
+        every_ms: 20,
+    };
+    let deps = BuiltinDeps {
+        fhir: fhir.clone(),
+        log: log.clone(),
+        state: state.clone(),
+        options,
+    };
+    let handle = spawn_builtin("qsofa", &deps).await.unwrap().handle;
+    wait_checkpointed(&state, "qsofa", "fhir.observation.vitals", 5).await;
+
+    let mut resolved = None;
+    for _ in 0..3000 {
+        resolved = alert_messages(&log)
+            .await
+            .into_iter()
+            .find(|m| m["patient"] == "Patient/p1" && m["action"] == "resolved");
+        if resolved.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let the watermark record's checkpoint land before stopping.
+    wait_checkpointed(&state, "qsofa", WATERMARK_TOPIC, 1).await;
+    handle.shutdown().await.unwrap();
+    let _ = stop_relay.send(true);
+    relay.await.unwrap();
+
+    let resolved = resolved.expect("p1's episode never resolved");
+    assert_eq!(resolved["resolution"], "elapsed");
+    let episode = resolved["episodeId"].as_str().unwrap();
+    let flag = fhir.read("Flag", episode).await.unwrap();
+    let flag: Value = serde_json::from_str(flag.body.as_deref().unwrap()).unwrap();
+    assert_eq!(flag["status"], "inactive");
+
+    // The watermark p1 was moved to: 06:00 (newest vital) minus the 2 h lateness.
+    let mut watermarks = Vec::new();
+    for partition in 0..2 {
+        for record in log
+            .read(WATERMARK_TOPIC, partition, 0, 100)
+            .await
+            .unwrap_or_default()
+        {
+            watermarks.push((
+                String::from_utf8(record.key.clone().unwrap()).unwrap(),
+                parse_watermark(&record.payload).unwrap(),
+            ));
+        }
+    }
+    assert_eq!(
+        watermarks,
+        [(
+            "Patient/p1".to_owned(),
+            Timestamp::parse_fhir("2024-03-02T04:00:00Z").unwrap()
+        )]
+    );
+
+    let messages = alert_messages(&log).await;
+    let p3: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["patient"] == "Patient/p3")
+        .collect();
+    assert_eq!(p3.len(), 1, "{p3:?}");
+    assert_eq!(p3[0]["action"], "raised");
+}
+
+fn episode(end: &str, active: bool) -> Episode {
+    let t = |text: &str| Timestamp::parse_fhir(text).unwrap();
+    Episode {
+        id: "qsofa-idle-1".into(),
+        patient_id: "p1".into(),
+        onset: t("2024-03-01T10:00:00Z"),
+        peak_at: t("2024-03-01T11:00:00Z"),
+        end: t(end),
+        score: 2,
+        basis: vec![EvidenceRef {
+            observation_id: "rr".into(),
+            criterion: Criterion::RespiratoryRate,
+            effective: t("2024-03-01T10:00:00Z"),
+            value: 24.0,
+        }],
+        active,
+    }
+}
+
+async fn publish(log: &Arc<dyn EventLog>, event: &AlertEvent) {
+    let record = NewRecord {
+        key: Some(alerts::alert_key(event).into_bytes()),
+        headers: Vec::new(),
+        payload: alerts::alert_message(event).to_string().into_bytes(),
+        timestamp_ms: None,
+    };
+    log.append(alerts::ALERTS_TOPIC, vec![record])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_clock_nudges_each_elapsed_episode_once_and_again_after_it_grew() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path(), 1).await;
+    let latest = Arc::new(AtomicI64::new(i64::MIN));
+    let mut clock = WatermarkClock::new(
+        log.clone(),
+        IdleResolution {
+            clock: IdleClock::EventTime,
+            every_ms: 1,
+        },
+        Duration::from_secs(2 * 3600),
+        latest.clone(),
+    );
+    let millis = |text: &str| Timestamp::parse_fhir(text).unwrap().as_millis();
+
+    publish(
+        &log,
+        &AlertEvent::Raised {
+            episode: episode("2024-03-01T16:00:00Z", true),
+        },
+    )
+    .await;
+    assert_eq!(clock.tick().await.unwrap(), 0, "no event time seen yet");
+    // 17:59 minus 2 h is before the end: not elapsed.
+    latest.store(millis("2024-03-01T17:59:00Z"), Ordering::Relaxed);
+    assert_eq!(clock.tick().await.unwrap(), 0);
+    latest.store(millis("2024-03-01T18:01:00Z"), Ordering::Relaxed);
+    assert_eq!(clock.tick().await.unwrap(), 1);
+    assert_eq!(clock.tick().await.unwrap(), 0, "sent once");
+
+    // Later evidence extended the episode: once elapsed again, it is nudged again.
+    publish(
+        &log,
+        &AlertEvent::Updated {
+            episode: episode("2024-03-01T20:00:00Z", true),
+        },
+    )
+    .await;
+    assert_eq!(clock.tick().await.unwrap(), 0);
+    latest.store(millis("2024-03-01T22:30:00Z"), Ordering::Relaxed);
+    assert_eq!(clock.tick().await.unwrap(), 1);
+
+    // Resolved episodes are forgotten.
+    publish(
+        &log,
+        &AlertEvent::Resolved {
+            episode: episode("2024-03-01T20:00:00Z", false),
+            reason: ResolveReason::Elapsed,
+        },
+    )
+    .await;
+    latest.store(millis("2024-03-05T00:00:00Z"), Ordering::Relaxed);
+    assert_eq!(clock.tick().await.unwrap(), 0);
+}
