@@ -1,6 +1,7 @@
 // The FHIRcast sandbox page in real headless Chromium against a real `flare serve` with its
 // default configuration (the hub is on by default):
-// - the CapabilityStatement names the hub, and the page is served at {hub.url}/sandbox;
+// - the CapabilityStatement names the hub, and the page is served at {hub.url}/sandbox and
+//   reads the hub's .well-known configuration;
 // - the page subscribes over the WebSocket channel and shows the confirmation;
 // - Patient-open published from the page's form arrives in the log panel, is acknowledged,
 //   and is the current context; Patient-close arrives too and empties the context;
@@ -81,6 +82,8 @@ try {
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
   await page.goto(`${hubUrl}/sandbox`);
   assert.equal(await page.inputValue("#hub"), hubUrl, "the page defaults to the hub that serves it");
+  await page.click("#discover");
+  await waitFor("the hub's configuration", async () => (await page.textContent("#configuration")).includes('"fhircastVersion": "3.0.0"'));
 
   const topic = `sandbox-test-${Date.now()}`;
   await page.fill("#topic", topic);
