@@ -68,6 +68,12 @@ step "Dashboard in headless Chromium against flare serve (screenshot: target/das
 cargo build --quiet --bin flare
 FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" node tests/dashboard/dashboard.mjs "${CARGO_TARGET_DIR:-$root/target}/dashboard.png"
 
+step "FHIRcast sandbox page in headless Chromium against flare serve (screenshot: target/fhircast-sandbox.png)"
+if [ ! -d tests/fhircast-sandbox/node_modules/playwright-core ]; then
+  (cd tests/fhircast-sandbox && npm ci --no-audit --no-fund --loglevel=error)
+fi
+FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" node tests/fhircast-sandbox/sandbox.mjs "${CARGO_TARGET_DIR:-$root/target}/fhircast-sandbox.png"
+
 step "FHIRcast interop: @medplum/core (npm) against the hub of flare serve"
 FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" bash tests/fhircast-interop/run.sh
 
