@@ -382,3 +382,73 @@ async fn idle_bindings_get_heartbeats() {
     assert_eq!(notification_type(&beat), "heartbeat");
     assert_eq!(subscription_of(&beat), id);
 }
+
+#[tokio::test]
+async fn a_backlog_larger_than_the_connection_queue_arrives_whole_and_in_order() {
+    let server = Server::start().await;
+    let id = server.create_ws_subscription("p1", &[]).await;
+    let (token, url) = server.ws_token(&[&id]).await;
+    let mut client = connect(&url).await;
+    send(&mut client, &format!("bind-with-token {token}")).await;
+    next_json(&mut client).await; // handshake
+    // More than the per-connection queue holds, while the client reads nothing.
+    let total = 100;
+    for _ in 0..total {
+        server.admit("p1").await;
+    }
+    let mut numbers = Vec::new();
+    while numbers.len() < total {
+        numbers.extend(event_numbers(&next_event(&mut client).await));
+    }
+    let expected: Vec<String> = (1..=total).map(|n| n.to_string()).collect();
+    assert_eq!(numbers, expected);
+
+    // `$status` reflects what the connection was sent.
+    let (status, bundle) = server.get(&format!("Subscription/{id}/$status")).await;
+    assert_eq!(status, 200, "{bundle}");
+    let parameters = &bundle["entry"][0]["resource"];
+    assert_eq!(
+        param(parameters, "events-since-subscription-start").unwrap()["valueString"],
+        total.to_string()
+    );
+    assert_eq!(param(parameters, "status").unwrap()["valueCode"], "active");
+}
+
+#[tokio::test]
+async fn turning_a_subscription_off_stops_its_binding() {
+    let server = Server::start().await;
+    let id = server.create_ws_subscription("p1", &[]).await;
+    let other = server.create_ws_subscription("p2", &[]).await;
+    let (token, url) = server.ws_token(&[&id, &other]).await;
+    let mut client = connect(&url).await;
+    send(&mut client, &format!("bind-with-token {token}")).await;
+    next_json(&mut client).await;
+    next_json(&mut client).await;
+
+    let (_, mut current) = server.get(&format!("Subscription/{id}")).await;
+    current["status"] = json!("off");
+    let response = server
+        .client
+        .put(format!("{}/Subscription/{id}", server.base))
+        .header("content-type", "application/fhir+json")
+        .body(current.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // Wait until the runtime has seen `off`.
+    for _ in 0..2000 {
+        let (_, status) = server.get(&format!("Subscription/{id}/$status")).await;
+        if param(&status["entry"][0]["resource"], "status").unwrap()["valueCode"] == "off" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.admit("p1").await;
+    server.admit("p2").await;
+    // Only the other subscription's event arrives.
+    let event = next_event(&mut client).await;
+    assert_eq!(subscription_of(&event), other);
+    send(&mut client, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "pong");
+}
