@@ -13,7 +13,8 @@ fn parse_version(text: &str) -> Result<DeclaredVersion, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct KafkaIngestArgs {
-    /// Kafka brokers, comma-separated.
+    /// Kafka brokers, comma-separated. Other client settings (SASL/TLS, `max_record_bytes`,
+    /// raw librdkafka properties) come from the `[kafka]` section of `--config`.
     #[arg(long, required = true, value_delimiter = ',', value_name = "HOST:PORT")]
     pub brokers: Vec<String>,
     /// The topic to consume; dead letters go to `<TOPIC>.dlq`.
@@ -93,7 +94,15 @@ mod with_kafka {
     /// What became of one message.
     enum Outcome {
         Loaded,
-        Failed { reason: String, retries: u32 },
+        Failed {
+            reason: String,
+            retries: u32,
+        },
+        /// The server stayed unreachable through the retries: not the message's fault, so it
+        /// is neither dead-lettered nor committed, and the ingest stops.
+        TargetUnreachable {
+            reason: String,
+        },
     }
 
     #[derive(Default)]
@@ -107,13 +116,15 @@ mod with_kafka {
         let dead_letter_topic = format!("{}.dlq", args.topic);
         validate_topic_name(&args.topic)?;
         validate_topic_name(&dead_letter_topic)?;
-        let log = KafkaLog::connect(KafkaConfig {
+        // Security, record size and raw librdkafka properties come from the config file's
+        // `[kafka]` section, if any; the brokers from the command line.
+        let kafka_config = KafkaConfig {
             brokers: args.brokers.clone(),
-            client_id: "flare-ingest".to_owned(),
-            ..KafkaConfig::default()
-        })
-        .await
-        .with_context(|| format!("cannot connect to {}", args.brokers.join(",")))?;
+            ..args.common.load()?.kafka
+        };
+        let log = KafkaLog::connect(kafka_config)
+            .await
+            .with_context(|| format!("cannot connect to {}", args.brokers.join(",")))?;
         let (target, app) = ingest::open_target(args.url.as_deref(), &args.common).await?;
         let mut consumer = log
             .consumer(
@@ -156,37 +167,50 @@ mod with_kafka {
                     continue;
                 }
                 let mut last_of_partition: BTreeMap<u32, &Record> = BTreeMap::new();
-                for record in &records {
-                    counts.consumed.fetch_add(1, Ordering::Relaxed);
-                    match load_message(&args, &target, &tally, record, &progress).await {
-                        Outcome::Loaded => {
-                            counts.loaded.fetch_add(1, Ordering::Relaxed);
+                let batch: anyhow::Result<()> = async {
+                    for record in &records {
+                        counts.consumed.fetch_add(1, Ordering::Relaxed);
+                        match load_message(&args, &target, &tally, record, &progress).await {
+                            Outcome::Loaded => {
+                                counts.loaded.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Outcome::Failed { reason, retries } => {
+                                progress.suspend(|| {
+                                    eprintln!("failed {}: {reason}", source_of(record));
+                                });
+                                // Not committed unless the dead letter is durable: the
+                                // message comes again on the next run.
+                                log.append(
+                                    &dead_letter_topic,
+                                    vec![dead_letter(record, &reason, retries)],
+                                )
+                                .await
+                                .with_context(|| {
+                                    format!("cannot write the dead letter to {dead_letter_topic}")
+                                })?;
+                                counts.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Outcome::TargetUnreachable { reason } => {
+                                anyhow::bail!(
+                                    "stopped at {}, not committed: {reason}",
+                                    source_of(record)
+                                );
+                            }
                         }
-                        Outcome::Failed { reason, retries } => {
-                            progress.suspend(|| {
-                                eprintln!("failed {}: {reason}", source_of(record));
-                            });
-                            // Not committed unless the dead letter is durable: the message
-                            // comes again on the next run.
-                            log.append(
-                                &dead_letter_topic,
-                                vec![dead_letter(record, &reason, retries)],
-                            )
-                            .await
-                            .with_context(|| {
-                                format!("cannot write the dead letter to {dead_letter_topic}")
-                            })?;
-                            counts.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        }
+                        last_of_partition.insert(record.partition, record);
                     }
-                    last_of_partition.insert(record.partition, record);
+                    Ok(())
                 }
+                .await;
+                // What was stored before a failure is committed, so that a restart does not
+                // write it again.
                 for record in last_of_partition.values() {
                     consumer
                         .commit(record)
                         .await
                         .context("cannot commit the consumer offset")?;
                 }
+                batch?;
                 last_message = Instant::now();
                 progress.set_message(progress_line(&counts, &tally));
                 progress.tick();
@@ -262,6 +286,9 @@ mod with_kafka {
                         tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(retries.min(8)))
                             .await;
                         retries += 1;
+                    }
+                    Err(reason) if reason.starts_with("cannot reach ") => {
+                        return Outcome::TargetUnreachable { reason };
                     }
                     Err(reason) => {
                         tally.failed.fetch_add(1, Ordering::Relaxed);

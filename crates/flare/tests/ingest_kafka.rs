@@ -444,3 +444,61 @@ fn messages_go_to_a_running_server_and_its_refusals_are_dead_lettered() {
     assert_eq!(letter.header_str("retryCount"), Some("0"));
     assert_eq!(letter.header_str("flare-original-offset"), Some("2"));
 }
+
+#[test]
+fn an_unreachable_server_stops_the_ingest_without_dead_letters_or_commits() {
+    let Some(broker) = TestBroker::start() else {
+        return;
+    };
+    let topic = "fhir-server-down";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let log = runtime
+        .block_on(KafkaLog::connect(broker.config()))
+        .unwrap();
+    runtime.block_on(async {
+        log.ensure_topic(topic, 1).await.unwrap();
+        log.append(
+            topic,
+            vec![NewRecord {
+                key: None,
+                headers: Vec::new(),
+                payload: br#"{"resourceType":"Patient","id":"kafka-later"}"#.to_vec(),
+                timestamp_ms: None,
+            }],
+        )
+        .await
+        .unwrap();
+    });
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}/fhir", closed.local_addr().unwrap());
+    drop(closed);
+    let ingest = |url: &str| {
+        flare()
+            .args(["ingest", "kafka", "--brokers"])
+            .arg(broker.address())
+            .args(["--topic", topic, "--until-idle", "5", "--retries", "0"])
+            .args(["--url", url])
+            .output()
+            .unwrap()
+    };
+    let down = ingest(&nowhere);
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not committed"), "{stderr}");
+    let dead_letter_topic_exists = runtime
+        .block_on(log.topics())
+        .unwrap()
+        .iter()
+        .any(|info| info.name == "fhir-server-down.dlq");
+    assert!(!dead_letter_topic_exists);
+
+    // The message was not committed: the next run, with the server up, loads it.
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path());
+    let up = ingest(&served.base);
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert_eq!(up.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("1 messages, 1 loaded"), "{stdout}");
+    assert_eq!(served.count("Patient?_id=kafka-later"), 1);
+}
