@@ -145,6 +145,20 @@ impl Components {
             None
         };
 
+        // The FHIRcast hub, advertised in the CapabilityStatement.
+        if config.fhircast.enabled {
+            let hub = flare_fhircast::HubHandle::start(config.fhircast.clone());
+            let hub_config = config.fhircast.clone();
+            app.fhir.add_capability_extensions(move |fhir_base| {
+                flare_fhircast::capability_extensions(&hub_config, fhir_base)
+            });
+            let hub_url = flare_fhircast::hub_url(&config.fhircast, public_base);
+            banner.push(format!(
+                "FHIRcast hub  {hub_url} (sandbox page: {hub_url}/sandbox)"
+            ));
+            routes = routes.merge(flare_server::fhircast_routes(hub));
+        }
+
         Ok(Self {
             processors,
             subscriptions,

@@ -120,16 +120,7 @@ pub async fn serve_config(
     }
     println!("Press Ctrl-C to stop.");
     // Optional components merge their routes here.
-    let mut routes = flare_server::router(state).merge(components.routes.clone());
-    if config.fhircast.enabled {
-        let hub = flare_fhircast::HubHandle::start(config.fhircast.clone());
-        let hub_config = config.fhircast.clone();
-        app.fhir.add_capability_extensions(move |fhir_base| {
-            flare_fhircast::capability_extensions(&hub_config, fhir_base)
-        });
-        println!("  FHIRcast hub  http://{address}{}", config.fhircast.path);
-        routes = routes.merge(flare_server::fhircast_routes(hub));
-    }
+    let routes = flare_server::router(state).merge(components.routes.clone());
     if let Some(ready) = ready {
         let _ = ready.send(address);
     }
