@@ -8,8 +8,8 @@
 //! - [`dlq`]: dead letters: list, show, replay, purge.
 //! - [`metrics`]: per-processor counters and latency, rendered for Prometheus.
 //! - [`config`]: the `[processors]` config section.
-//! - [`builtin`]: the built-in processors (`qsofa`, `qsofa-pager`, `immunizations`) over
-//!   `flare-clinical`.
+//! - [`builtin`]: the built-in processors (`qsofa` with its idle-patient watermark clock,
+//!   `qsofa-pager`, `immunizations`) over `flare-clinical`.
 //!
 //! Architecture invariant: knows the log only through `flare_log::EventLog`; no HTTP.
 

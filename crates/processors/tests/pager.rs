@@ -226,6 +226,49 @@ async fn episodes_page_once_resolve_at_the_end_and_survive_a_500() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_pager_sends_what_came_while_it_was_down_and_nothing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path(), 2).await;
+    let (receiver, url) = start_receiver(&[]).await;
+    let (deps, _guard) = deps(log.clone(), Some(&url)).await;
+    let first = episode("p1", 2, true);
+    let second = episode("p2", 2, true);
+
+    publish(
+        &log,
+        &[AlertEvent::Raised {
+            episode: first.clone(),
+        }],
+    )
+    .await;
+    let handle = spawn_builtin(pager::NAME, &deps).await.unwrap().handle;
+    wait_checkpointed(&deps.state, pager::NAME, alerts::ALERTS_TOPIC, 1).await;
+    handle.shutdown().await.unwrap();
+
+    // Alerts published while the pager is down are paged when it comes back.
+    publish(
+        &log,
+        &[
+            AlertEvent::Raised {
+                episode: second.clone(),
+            },
+            AlertEvent::Resolved {
+                episode: episode("p1", 2, false),
+                reason: ResolveReason::Withdrawn,
+            },
+        ],
+    )
+    .await;
+    let handle = spawn_builtin(pager::NAME, &deps).await.unwrap().handle;
+    wait_checkpointed(&deps.state, pager::NAME, alerts::ALERTS_TOPIC, 3).await;
+    handle.shutdown().await.unwrap();
+
+    let bodies = receiver.bodies.lock().clone();
+    assert_eq!(actions_of(&bodies, &first.id), ["trigger", "resolve"]);
+    assert_eq!(actions_of(&bodies, &second.id), ["trigger"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_page_is_not_retried_and_is_parked() {
     let dir = tempfile::tempdir().unwrap();
     // One partition, so the refused page comes first and the next must still go out.

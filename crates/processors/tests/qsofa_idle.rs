@@ -262,3 +262,70 @@ async fn the_clock_nudges_each_elapsed_episode_once_and_again_after_it_grew() {
     latest.store(millis("2024-03-05T00:00:00Z"), Ordering::Relaxed);
     assert_eq!(clock.tick().await.unwrap(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_running_clock_nudges_an_elapsed_episode_once_and_stops_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path(), 1).await;
+    publish(
+        &log,
+        &AlertEvent::Raised {
+            episode: episode("2024-03-01T16:00:00Z", true),
+        },
+    )
+    .await;
+    let latest = Arc::new(AtomicI64::new(
+        Timestamp::parse_fhir("2024-03-02T00:00:00Z")
+            .unwrap()
+            .as_millis(),
+    ));
+    let clock = WatermarkClock::new(
+        log.clone(),
+        IdleResolution {
+            clock: IdleClock::EventTime,
+            every_ms: 60_000,
+        },
+        Duration::from_secs(2 * 3600),
+        latest,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(clock.run(stopped));
+
+    // Virtual time: a few hours of ticks pass in no time.
+    let mut sent = Vec::new();
+    for _ in 0..500 {
+        sent = log
+            .read(WATERMARK_TOPIC, 0, 0, 10)
+            .await
+            .unwrap_or_default();
+        if !sent.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        parse_watermark(&sent[0].payload),
+        Timestamp::parse_fhir("2024-03-01T22:00:00Z")
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let _ = stop.send(true);
+    running.await.unwrap();
+    let after = log.read(WATERMARK_TOPIC, 0, 0, 10).await.unwrap();
+    assert_eq!(after.len(), 1, "an elapsed episode is nudged once");
+}
+
+#[tokio::test]
+async fn an_off_clock_returns_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path(), 1).await;
+    let clock = WatermarkClock::new(
+        log,
+        IdleResolution::default(),
+        Duration::from_secs(7200),
+        Arc::new(AtomicI64::new(0)),
+    );
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    // Would wait for a stop signal that never comes if the clock were on.
+    clock.run(stopped).await;
+}

@@ -88,8 +88,10 @@ impl QsofaProcessor {
         if applied.alerts.is_empty() && applied.released.is_empty() {
             return Ok(Outcome::Unchanged);
         }
+        // Deterministic, so a replay tags the rewritten resources the same way.
+        let correlation_id = format!("qsofa-watermark-{}-{}", record.partition, record.offset);
         for alert in &applied.alerts {
-            self.emit(alert, record, "", ctx).await?;
+            self.emit(alert, record, &correlation_id, ctx).await?;
         }
         if patient.is_idle() {
             return Ok(Outcome::Remove);
