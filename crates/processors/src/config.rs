@@ -171,5 +171,17 @@ mod tests {
         let pager = paged.qsofa.pager.unwrap();
         assert_eq!(pager.routing_key, "K");
         assert!(!pager.endpoints.allow.is_empty());
+        assert_eq!(
+            paged.qsofa.idle.clock,
+            crate::builtin::watermark::IdleClock::Off
+        );
+        let idle: ProcessorsConfig =
+            toml::from_str("[qsofa.idle]\nclock = \"wall-clock\"\nevery_ms = 5000\n").unwrap();
+        assert_eq!(
+            idle.qsofa.idle.clock,
+            crate::builtin::watermark::IdleClock::WallClock
+        );
+        assert_eq!(idle.qsofa.idle.every_ms, 5000);
+        assert!(toml::from_str::<ProcessorsConfig>("[qsofa.idle]\nclock = \"sundial\"\n").is_err());
     }
 }
