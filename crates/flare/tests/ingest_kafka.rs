@@ -213,6 +213,8 @@ fn dstu2_xml_messages_load_with_the_readme_counts_and_a_malformed_one_is_dead_le
     let output = ingest_kafka(&broker, topic, dir.path());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // The summary, with its timing, for `--nocapture` runs.
+    eprintln!("{stdout}");
     assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("11 messages, 10 loaded, 1 dead-lettered to sample-patients-dstu2.dlq"),
@@ -501,4 +503,69 @@ fn an_unreachable_server_stops_the_ingest_without_dead_letters_or_commits() {
     assert_eq!(up.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("1 messages, 1 loaded"), "{stdout}");
     assert_eq!(served.count("Patient?_id=kafka-later"), 1);
+}
+
+#[test]
+fn ctrl_c_stops_a_running_ingest_with_its_summary() {
+    let Some(broker) = TestBroker::start() else {
+        return;
+    };
+    let topic = "fhir-until-interrupted";
+    let group = "interrupted-ingest";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let log = runtime
+        .block_on(KafkaLog::connect(broker.config()))
+        .unwrap();
+    runtime.block_on(async {
+        log.ensure_topic(topic, 1).await.unwrap();
+        log.append(
+            topic,
+            vec![NewRecord {
+                key: None,
+                headers: Vec::new(),
+                payload: br#"{"resourceType":"Patient","id":"kafka-interrupted"}"#.to_vec(),
+                timestamp_ms: None,
+            }],
+        )
+        .await
+        .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let child = flare()
+        .args(["ingest", "kafka", "--brokers"])
+        .arg(broker.address())
+        .args(["--topic", topic, "--group", group, "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Without --until-idle it keeps waiting for messages once the one message is committed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while runtime
+        .block_on(log.committed(group, topic, 0))
+        .unwrap()
+        .is_none()
+    {
+        assert!(std::time::Instant::now() < deadline, "never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("1 messages, 1 loaded, 0 dead-lettered"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("resources: 1 created"), "{stdout}");
 }
