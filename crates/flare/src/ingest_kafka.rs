@@ -11,6 +11,14 @@ fn parse_version(text: &str) -> Result<DeclaredVersion, String> {
     text.parse()
 }
 
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("`{text}` is not a number of seconds from 0 up"))
+}
+
 #[derive(Debug, clap::Args)]
 pub struct KafkaIngestArgs {
     /// Kafka brokers, comma-separated. Other client settings (SASL/TLS, `max_record_bytes`,
@@ -37,8 +45,8 @@ pub struct KafkaIngestArgs {
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// Stop once no message arrived for this long (otherwise run until Ctrl-C).
-    #[arg(long, value_name = "SECONDS")]
-    pub until_idle: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub until_idle: Option<std::time::Duration>,
     /// Attempts after the first for a write that failed for a reason that may pass (server
     /// unreachable, HTTP 5xx or 429), with doubling pauses from 200 ms.
     #[arg(long, default_value_t = 3, value_name = "N")]
@@ -142,7 +150,7 @@ mod with_kafka {
         );
         let tally = Tally::default();
         let counts = MessageCounts::default();
-        let idle_limit = args.until_idle.map(Duration::from_secs_f64);
+        let idle_limit = args.until_idle;
         let started = Instant::now();
         let mut last_message = Instant::now();
         let shutdown = tokio::signal::ctrl_c();
