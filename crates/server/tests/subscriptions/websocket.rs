@@ -451,4 +451,9 @@ async fn turning_a_subscription_off_stops_its_binding() {
     assert_eq!(subscription_of(&event), other);
     send(&mut client, r#"{"type":"ping"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "pong");
+    // And no new token binds it.
+    let (status, outcome) = server
+        .get(&format!("Subscription/{id}/$get-ws-binding-token"))
+        .await;
+    assert_eq!(status, 400, "{outcome}");
 }

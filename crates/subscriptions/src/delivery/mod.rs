@@ -4,6 +4,8 @@
 //! log (resource topics) ──► manager ──► cursor file (event rows + input offsets, one txn)
 //!                                            │
 //!                               per-subscription worker ──► endpoint (rest-hook)
+//!                                            │
+//!                  per-connection, per-binding task ──► websocket client ([`websocket`])
 //! ```
 //!
 //! - The **manager** ([`manager`]) is one consumer over every resource topic the routing
@@ -19,6 +21,10 @@
 //!   backoff and jitter, and records the delivery position. A hanging or dead endpoint holds
 //!   only its own worker. Status changes (`active`, `error`) are written back through
 //!   [`flare_service::Fhir`], so they are visible on read and travel the log like any change.
+//! - **Websocket** subscriptions turn `active` without a handshake; a client binds them on a
+//!   connection (with a `$get-ws-binding-token` token, or by id in the R4 dialect) and each
+//!   binding reads the numbered events from the cursor file from the connection's own position,
+//!   which lets a client resume from the last event number it saw ([`websocket`]).
 //!
 //! Known limit: the manager orders a batch by outbox sequence, but a change committed just
 //! after a Subscription create can, in rare interleavings across partitions, be read before

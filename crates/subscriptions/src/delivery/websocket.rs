@@ -50,6 +50,8 @@ pub enum WsTokenError {
     Unknown(String),
     #[error("Subscription/{0} does not use the websocket channel")]
     NotWebsocket(String),
+    #[error("Subscription/{id} is {status}: nothing would be delivered")]
+    Inactive { id: String, status: String },
 }
 
 /// An issued binding token.
@@ -130,6 +132,19 @@ pub(crate) fn issue_token(shared: &Shared, ids: &[String]) -> Result<WsBindingTo
     }
     let mut subscriptions: Vec<String> = Vec::new();
     for id in ids {
+        let status = shared
+            .live
+            .lock()
+            .get(id)
+            .map(|live| live.status().to_owned());
+        if let Some(status) = status
+            && !matches!(status.as_str(), "requested" | "active" | "error")
+        {
+            return Err(WsTokenError::Inactive {
+                id: id.clone(),
+                status,
+            });
+        }
         match is_websocket(shared, id) {
             None => return Err(WsTokenError::Unknown(id.clone())),
             Some(false) => return Err(WsTokenError::NotWebsocket(id.clone())),
@@ -460,5 +475,38 @@ async fn record_delivery(shared: &Shared, id: &str, number: u64) {
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_resume;
+
+    #[test]
+    fn resume_number_is_split_off_every_bind_form() {
+        assert_eq!(
+            split_resume("bind-with-token abc 17"),
+            ("bind-with-token abc".to_owned(), Some(17))
+        );
+        assert_eq!(
+            split_resume("bind sub-1 0"),
+            ("bind sub-1".to_owned(), Some(0))
+        );
+        let medplum = r#"{"type":"bind-with-token","payload":{"token":"t","lastEventNumber":"9"}}"#;
+        assert_eq!(split_resume(medplum), (medplum.to_owned(), Some(9)));
+    }
+
+    #[test]
+    fn frames_without_a_number_pass_through() {
+        assert_eq!(
+            split_resume(" bind-with-token abc "),
+            ("bind-with-token abc".to_owned(), None)
+        );
+        // Not a number: left for the frame parser to refuse.
+        assert_eq!(
+            split_resume("bind-with-token abc def"),
+            ("bind-with-token abc def".to_owned(), None)
+        );
+        assert_eq!(split_resume("ping"), ("ping".to_owned(), None));
     }
 }
