@@ -285,7 +285,12 @@ fn subscription_event(
         return;
     };
     let previous = live.get(&id);
-    let since_seq = previous.map(|p| p.since_seq).unwrap_or(seq);
+    // Changes committed while a subscription was not counting (e.g. `off`) stay unnumbered
+    // even when the log hands them over after the change that turns it back on.
+    let since_seq = match previous {
+        Some(p) if p.counts() => p.since_seq,
+        _ => seq,
+    };
     let events_since_start = previous.map(|p| p.events_since_start).unwrap_or(0);
     let compiled = index_subscription(shared, index, &id, &resource);
     let entry = Live {
