@@ -133,7 +133,7 @@ impl Components {
             routes = routes.merge(flare_server::subscriptions_http::routes(runtime.clone()));
             let allowed = config.subscriptions.endpoints.allow.to_string();
             banner.push(format!(
-                "subscriptions rest-hook delivery (non-public endpoints allowed: {})",
+                "subscriptions rest-hook and websocket delivery (non-public endpoints allowed: {})",
                 if allowed.is_empty() {
                     "none".to_string()
                 } else {

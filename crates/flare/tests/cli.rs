@@ -3,75 +3,14 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use serde_json::{Value, json};
 
-fn flare() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_flare"));
-    command.env("FLARE_LOG_LEVEL", "warn");
-    command
-}
-
-/// A `flare serve` child on a free port; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-}
-
-impl Served {
-    fn start(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &[])
-    }
-
-    /// Only the FHIR API: Flare's own components change what they manage (a Subscription's
-    /// status) and add resources (alerts), which a store round trip must not see.
-    fn api_only(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &["--processors", "none", "--no-subscriptions"])
-    }
-
-    fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = flare()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("flare serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.split("listening on ")
-                    .nth(1)
-                    .map(|url| format!("{}/fhir", url.trim()))
-            })
-            .expect("flare serve says where it listens");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
+mod common;
+use common::{Served, client, flare};
 
 #[test]
 fn events_tail_follows_a_running_server() {
@@ -163,8 +102,7 @@ fn a_killed_server_loses_no_event_and_duplicates_none() {
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     // SIGKILL while writes are in flight.
-    served.child.kill().unwrap();
-    served.child.wait().unwrap();
+    served.kill();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged: Vec<String> = writers
         .into_iter()

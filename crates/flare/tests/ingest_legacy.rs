@@ -3,20 +3,12 @@
 //! expected numbers are the fixture README's table.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::Duration,
+    process::Output,
 };
 
-use serde_json::Value;
-
-fn flare() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_flare"));
-    command.env("FLARE_LOG_LEVEL", "warn");
-    command
-}
+mod common;
+use common::{Served, flare, sample_patients};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/sample-patients")
@@ -32,100 +24,7 @@ fn ingest(paths: &[PathBuf], data_dir: &Path) -> Output {
         .unwrap()
 }
 
-/// A `flare serve` child on a free port; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-    http: reqwest::blocking::Client,
-}
-
-impl Served {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = flare()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("flare serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.split("listening on ")
-                    .nth(1)
-                    .map(|url| format!("{}/fhir", url.trim()))
-            })
-            .expect("flare serve says where it listens");
-        std::thread::spawn(move || for _ in lines {});
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        Self { child, base, http }
-    }
-
-    fn search(&self, query: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{}/{query}", self.base))
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200, "{query}");
-        response.json().unwrap()
-    }
-
-    fn count(&self, query: &str) -> u64 {
-        let separator = if query.contains('?') { '&' } else { '?' };
-        self.search(&format!("{query}{separator}_summary=count"))["total"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no total for {query}"))
-    }
-
-    /// Every resource a search matches, following `next` links.
-    fn all(&self, query: &str) -> Vec<Value> {
-        let mut resources = Vec::new();
-        let mut page = self.search(query);
-        loop {
-            for entry in page["entry"].as_array().into_iter().flatten() {
-                resources.push(entry["resource"].clone());
-            }
-            let next = page["link"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|link| link["relation"] == "next")
-                .and_then(|link| link["url"].as_str())
-                .map(str::to_owned);
-            let Some(next) = next else { break };
-            let response = self.http.get(next).send().unwrap();
-            page = response.json().unwrap();
-        }
-        resources
-    }
-
-    /// Dates (YYYY-MM-DD) of the patient's Observations matching `filter`.
-    fn observation_dates(&self, patient: &str, filter: &str) -> BTreeSet<String> {
-        self.all(&format!(
-            "Observation?subject=Patient/{patient}&{filter}&_count=500"
-        ))
-        .iter()
-        .filter_map(|observation| observation["effectiveDateTime"].as_str())
-        .map(|date| date.chars().take(10).collect())
-        .collect()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const CVX: &str = "http://hl7.org/fhir/sid/cvx";
-const LOINC: &str = "http://loinc.org";
 
 #[test]
 fn dstu2_xml_fixtures_load_with_the_readme_counts() {
@@ -152,104 +51,7 @@ fn dstu2_xml_fixtures_load_with_the_readme_counts() {
     assert!(refusals.is_empty(), "{refusals:#?}");
 
     let served = Served::start(dir.path());
-    let patients: BTreeMap<String, String> = served
-        .all("Patient?_count=100")
-        .iter()
-        .map(|patient| {
-            (
-                patient["id"].as_str().unwrap().to_owned(),
-                patient["birthDate"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    let expected_patients: BTreeMap<String, String> = [
-        ("1032702", "2007-03-20"),
-        ("1134281", "2004-10-15"),
-        ("1288992", "1925-12-23"),
-        ("1614502", "2006-11-22"),
-        ("1869612", "1950-07-31"),
-        ("4444001", "1932-06-15"),
-        ("629528", "1981-10-27"),
-        ("7321938", "2010-12-16"),
-        ("8888801", "1953-03-17"),
-        ("981968", "1956-03-23"),
-    ]
-    .into_iter()
-    .map(|(id, date)| (id.to_owned(), date.to_owned()))
-    .collect();
-    assert_eq!(patients, expected_patients);
-
-    // Immunizations by CVX code (the legacy system URL is now the R4 one).
-    let mut vaccines: BTreeMap<&str, u64> = BTreeMap::new();
-    for code in [
-        "110", "89", "116", "21", "104", "03", "141", "115", "33", "121",
-    ] {
-        vaccines.insert(
-            code,
-            served.count(&format!("Immunization?vaccine-code={CVX}|{code}")),
-        );
-    }
-    let expected_vaccines: BTreeMap<&str, u64> = [
-        ("110", 1),
-        ("89", 2),
-        ("116", 1),
-        ("21", 1),
-        ("104", 1),
-        ("03", 2),
-        ("141", 1),
-        ("115", 1),
-        ("33", 1),
-        ("121", 1),
-    ]
-    .into_iter()
-    .collect();
-    assert_eq!(vaccines, expected_vaccines);
-    assert_eq!(served.count("Immunization"), 12);
-
-    // Observations, respiratory rate and systolic pressure per patient; then the dates on
-    // which both RR >= 22/min and SBP <= 100 mm Hg occur.
-    let table: &[(&str, u64, u64, u64, usize)] = &[
-        ("1032702", 1, 0, 0, 0),
-        ("1134281", 69, 0, 0, 0),
-        ("1288992", 317, 27, 27, 2),
-        ("1614502", 2, 0, 0, 0),
-        ("1869612", 242, 18, 18, 2),
-        ("4444001", 0, 0, 0, 0),
-        ("629528", 181, 15, 15, 0),
-        ("7321938", 7, 0, 0, 0),
-        ("8888801", 318, 0, 9, 0),
-        ("981968", 151, 15, 15, 0),
-    ];
-    for (patient, observations, rr, sbp, qsofa_dates) in table {
-        let subject = format!("subject=Patient/{patient}");
-        assert_eq!(
-            served.count(&format!("Observation?{subject}")),
-            *observations,
-            "{patient}"
-        );
-        assert_eq!(
-            served.count(&format!("Observation?{subject}&code={LOINC}|9279-1")),
-            *rr,
-            "{patient} RR"
-        );
-        assert_eq!(
-            served.count(&format!("Observation?{subject}&code={LOINC}|8480-6")),
-            *sbp,
-            "{patient} SBP"
-        );
-        let fast_breathing =
-            served.observation_dates(patient, &format!("code={LOINC}|9279-1&value-quantity=ge22"));
-        let low_pressure = served.observation_dates(
-            patient,
-            &format!("code={LOINC}|8480-6&value-quantity=le100"),
-        );
-        assert_eq!(
-            fast_breathing.intersection(&low_pressure).count(),
-            *qsofa_dates,
-            "{patient} dates with RR>=22 and SBP<=100"
-        );
-    }
-    assert_eq!(served.count("Observation"), 1288);
+    sample_patients::assert_dstu2_readme_counts(&served);
 }
 
 #[test]

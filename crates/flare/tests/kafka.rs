@@ -3,53 +3,14 @@
 
 #![cfg(feature = "kafka")]
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use flare_kafka::{KafkaLog, test_broker::TestBroker};
 use flare_log::{EventLog, StartFrom};
 use serde_json::{Value, json};
 
-/// A `flare serve` child on a free port; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flare"))
-            .env("FLARE_LOG_LEVEL", "warn")
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("flare serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.split("listening on ")
-                    .nth(1)
-                    .map(|url| format!("{}/fhir", url.trim()))
-            })
-            .expect("flare serve says where it listens");
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Served;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_patient_is_an_event_on_the_kafka_broker() {
@@ -60,7 +21,7 @@ async fn a_created_patient_is_an_event_on_the_kafka_broker() {
     let url = broker.url();
     let data_dir = dir.path().to_str().unwrap().to_owned();
     let served = tokio::task::spawn_blocking(move || {
-        Served::start(&["--log", &url, "--data-dir", &data_dir])
+        Served::start_args(&["--log", &url, "--data-dir", &data_dir])
     })
     .await
     .unwrap();
