@@ -6,54 +6,20 @@ mod common;
 
 use std::sync::Arc;
 
-use flare_events::Relay;
 use flare_processors::{
     DeadLetters, RetryPolicy, RuntimeOptions,
     builtin::{BuiltinDeps, spawn_builtin},
 };
-use flare_search::Registry;
-use flare_service::{Fhir, FhirConfig, RequestContext};
-use flare_store::{
-    Store,
-    sqlite::{SqliteConfig, SqliteStore},
-};
+use flare_service::RequestContext;
 use serde_json::{Value, json};
 
 use common::*;
 
-fn vital(id: &str, patient: &str, loinc: &str, value: Value, unit: &str, at: &str) -> Value {
-    let mut observation = json!({
-        "resourceType": "Observation",
-        "id": id,
-        "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "effectiveDateTime": at,
-    });
-    match value {
-        Value::String(text) => observation["valueString"] = json!(text),
-        number => {
-            observation["valueQuantity"] = json!({"value": number, "unit": unit,
-                "system": "http://unitsofmeasure.org", "code": unit})
-        }
-    }
-    observation
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_are_written_and_published_and_poison_is_parked() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
-    let fhir = Fhir::new(
-        store.clone(),
-        Arc::new(Registry::r4()),
-        FhirConfig::default(),
-    );
-    let log = open_log(dir.path(), 2).await;
-    let relay = Relay::new(store, log.clone());
-    let (stop_relay, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(relay.run(stopped));
+    let commit_path = CommitPath::start(dir.path(), 2).await;
+    let (fhir, log) = (commit_path.fhir.clone(), commit_path.log.clone());
 
     let ctx = RequestContext::new("http://127.0.0.1/fhir");
     let observations = [
@@ -116,8 +82,7 @@ async fn alerts_are_written_and_published_and_poison_is_parked() {
     wait_checkpointed(&state, "qsofa", "fhir.observation.vitals", 4).await;
     let metrics = handle.metrics();
     handle.shutdown().await.unwrap();
-    let _ = stop_relay.send(true);
-    relay.await.unwrap();
+    commit_path.stop().await;
 
     // One alert, for p1 (RR >= 22 and SBP <= 100 two hours apart); p2 has one criterion only.
     let mut messages = Vec::new();

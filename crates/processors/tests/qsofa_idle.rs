@@ -13,7 +13,6 @@ use std::time::Duration;
 use flare_clinical::{
     AlertEvent, Criterion, Episode, EvidenceRef, ResolveReason, Timestamp, alerts,
 };
-use flare_events::Relay;
 use flare_log::{EventLog, NewRecord};
 use flare_processors::{
     RuntimeOptions,
@@ -22,28 +21,10 @@ use flare_processors::{
         watermark::{IdleClock, IdleResolution, WATERMARK_TOPIC, WatermarkClock, parse_watermark},
     },
 };
-use flare_search::Registry;
-use flare_service::{Fhir, FhirConfig, RequestContext};
-use flare_store::{
-    Store,
-    sqlite::{SqliteConfig, SqliteStore},
-};
-use serde_json::{Value, json};
+use flare_service::RequestContext;
+use serde_json::Value;
 
 use common::*;
-
-fn vital(id: &str, patient: &str, loinc: &str, value: f64, unit: &str, at: &str) -> Value {
-    json!({
-        "resourceType": "Observation",
-        "id": id,
-        "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "effectiveDateTime": at,
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-    })
-}
 
 async fn alert_messages(log: &Arc<dyn EventLog>) -> Vec<Value> {
     let mut messages = Vec::new();
@@ -62,16 +43,8 @@ async fn alert_messages(log: &Arc<dyn EventLog>) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_time_clock_resolves_the_episode_of_an_idle_patient() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
-    let fhir = Fhir::new(
-        store.clone(),
-        Arc::new(Registry::r4()),
-        FhirConfig::default(),
-    );
-    let log = open_log(dir.path(), 2).await;
-    let relay = Relay::new(store, log.clone());
-    let (stop_relay, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(relay.run(stopped));
+    let commit_path = CommitPath::start(dir.path(), 2).await;
+    let (fhir, log) = (commit_path.fhir.clone(), commit_path.log.clone());
 
     let ctx = RequestContext::new("http://127.0.0.1/fhir");
     let observations = [
@@ -135,8 +108,7 @@ async fn the_event_time_clock_resolves_the_episode_of_an_idle_patient() {
     // Let the watermark record's checkpoint land before stopping.
     wait_checkpointed(&state, "qsofa", WATERMARK_TOPIC, 1).await;
     handle.shutdown().await.unwrap();
-    let _ = stop_relay.send(true);
-    relay.await.unwrap();
+    commit_path.stop().await;
 
     let resolved = resolved.expect("p1's episode never resolved");
     assert_eq!(resolved["resolution"], "elapsed");

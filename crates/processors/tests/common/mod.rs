@@ -99,6 +99,76 @@ pub async fn redis_store() -> Option<(Arc<dyn StateStore>, Guard)> {
     Some((Arc::new(store), Guard::Redis(server)))
 }
 
+/// The commit path processors write through: an in-memory store, the FHIR service over it,
+/// an embedded log and the outbox relay between them.
+pub struct CommitPath {
+    pub fhir: flare_service::Fhir,
+    pub log: Arc<dyn EventLog>,
+    stop_relay: tokio::sync::watch::Sender<bool>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl CommitPath {
+    pub async fn start(dir: &Path, partitions: u32) -> Self {
+        use flare_store::{
+            Store,
+            sqlite::{SqliteConfig, SqliteStore},
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
+        let fhir = flare_service::Fhir::new(
+            store.clone(),
+            Arc::new(flare_search::Registry::r4()),
+            flare_service::FhirConfig::default(),
+        );
+        let log = open_log(dir, partitions).await;
+        let relay = flare_events::Relay::new(store, log.clone());
+        let (stop_relay, stopped) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(relay.run(stopped));
+        Self {
+            fhir,
+            log,
+            stop_relay,
+            relay,
+        }
+    }
+
+    /// Stops the relay after it has moved everything committed.
+    pub async fn stop(self) {
+        let _ = self.stop_relay.send(true);
+        self.relay.await.unwrap();
+    }
+}
+
+/// A vital-sign Observation; a string `value` becomes `valueString` (a poison record for
+/// qSOFA), anything else `valueQuantity` in `unit`.
+pub fn vital(
+    id: &str,
+    patient: &str,
+    loinc: &str,
+    value: impl Into<serde_json::Value>,
+    unit: &str,
+    at: &str,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut observation = json!({
+        "resourceType": "Observation",
+        "id": id,
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": at,
+    });
+    match value.into() {
+        Value::String(text) => observation["valueString"] = json!(text),
+        number => {
+            observation["valueQuantity"] = json!({"value": number, "unit": unit,
+                "system": "http://unitsofmeasure.org", "code": unit})
+        }
+    }
+    observation
+}
+
 pub async fn open_log(dir: &Path, partitions: u32) -> Arc<dyn EventLog> {
     let mut config = EmbeddedLogConfig::in_dir(dir);
     config.default_partitions = partitions;
