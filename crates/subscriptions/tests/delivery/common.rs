@@ -190,6 +190,17 @@ impl Receiver {
             self.on(hook)
         );
     }
+
+    /// Waits until `hook` has received exactly `count` event notifications.
+    pub async fn wait_events(&self, hook: &str, count: usize) -> Vec<Received> {
+        self.wait(hook, |r| {
+            r.iter()
+                .filter(|n| n.kind() == "event-notification")
+                .count()
+                == count
+        })
+        .await
+    }
 }
 
 pub struct Env {

@@ -61,14 +61,7 @@ async fn f25_event_numbers_are_gap_free_ordered_and_counted() {
         env.create(encounter("p1")).await;
         env.create(encounter("other")).await;
     }
-    let received = hooks
-        .wait("a", |r| {
-            r.iter()
-                .filter(|n| n.kind() == "event-notification")
-                .count()
-                == 5
-        })
-        .await;
+    let received = hooks.wait_events("a", 5).await;
     let notifications: Vec<_> = received
         .iter()
         .filter(|n| n.kind() == "event-notification")
@@ -346,14 +339,7 @@ async fn m50_a_hanging_endpoint_does_not_delay_the_others() {
     for _ in 0..20 {
         env.create(encounter("p1")).await;
     }
-    let received = hooks
-        .wait("healthy", |r| {
-            r.iter()
-                .filter(|n| n.kind() == "event-notification")
-                .count()
-                == 20
-        })
-        .await;
+    let received = hooks.wait_events("healthy", 20).await;
     let numbers: Vec<u64> = received.iter().flat_map(|n| n.event_numbers()).collect();
     assert_eq!(numbers, (1..=20).collect::<Vec<u64>>());
     // The hanging endpoint got its first notification and nothing after it.
@@ -411,14 +397,7 @@ async fn b10_delete_stops_deliveries_including_retries() {
     for _ in 0..3 {
         env.create(encounter("p1")).await;
     }
-    hooks
-        .wait("witness", |r| {
-            r.iter()
-                .filter(|n| n.kind() == "event-notification")
-                .count()
-                == 4
-        })
-        .await;
+    hooks.wait_events("witness", 4).await;
     assert_eq!(hooks.on("doomed").len(), count_after_delete);
     assert!(env.runtime.status(&doomed).await.unwrap().is_none());
 }
@@ -434,14 +413,7 @@ async fn f25_restart_resumes_with_gap_free_stable_numbers() {
     for _ in 0..3 {
         env.create(encounter("p1")).await;
     }
-    hooks
-        .wait("a", |r| {
-            r.iter()
-                .filter(|n| n.kind() == "event-notification")
-                .count()
-                == 3
-        })
-        .await;
+    hooks.wait_events("a", 3).await;
     let before = env
         .runtime
         .events_bundle(&id, 1, 3, None)
@@ -454,14 +426,7 @@ async fn f25_restart_resumes_with_gap_free_stable_numbers() {
         env.create(encounter("p1")).await;
     }
     let restarted = Env::runtime(&env.fhir, &env.log, env.config.clone()).await;
-    let received = hooks
-        .wait("a", |r| {
-            r.iter()
-                .filter(|n| n.kind() == "event-notification")
-                .count()
-                == 7
-        })
-        .await;
+    let received = hooks.wait_events("a", 7).await;
     let numbers: Vec<u64> = received.iter().flat_map(|n| n.event_numbers()).collect();
     assert_eq!(numbers, (1..=7).collect::<Vec<u64>>());
     // The same numbers name the same events after the restart.
@@ -581,23 +546,9 @@ async fn h34_resend_delivers_a_range_again() {
     for _ in 0..3 {
         env.create(encounter("p1")).await;
     }
-    hooks
-        .wait("a", |r| {
-            r.iter()
-                .filter(|n| n.kind() == "event-notification")
-                .count()
-                == 3
-        })
-        .await;
+    hooks.wait_events("a", 3).await;
     assert!(env.runtime.resend(&id, 2).await.unwrap());
-    let received = hooks
-        .wait("a", |r| {
-            r.iter()
-                .filter(|n| n.kind() == "event-notification")
-                .count()
-                == 5
-        })
-        .await;
+    let received = hooks.wait_events("a", 5).await;
     let numbers: Vec<u64> = received.iter().flat_map(|n| n.event_numbers()).collect();
     assert_eq!(numbers, vec![1, 2, 3, 2, 3]);
     assert!(!env.runtime.resend("unknown", 1).await.unwrap());
