@@ -92,3 +92,6 @@ cargo build --quiet -p flare-kafka --example kafka_tail
 FLARE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/flare" \
   FLARE_KAFKA_TAIL="${CARGO_TARGET_DIR:-$root/target}/debug/examples/kafka_tail" \
   "$kvenv/bin/python" -m pytest -q -p no:cacheprovider tests/kafka-interop
+
+step "Disk used by the build (target/)"
+du -sh "${CARGO_TARGET_DIR:-$root/target}" 2>/dev/null || true
