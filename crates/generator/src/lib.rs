@@ -117,6 +117,60 @@ impl Generated {
     }
 }
 
+/// What the generator decided for one patient at admission. It lets a test derive what
+/// downstream processors must conclude (which patients a qSOFA screen has to alert on) from the
+/// generator's own decisions instead of from hard-coded numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientPlan {
+    /// `Patient/<id>`, as the patient's resources refer to it.
+    pub patient: String,
+    pub admitted: OffsetDateTime,
+    /// When the Encounter ends; no vital signs are measured from then on.
+    pub discharged: OffsetDateTime,
+    /// Inpatients have vital signs on a clock (see [`PatientPlan::vitals_times`]).
+    pub inpatient: bool,
+    /// The sepsis course, for the inpatients who follow one.
+    pub sepsis: Option<SepsisPlan>,
+}
+
+impl PatientPlan {
+    /// When this inpatient's sets of vital signs are measured (their effective times); empty
+    /// for outpatients, whose single set is never on a sepsis course.
+    pub fn vitals_times(&self, config: &GeneratorConfig) -> impl Iterator<Item = OffsetDateTime> {
+        let every = Duration::minutes(i64::from(config.vitals_every_minutes));
+        let first = self.admitted + patient::FIRST_VITALS_AFTER;
+        let discharged = self.discharged;
+        let inpatient = self.inpatient;
+        std::iter::successors(Some(first), move |at| Some(*at + every))
+            .take_while(move |at| inpatient && *at < discharged)
+    }
+}
+
+/// A sepsis course: vital signs deteriorate from `onset` over `ramp`, then stay at their worst.
+///
+/// At progress `p` (0 to 1) a normal set moves by: respiratory rate +12 p /min, systolic
+/// pressure (capped at 128 first) −38 p mmHg, GCS −round(3 p). So from p ≥ 0.74 the systolic
+/// pressure is at most 100 mmHg and GCS at most 13 whatever the starting values: two qSOFA
+/// criteria hold in every set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SepsisPlan {
+    pub onset: OffsetDateTime,
+    pub ramp: Duration,
+}
+
+impl SepsisPlan {
+    /// Progress at which every set of vital signs meets at least two qSOFA criteria.
+    pub const TWO_CRITERIA_CERTAIN: f64 = 0.74;
+
+    /// 0 before onset, rising linearly to 1 over the ramp, then staying there.
+    pub fn progress(&self, at: OffsetDateTime) -> f64 {
+        if at <= self.onset {
+            return 0.0;
+        }
+        ((at - self.onset).as_seconds_f64() / self.ramp.as_seconds_f64()).min(1.0)
+    }
+}
+
 /// Totals of what was generated so far, for progress lines and summaries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -136,6 +190,8 @@ pub struct Generator {
     sequence: u64,
     admitted: u64,
     tally: Tally,
+    /// Plans of admitted patients, kept only when asked for (an endless run would grow).
+    plans: Option<Vec<PatientPlan>>,
 }
 
 impl std::fmt::Debug for Generator {
@@ -157,6 +213,7 @@ impl Generator {
             sequence: 0,
             admitted: 0,
             tally: Tally::default(),
+            plans: None,
             config,
         };
         if generator.more_admissions() {
@@ -171,6 +228,19 @@ impl Generator {
 
     pub fn config(&self) -> &GeneratorConfig {
         &self.config
+    }
+
+    /// Keeps the [`PatientPlan`] of every patient admitted from now on, for
+    /// [`Generator::take_plans`].
+    pub fn keep_plans(mut self) -> Self {
+        self.plans.get_or_insert_with(Vec::new);
+        self
+    }
+
+    /// The plans kept since the last call (empty unless [`Generator::keep_plans`] was called).
+    /// Patients are admitted as the iteration reaches their admission time.
+    pub fn take_plans(&mut self) -> Vec<PatientPlan> {
+        self.plans.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     fn schedule(&mut self, at: OffsetDateTime, pending: Pending) {
@@ -202,8 +272,11 @@ impl Generator {
         let inpatient = self.rng.random_bool(self.config.inpatient_share);
         let septic = inpatient && self.rng.random_bool(self.config.sepsis_share);
         let patient_rng = ChaCha8Rng::seed_from_u64(self.rng.random());
-        let (items, stay) =
+        let (items, stay, plan) =
             patient::generate(patient_rng, &self.config, index, at, inpatient, septic);
+        if let Some(plans) = &mut self.plans {
+            plans.push(plan);
+        }
         self.tally.patients += 1;
         self.tally.septic_patients += u64::from(septic);
         for item in items {

@@ -7,12 +7,14 @@ use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    Action, Generated, GeneratorConfig,
+    Action, Generated, GeneratorConfig, PatientPlan, SepsisPlan,
     catalog::{self, VitalCode},
     fhir_time, new_id,
 };
 
 const DAYS_PER_MONTH: f64 = 30.4375;
+/// An inpatient's first set of vital signs is measured this long after admission.
+pub(crate) const FIRST_VITALS_AFTER: Duration = Duration::minutes(10);
 
 /// An inpatient's vital signs still to come: generated one set at a time, so a population
 /// with thousands of patients in hospital holds a few fields per patient, not their whole stay.
@@ -22,7 +24,7 @@ pub struct Stay {
     encounter: String,
     next_vitals: OffsetDateTime,
     discharged: OffsetDateTime,
-    course: Option<SepsisCourse>,
+    course: Option<SepsisPlan>,
     spike_at: Option<OffsetDateTime>,
 }
 
@@ -70,7 +72,7 @@ pub fn generate(
     admitted: OffsetDateTime,
     inpatient: bool,
     septic: bool,
-) -> (Vec<Generated>, Option<Stay>) {
+) -> (Vec<Generated>, Option<Stay>, PatientPlan) {
     let rng = &mut rng;
     let mut stay_vitals = None;
     let mut out = Vec::new();
@@ -94,6 +96,13 @@ pub fn generate(
         Duration::minutes(40)
     };
     let discharged = admitted + stay;
+    let mut plan = PatientPlan {
+        patient: patient_ref.clone(),
+        admitted,
+        discharged,
+        inpatient,
+        sepsis: None,
+    };
     let mut encounter = json!({
         "resourceType": "Encounter",
         "id": encounter_id,
@@ -115,16 +124,17 @@ pub fn generate(
         encounter: &encounter_ref,
     };
     if inpatient {
-        let course = septic.then(|| SepsisCourse {
+        let course = septic.then(|| SepsisPlan {
             onset: admitted + Duration::minutes(rng.random_range(120..=720)),
             ramp: Duration::minutes(rng.random_range(240..=480)),
         });
+        plan.sepsis = course;
         let isolated_spike = !septic && rng.random_bool(0.05);
         stay_vitals = Some(Stay {
             rng: ChaCha8Rng::seed_from_u64(rng.random()),
             patient: patient_ref.clone(),
             encounter: encounter_ref.clone(),
-            next_vitals: admitted + Duration::minutes(10),
+            next_vitals: admitted + FIRST_VITALS_AFTER,
             discharged,
             course,
             spike_at: isolated_spike.then(|| admitted + (discharged - admitted) / 2),
@@ -174,28 +184,12 @@ pub fn generate(
         action: Action::Update,
         resource: encounter,
     });
-    (out, stay_vitals)
+    (out, stay_vitals, plan)
 }
 
 struct Refs<'a> {
     patient: &'a str,
     encounter: &'a str,
-}
-
-#[derive(Clone, Copy)]
-struct SepsisCourse {
-    onset: OffsetDateTime,
-    ramp: Duration,
-}
-
-impl SepsisCourse {
-    /// 0 before onset, rising to 1 over the ramp, then staying there.
-    fn progress(&self, at: OffsetDateTime) -> f64 {
-        if at <= self.onset {
-            return 0.0;
-        }
-        ((at - self.onset).as_seconds_f64() / self.ramp.as_seconds_f64()).min(1.0)
-    }
 }
 
 fn created(at: OffsetDateTime, resource: Value) -> Generated {
@@ -445,7 +439,7 @@ fn labs(
     rng: &mut ChaCha8Rng,
     refs: &Refs<'_>,
     at: OffsetDateTime,
-    course: Option<SepsisCourse>,
+    course: Option<SepsisPlan>,
     out: &mut Vec<Generated>,
 ) {
     let mut lab = |rng: &mut ChaCha8Rng, at: OffsetDateTime, code: &VitalCode, value: f64| {

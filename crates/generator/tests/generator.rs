@@ -168,3 +168,79 @@ fn an_endless_population_keeps_admitting() {
         .count();
     assert!(patients > 10, "{patients}");
 }
+
+#[test]
+fn the_plan_predicts_the_vital_signs_that_meet_two_qsofa_criteria() {
+    let mut generator = Generator::new(GeneratorConfig {
+        sepsis_share: 0.5,
+        inpatient_share: 1.0,
+        ..config(13, 40)
+    })
+    .unwrap()
+    .keep_plans();
+    // (patient, effective time) -> (systolic, gcs) of every inpatient set of vital signs.
+    let mut sets: BTreeMap<(String, String), (Option<f64>, Option<f64>)> = BTreeMap::new();
+    for item in generator.by_ref() {
+        let resource = &item.resource;
+        let (Some(patient), Some(effective), "vital-signs") = (
+            resource["subject"]["reference"].as_str(),
+            resource["effectiveDateTime"].as_str(),
+            resource["category"][0]["coding"][0]["code"]
+                .as_str()
+                .unwrap_or_default(),
+        ) else {
+            continue;
+        };
+        let set = sets
+            .entry((patient.to_string(), effective.to_string()))
+            .or_default();
+        match resource["code"]["coding"][0]["code"].as_str() {
+            Some("85354-9") => set.0 = resource["component"][0]["valueQuantity"]["value"].as_f64(),
+            Some("9269-2") => set.1 = resource["valueQuantity"]["value"].as_f64(),
+            _ => {}
+        }
+    }
+    let config = generator.config().clone();
+    let plans = generator.take_plans();
+    assert_eq!(plans.len(), 40);
+    let mut certain_sets = 0;
+    for plan in &plans {
+        let times: Vec<_> = plan.vitals_times(&config).collect();
+        assert!(!times.is_empty(), "inpatients have vital signs");
+        for at in times {
+            let key = (
+                plan.patient.clone(),
+                // Resources carry effective times to the second.
+                at.replace_nanosecond(0)
+                    .unwrap()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap(),
+            );
+            let (Some(systolic), Some(gcs)) = sets.get(&key).copied().unwrap_or_default() else {
+                panic!("no full set of vital signs at {key:?}");
+            };
+            match plan.sepsis {
+                Some(course)
+                    if course.progress(at) >= flare_generator::SepsisPlan::TWO_CRITERIA_CERTAIN =>
+                {
+                    certain_sets += 1;
+                    assert!(systolic <= 100.0 && gcs < 15.0, "{key:?}: {systolic} {gcs}");
+                }
+                None => assert!(systolic > 100.0 && gcs == 15.0, "{key:?}"),
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(
+        certain_sets > 0,
+        "some courses reach their worst in hospital"
+    );
+    assert_eq!(
+        sets.len(),
+        plans
+            .iter()
+            .map(|plan| plan.vitals_times(&config).count())
+            .sum::<usize>(),
+        "every set of vital signs is in the plan"
+    );
+}
