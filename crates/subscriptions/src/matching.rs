@@ -1,10 +1,16 @@
 //! Which subscriptions a change event notifies.
 //!
-//! The index keeps subscriptions by resource type and, inside a type, by one equality clause
-//! each (a token code or a reference target, e.g. `code=8867-4` or `patient=Patient/1`): an
-//! event looks up the keys its own index entries produce and checks only those candidates,
-//! plus the type's subscriptions without such a clause. Candidates are confirmed with
-//! `flare_search::matcher::matches` (the store's own semantics), so the keys only narrow.
+//! The index keeps subscriptions by resource type and, inside a type, under one **anchor**
+//! clause each: a clause whose every value is an exact key (a token code, with or without its
+//! system, a token system, a reference target or URL, an `:exact` string, a plain uri). Of a
+//! subscription's anchorable clauses the most selective is chosen when it is inserted: the one
+//! whose keys already hold the fewest subscriptions, so that posting lists stay short even
+//! when every subscription's criteria differ (`code=X&patient=P` lands under whichever of `X`
+//! and `P` is rarer). An event looks up the keys its own index entries produce; a subscription
+//! found under its anchor satisfies the anchor clause by construction (the keys compare exactly
+//! what the matcher compares), so only its other clauses are evaluated, with
+//! `flare_search::matcher::matches` (the store's own semantics). Subscriptions without an
+//! anchorable clause are evaluated for every event of their type.
 //!
 //! Semantics:
 //! - **Classic** criteria: create and update only, evaluated on the new version; an update
@@ -18,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use flare_fhirpath::Env;
-use flare_search::{Clause, IndexEntry, IndexValue, Predicate, Registry};
+use flare_search::{Clause, IndexEntry, IndexValue, Predicate, Registry, StringMatch};
 use serde_json::Value;
 
 use crate::spec::{SubscriptionSpec, Trigger};
@@ -49,8 +55,45 @@ pub enum IndexError {
     UnknownTopic(String),
 }
 
+/// One exact value an index entry can carry. Each variant compares exactly what
+/// `flare_search::matcher` compares for the predicate it comes from, so a key hit is a match
+/// of that predicate and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum KeyValue {
+    /// A token code in any system (`code=x`).
+    Code(String),
+    /// A token code without a system (`code=|x`).
+    CodeWithoutSystem(String),
+    /// `code=system|x`.
+    SystemCode(String, String),
+    /// `code=system|`: any code of the system.
+    System(String),
+    /// A reference's target id, any type (`subject=123` when the parameter has several
+    /// target types).
+    TargetId(String),
+    /// A reference's target type and id (`subject=Patient/123`).
+    Target(String, String),
+    /// A reference as written (absolute and canonical references).
+    ReferenceUrl(String),
+    /// A string compared with `:exact`.
+    ExactString(String),
+    /// A uri compared exactly.
+    Uri(String),
+}
+
 /// An index key: a parameter and a value that an event's entry must carry exactly.
-type Key = (Arc<str>, String);
+type Key = (Arc<str>, KeyValue);
+
+/// A group found under a key, with the clause (of its clauses for this resource type) the key
+/// stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Posting {
+    slot: u32,
+    anchor: u32,
+}
+
+/// `Posting::anchor` of a group without an anchor: every clause is evaluated.
+const NO_ANCHOR: u32 = u32::MAX;
 
 /// Subscriptions with identical criteria share one group: it is evaluated once per event and
 /// notifies all its members (many clients subscribe to the same topic and filters).
@@ -67,16 +110,50 @@ enum EntryKind {
     },
     Topic {
         topic: Arc<Topic>,
-        /// Filters by resource type.
-        filters: HashMap<String, Vec<Clause>>,
+        /// Filters by resource type, sorted by type (a handful at most: a scan beats hashing).
+        filters: Vec<(String, Vec<Clause>)>,
     },
 }
 
+/// The filters of `resource_type`, if any.
+fn filters_of<'a>(
+    filters: &'a [(String, Vec<Clause>)],
+    resource_type: &str,
+) -> Option<&'a [Clause]> {
+    filters
+        .iter()
+        .find(|(filtered, _)| filtered == resource_type)
+        .map(|(_, clauses)| clauses.as_slice())
+}
+
+impl EntryKind {
+    /// The clauses an event of `resource_type` must satisfy (topic filters of that type).
+    fn clauses_for(&self, resource_type: &str) -> &[Clause] {
+        match self {
+            EntryKind::Classic { clauses } => clauses,
+            EntryKind::Topic { filters, .. } => filters_of(filters, resource_type).unwrap_or(&[]),
+        }
+    }
+}
+
+/// How one parameter is used as a key inside a type.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyParam {
+    /// Postings under keys of this parameter.
+    postings: usize,
+    /// Distinct keys of this parameter: a parameter with many distinct values (a patient, a
+    /// code) is a better anchor than one with few (a status), which most events carry.
+    keys: usize,
+}
+
 struct TypeBucket {
-    keyed: HashMap<Key, Vec<u32>>,
+    keyed: HashMap<Key, Vec<Posting>>,
     unkeyed: Vec<u32>,
-    /// Parameters that appear in `keyed`, with how many keys use them.
-    key_params: HashMap<Arc<str>, usize>,
+    /// Parameters that appear in `keyed`.
+    key_params: HashMap<Arc<str>, KeyParam>,
+    /// Groups anchored on a clause with several keys (`code=a,b`): only these can be found
+    /// twice by one event, so only with them must candidates be de-duplicated.
+    multi_key_anchors: usize,
     /// Extracts only the parameters this type's groups use (extraction of every parameter
     /// of a resource costs more than the matching itself).
     extractor: Arc<Registry>,
@@ -100,6 +177,9 @@ pub struct SubscriptionIndex {
     by_id: HashMap<Arc<str>, u32>,
     by_signature: HashMap<String, u32>,
     by_type: HashMap<String, TypeBucket>,
+    /// Off only in tests, where an index that evaluates every subscription in full is the
+    /// reference the keyed one is compared with.
+    use_keys: bool,
 }
 
 impl std::fmt::Debug for SubscriptionIndex {
@@ -120,6 +200,7 @@ impl SubscriptionIndex {
             by_id: HashMap::new(),
             by_signature: HashMap::new(),
             by_type: HashMap::new(),
+            use_keys: true,
         }
     }
 
@@ -162,13 +243,21 @@ impl SubscriptionIndex {
                     .get(url)
                     .cloned()
                     .ok_or_else(|| IndexError::UnknownTopic(url.clone()))?;
-                let mut by_type: HashMap<String, Vec<Clause>> = HashMap::new();
+                let mut by_type: Vec<(String, Vec<Clause>)> = Vec::new();
                 for filter in filters {
-                    by_type
-                        .entry(filter.resource_type.clone())
-                        .or_default()
-                        .extend(filter.clauses.iter().cloned());
+                    let position = match by_type
+                        .iter()
+                        .position(|(filtered, _)| *filtered == filter.resource_type)
+                    {
+                        Some(position) => position,
+                        None => {
+                            by_type.push((filter.resource_type.clone(), Vec::new()));
+                            by_type.len() - 1
+                        }
+                    };
+                    by_type[position].1.extend(filter.clauses.iter().cloned());
                 }
+                by_type.sort_by(|a, b| a.0.cmp(&b.0));
                 let types = topic
                     .resource_types()
                     .into_iter()
@@ -202,14 +291,7 @@ impl SubscriptionIndex {
         };
         let mut placements = Vec::new();
         for resource_type in types {
-            let clauses: &[Clause] = match &kind {
-                EntryKind::Classic { clauses } => clauses,
-                EntryKind::Topic { filters, .. } => filters
-                    .get(&resource_type)
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            };
-            let keys = index_keys(clauses);
+            let clauses = kind.clauses_for(&resource_type);
             let mut params: Vec<&str> =
                 clauses.iter().map(|clause| clause.param.as_str()).collect();
             if let EntryKind::Topic { topic, .. } = &kind {
@@ -232,15 +314,36 @@ impl SubscriptionIndex {
                 .by_type
                 .entry(resource_type.clone())
                 .or_insert_with(|| TypeBucket::new(&resource_type));
-            bucket.extract_also(registry, &resource_type, &params);
-            if keys.is_empty() {
-                bucket.unkeyed.push(slot);
+            if self.use_keys {
+                bucket.extract_also(registry, &resource_type, &params);
             } else {
-                for key in &keys {
-                    bucket.keyed.entry(key.clone()).or_default().push(slot);
-                    *bucket.key_params.entry(key.0.clone()).or_default() += 1;
-                }
+                bucket.extractor = registry.clone();
+                bucket.extracted = None;
             }
+            let anchor = if self.use_keys {
+                bucket.choose_anchor(clauses)
+            } else {
+                None
+            };
+            let keys = match anchor {
+                Some((anchor, keys)) => {
+                    let posting = Posting {
+                        slot,
+                        anchor: u32::try_from(anchor).unwrap_or(NO_ANCHOR),
+                    };
+                    for key in &keys {
+                        bucket.add_posting(key.clone(), posting);
+                    }
+                    if keys.len() > 1 {
+                        bucket.multi_key_anchors += 1;
+                    }
+                    keys
+                }
+                None => {
+                    bucket.unkeyed.push(slot);
+                    Vec::new()
+                }
+            };
             placements.push(Placement {
                 resource_type,
                 keys,
@@ -284,19 +387,11 @@ impl SubscriptionIndex {
             if placement.keys.is_empty() {
                 bucket.unkeyed.retain(|&other| other != slot);
             }
+            if placement.keys.len() > 1 {
+                bucket.multi_key_anchors = bucket.multi_key_anchors.saturating_sub(1);
+            }
             for key in placement.keys {
-                if let Some(slots) = bucket.keyed.get_mut(&key) {
-                    slots.retain(|&other| other != slot);
-                    if slots.is_empty() {
-                        bucket.keyed.remove(&key);
-                    }
-                }
-                if let Some(count) = bucket.key_params.get_mut(&key.0) {
-                    *count -= 1;
-                    if *count == 0 {
-                        bucket.key_params.remove(&key.0);
-                    }
-                }
+                bucket.remove_posting(key, slot);
             }
         }
         self.free.push(slot);
@@ -324,44 +419,28 @@ impl SubscriptionIndex {
             return Vec::new();
         };
         let mut context = EventContext::new(&bucket.extractor, event);
-        let mut candidates: Vec<u32> = bucket.unkeyed.clone();
-        if !bucket.keyed.is_empty() {
-            let entries = context.focus_entries();
-            for entry in entries.iter() {
-                let Some((param, _)) = bucket.key_params.get_key_value(entry.param.as_str()) else {
-                    continue;
-                };
-                for value in entry_keys(&entry.value) {
-                    if let Some(slots) = bucket.keyed.get(&(param.clone(), value)) {
-                        candidates.extend_from_slice(slots);
-                    }
-                }
-            }
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-        let mut topic_results: HashMap<*const Topic, bool> = HashMap::new();
+        let candidates = bucket.candidates(&mut context);
+        let mut topic_results: Vec<(*const Topic, bool)> = Vec::new();
         let mut matched = Vec::new();
-        for slot in candidates {
+        for Posting { slot, anchor } in candidates {
             let Some(Some(group)) = self.slots.get(slot as usize) else {
                 continue;
             };
             let hit = match &group.kind {
-                EntryKind::Classic { clauses } => context.classic_matches(clauses),
+                EntryKind::Classic { clauses } => context.classic_matches(clauses, anchor),
                 EntryKind::Topic { topic, filters } => {
                     let key = Arc::as_ptr(topic);
-                    let fired = match topic_results.get(&key) {
-                        Some(fired) => *fired,
+                    let fired = match topic_results.iter().find(|(known, _)| *known == key) {
+                        Some((_, fired)) => *fired,
                         None => {
                             let fired = context.topic_fires(topic);
-                            topic_results.insert(key, fired);
+                            topic_results.push((key, fired));
                             fired
                         }
                     };
                     fired
-                        && filters
-                            .get(event.resource_type)
-                            .is_none_or(|clauses| context.focus_matches(clauses))
+                        && filters_of(filters, event.resource_type)
+                            .is_none_or(|clauses| context.focus_matches(clauses, anchor))
                 }
             };
             if hit {
@@ -377,11 +456,7 @@ impl SubscriptionIndex {
 fn signature(kind: &EntryKind) -> String {
     match kind {
         EntryKind::Classic { clauses } => format!("classic {clauses:?}"),
-        EntryKind::Topic { topic, filters } => {
-            let mut filters: Vec<_> = filters.iter().collect();
-            filters.sort_by(|a, b| a.0.cmp(b.0));
-            format!("topic {} {filters:?}", topic.url)
-        }
+        EntryKind::Topic { topic, filters } => format!("topic {} {filters:?}", topic.url),
     }
 }
 
@@ -392,8 +467,117 @@ impl TypeBucket {
             keyed: HashMap::new(),
             unkeyed: Vec::new(),
             key_params: HashMap::new(),
+            multi_key_anchors: 0,
             extractor: Arc::new(narrow_registry(resource_type, &extracted).unwrap_or_default()),
             extracted: Some(extracted),
+        }
+    }
+
+    /// The most selective anchorable clause of `clauses` with its keys: the one whose keys
+    /// hold the fewest postings now; on a tie, the one whose parameter has more distinct
+    /// keys (it is likely rarer among events too), then the first.
+    fn choose_anchor(&self, clauses: &[Clause]) -> Option<(usize, Vec<Key>)> {
+        let mut best: Option<(usize, Vec<Key>, (usize, std::cmp::Reverse<usize>))> = None;
+        for (position, clause) in clauses.iter().enumerate() {
+            let Some(keys) = clause_keys(clause) else {
+                continue;
+            };
+            let param = self.key_params.get_key_value(clause.param.as_str());
+            let param_name: Arc<str> = match param {
+                Some((name, _)) => name.clone(),
+                None => Arc::from(clause.param.as_str()),
+            };
+            let keys: Vec<Key> = keys
+                .into_iter()
+                .map(|value| (param_name.clone(), value))
+                .collect();
+            let load: usize = keys
+                .iter()
+                .map(|key| self.keyed.get(key).map_or(0, Vec::len) + 1)
+                .sum();
+            let distinct = param.map_or(0, |(_, usage)| usage.keys);
+            let cost = (load, std::cmp::Reverse(distinct));
+            if best
+                .as_ref()
+                .is_none_or(|(_, _, best_cost)| cost < *best_cost)
+            {
+                best = Some((position, keys, cost));
+            }
+        }
+        best.map(|(position, keys, _)| (position, keys))
+    }
+
+    /// The groups an event may notify, each once: the unkeyed ones and those found under a key
+    /// of the event's focus.
+    fn candidates(&self, context: &mut EventContext<'_>) -> Vec<Posting> {
+        let mut candidates: Vec<Posting> = self
+            .unkeyed
+            .iter()
+            .map(|&slot| Posting {
+                slot,
+                anchor: NO_ANCHOR,
+            })
+            .collect();
+        if !self.keyed.is_empty()
+            && let Some(entries) = context.focus()
+        {
+            // Each distinct key once: two entries with the same code must not find a group
+            // twice.
+            let mut keys: Vec<Key> = Vec::new();
+            for entry in entries {
+                let Some((param, _)) = self.key_params.get_key_value(entry.param.as_str()) else {
+                    continue;
+                };
+                for value in entry_keys(&entry.value) {
+                    let key = (param.clone(), value);
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+            let mut lists = 0;
+            for key in &keys {
+                if let Some(postings) = self.keyed.get(key) {
+                    candidates.extend_from_slice(postings);
+                    lists += 1;
+                }
+            }
+            if lists > 1 && self.multi_key_anchors > 0 {
+                candidates.sort_unstable_by_key(|posting| posting.slot);
+                candidates.dedup_by_key(|posting| posting.slot);
+            }
+        }
+        candidates
+    }
+
+    fn add_posting(&mut self, key: Key, posting: Posting) {
+        let usage = self.key_params.entry(key.0.clone()).or_default();
+        usage.postings += 1;
+        let postings = self.keyed.entry(key).or_default();
+        if postings.is_empty() {
+            usage.keys += 1;
+        }
+        postings.push(posting);
+    }
+
+    fn remove_posting(&mut self, key: Key, slot: u32) {
+        let param = key.0.clone();
+        let mut emptied = false;
+        if let Some(postings) = self.keyed.get_mut(&key) {
+            postings.retain(|posting| posting.slot != slot);
+            if postings.is_empty() {
+                self.keyed.remove(&key);
+                emptied = true;
+            }
+        }
+        if let Some(usage) = self.key_params.get_mut(&param) {
+            usage.postings = usage.postings.saturating_sub(1);
+            if emptied {
+                usage.keys = usage.keys.saturating_sub(1);
+            }
+            if usage.postings == 0 {
+                self.key_params.remove(&param);
+            }
         }
     }
 
@@ -434,50 +618,99 @@ fn narrow_registry(resource_type: &str, params: &[String]) -> Option<Registry> {
     Some(Registry::from_definitions(definitions))
 }
 
-/// The keys of the first clause whose every value is an exact token code or reference.
-fn index_keys(clauses: &[Clause]) -> Vec<Key> {
-    for clause in clauses {
-        if clause.chain.is_some() || clause.predicates.is_empty() {
-            continue;
-        }
-        let keys: Option<Vec<String>> = clause.predicates.iter().map(predicate_key).collect();
-        if let Some(keys) = keys {
-            let param: Arc<str> = Arc::from(clause.param.as_str());
-            return keys.into_iter().map(|key| (param.clone(), key)).collect();
+/// The keys of a clause whose every value is an exact key, or `None`. Such a clause is
+/// satisfied exactly when the event carries one of its keys under its parameter.
+fn clause_keys(clause: &Clause) -> Option<Vec<KeyValue>> {
+    if clause.chain.is_some() || clause.predicates.is_empty() {
+        return None;
+    }
+    let mut keys: Vec<KeyValue> = Vec::with_capacity(clause.predicates.len());
+    for predicate in &clause.predicates {
+        let key = predicate_key(predicate)?;
+        if !keys.contains(&key) {
+            keys.push(key);
         }
     }
-    Vec::new()
+    Some(keys)
 }
 
-fn predicate_key(predicate: &Predicate) -> Option<String> {
+/// The key a predicate is satisfied by, when it compares one exact value. `:not` (clause-wide
+/// negation), `:missing`, `:text`, ranges, prefixes and partial strings have none.
+fn predicate_key(predicate: &Predicate) -> Option<KeyValue> {
     match predicate {
         Predicate::Token {
-            code: Some(code),
             negate: false,
-            ..
-        } => Some(format!("t:{code}")),
-        Predicate::Reference { url: Some(url), .. } => Some(format!("u:{url}")),
+            system,
+            code,
+        } => match (system, code) {
+            (None, Some(code)) => Some(KeyValue::Code(code.clone())),
+            (Some(None), Some(code)) => Some(KeyValue::CodeWithoutSystem(code.clone())),
+            (Some(Some(system)), Some(code)) => {
+                Some(KeyValue::SystemCode(system.clone(), code.clone()))
+            }
+            (Some(Some(system)), None) => Some(KeyValue::System(system.clone())),
+            // Any token at all, or any token without a system: not one value.
+            (None | Some(None), None) => None,
+        },
+        Predicate::Reference { url: Some(url), .. } => Some(KeyValue::ReferenceUrl(url.clone())),
         Predicate::Reference {
+            target_type,
             target_id: Some(id),
             url: None,
-            ..
-        } => Some(format!("r:{id}")),
+        } => Some(match target_type {
+            Some(target_type) => KeyValue::Target(target_type.clone(), id.clone()),
+            None => KeyValue::TargetId(id.clone()),
+        }),
+        Predicate::String {
+            mode: StringMatch::Exact,
+            value,
+        } => Some(KeyValue::ExactString(value.clone())),
+        Predicate::Uri {
+            value,
+            below: false,
+            above: false,
+        } => Some(KeyValue::Uri(value.clone())),
         _ => None,
     }
 }
 
-fn entry_keys(value: &IndexValue) -> impl Iterator<Item = String> {
-    let (first, second) = match value {
-        IndexValue::Token {
-            code: Some(code), ..
-        } => (Some(format!("t:{code}")), None),
-        IndexValue::Reference { target_id, url, .. } => (
-            target_id.as_ref().map(|id| format!("r:{id}")),
-            Some(format!("u:{url}")),
-        ),
-        _ => (None, None),
-    };
-    first.into_iter().chain(second)
+/// Every key an entry satisfies: the keys of all predicates that match it.
+fn entry_keys(value: &IndexValue) -> Vec<KeyValue> {
+    match value {
+        IndexValue::Token { system, code, .. } => {
+            let mut keys = Vec::with_capacity(3);
+            if let Some(code) = code {
+                keys.push(KeyValue::Code(code.clone()));
+                keys.push(match system {
+                    Some(system) => KeyValue::SystemCode(system.clone(), code.clone()),
+                    None => KeyValue::CodeWithoutSystem(code.clone()),
+                });
+            }
+            if let Some(system) = system {
+                keys.push(KeyValue::System(system.clone()));
+            }
+            keys
+        }
+        IndexValue::Reference {
+            target_type,
+            target_id,
+            url,
+        } => {
+            let mut keys = vec![KeyValue::ReferenceUrl(url.clone())];
+            if let Some(id) = target_id {
+                keys.push(KeyValue::TargetId(id.clone()));
+                if let Some(target_type) = target_type {
+                    keys.push(KeyValue::Target(target_type.clone(), id.clone()));
+                }
+            }
+            keys
+        }
+        IndexValue::String { exact, .. } => vec![KeyValue::ExactString(exact.clone())],
+        IndexValue::Uri(uri) => vec![KeyValue::Uri(uri.clone())],
+        IndexValue::Date { .. } | IndexValue::Number { .. } | IndexValue::Quantity { .. } => {
+            Vec::new()
+        }
+    }
 }
 
 /// Per-event state: index entries of each version, extracted once and only when needed.
@@ -517,33 +750,25 @@ impl<'a> EventContext<'a> {
     }
 
     /// The entries filters are evaluated on: the current version, or the previous for a delete.
-    fn focus_entries(&mut self) -> Vec<IndexEntry> {
-        // Cloned so that the caller can hold them while the context extracts other versions;
-        // only called once per event.
+    fn focus(&mut self) -> Option<&[IndexEntry]> {
         if self.event.current.is_some() {
             self.current()
-                .map(<[IndexEntry]>::to_vec)
-                .unwrap_or_default()
         } else {
             self.previous()
-                .map(<[IndexEntry]>::to_vec)
-                .unwrap_or_default()
         }
     }
 
-    fn focus_matches(&mut self, clauses: &[Clause]) -> bool {
+    /// Whether the focus satisfies `clauses`, all but the one at `anchor` (which the index
+    /// already found satisfied).
+    fn focus_matches(&mut self, clauses: &[Clause], anchor: u32) -> bool {
         if clauses.is_empty() {
             return true;
         }
-        let entries = if self.event.current.is_some() {
-            self.current()
-        } else {
-            self.previous()
-        };
-        entries.is_some_and(|entries| flare_search::matches(clauses, entries))
+        self.focus()
+            .is_some_and(|entries| matches_except(clauses, anchor, entries))
     }
 
-    fn classic_matches(&mut self, clauses: &[Clause]) -> bool {
+    fn classic_matches(&mut self, clauses: &[Clause], anchor: u32) -> bool {
         if !matches!(
             self.event.interaction,
             Interaction::Create | Interaction::Update
@@ -555,7 +780,7 @@ impl<'a> EventContext<'a> {
             return false;
         }
         self.current()
-            .is_some_and(|entries| flare_search::matches(clauses, entries))
+            .is_some_and(|entries| matches_except(clauses, anchor, entries))
     }
 
     fn noop(&mut self) -> bool {
@@ -628,6 +853,14 @@ impl<'a> EventContext<'a> {
     }
 }
 
+/// `flare_search::matches` on every clause but the one at `anchor`.
+fn matches_except(clauses: &[Clause], anchor: u32, entries: &[IndexEntry]) -> bool {
+    clauses.iter().enumerate().all(|(position, clause)| {
+        u32::try_from(position).is_ok_and(|position| position == anchor)
+            || flare_search::matches(std::slice::from_ref(clause), entries)
+    })
+}
+
 /// Index entries plus `_id` and `_lastUpdated`, which the store serves from its resource
 /// table rather than from index rows.
 fn extract_with_meta(registry: &Registry, resource: &Value) -> Vec<IndexEntry> {
@@ -676,5 +909,482 @@ pub fn equal_without_meta(current: &Value, previous: &Value) -> bool {
                     .all(|(name, value)| previous.get(name) == Some(value))
         }
         _ => current == previous,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The keyed index against the reference: every subscription evaluated in full, on every
+    //! parameter of the resource, by `flare_search::matcher`.
+
+    use std::sync::OnceLock;
+
+    use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
+    use serde_json::json;
+
+    use super::*;
+    use crate::parse_subscription;
+
+    const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+    const TOPICS: &str = "http://flare.dev/fhir/SubscriptionTopic/";
+
+    fn registry() -> Arc<Registry> {
+        static REGISTRY: OnceLock<Arc<Registry>> = OnceLock::new();
+        REGISTRY.get_or_init(|| Arc::new(Registry::r4())).clone()
+    }
+
+    fn topics() -> TopicRegistry {
+        TopicRegistry::with_builtins(&registry())
+    }
+
+    /// The reference: no keys, full extraction, every clause through the matcher.
+    fn reference_index() -> SubscriptionIndex {
+        let mut index = SubscriptionIndex::new(registry(), topics());
+        index.use_keys = false;
+        index
+    }
+
+    fn classic(criteria: &str) -> Value {
+        json!({"resourceType": "Subscription", "status": "active", "reason": "test",
+               "criteria": criteria,
+               "channel": {"type": "rest-hook", "endpoint": "https://client.example.org/hook"}})
+    }
+
+    fn topic(topic: &str, filters: &[String]) -> Value {
+        let filters: Vec<Value> = filters
+            .iter()
+            .map(|filter| {
+                json!({"url": format!("{BACKPORT}backport-filter-criteria"),
+                                 "valueString": filter})
+            })
+            .collect();
+        json!({"resourceType": "Subscription", "status": "active", "reason": "test",
+               "criteria": format!("{TOPICS}{topic}"),
+               "_criteria": {"extension": filters},
+               "channel": {"type": "rest-hook", "endpoint": "https://client.example.org/hook",
+                   "payload": "application/fhir+json",
+                   "_payload": {"extension": [{"url": format!("{BACKPORT}backport-payload-content"),
+                       "valueCode": "id-only"}]}}})
+    }
+
+    /// Observation criteria pieces: exact keys, OR-ed keys, and everything that is not a key
+    /// (`:not`, `:missing`, `:text`, ranges, system-less and system-only tokens).
+    const OBSERVATION_PIECES: &[&str] = &[
+        "code=a",
+        "code=b",
+        "code=http://s.org|a",
+        "code=http://t.org|c",
+        "code=|a",
+        "code=http://s.org|",
+        "code=a,http://t.org|c",
+        "code=|a,b",
+        "code:not=a",
+        "code:not=http://s.org|b",
+        "code:missing=true",
+        "code:missing=false",
+        "code:text=heart",
+        "subject=Patient/p",
+        "subject=p",
+        "subject=Group/p",
+        "subject=http://ext.org/fhir/Patient/p",
+        "subject:missing=true",
+        "patient=p",
+        "patient=Patient/q,Patient/p",
+        "status=final",
+        "status=final,amended",
+        "status:not=final",
+        "category=vital-signs",
+        "value-quantity=gt50",
+        "value-quantity=le20",
+        "date=ge2026-01-02",
+        "_id=o1",
+        "_id=o1,o2",
+    ];
+
+    /// Filters the built-in Observation topics allow (their `canFilterBy`).
+    const OBSERVATION_FILTERS: &[&str] = &[
+        "code=a",
+        "code=http://s.org|a",
+        "code=|a",
+        "code=a,http://t.org|c",
+        "code:not=a",
+        "code:missing=true",
+        "code:text=heart",
+        "patient=Patient/p",
+        "patient=q",
+        "subject=Patient/q,Patient/p",
+        "subject=http://ext.org/fhir/Patient/p",
+        "subject:missing=true",
+        "status=final",
+        "status:not=final",
+        "category=vital-signs",
+    ];
+
+    const PATIENT_PIECES: &[&str] = &[
+        "family:exact=Smith",
+        "family:exact=smith,Jones",
+        "family=smi",
+        "family:contains=on",
+        "given:exact=Ann",
+        "gender=female",
+        "gender:not=male",
+        "identifier=http://mrn.org|1",
+        "identifier=1",
+        "organization=Organization/o1",
+        "organization:missing=true",
+        "_id=x1",
+    ];
+
+    const PATIENT_FILTERS: &[&str] = &[
+        "identifier=http://mrn.org|1",
+        "identifier=2,http://mrn.org|1",
+        "identifier:missing=true",
+        "organization=Organization/o1",
+        "organization=o2",
+        "_id=x1",
+    ];
+
+    const QUESTIONNAIRE_PIECES: &[&str] = &[
+        "url=http://q.org/1",
+        "url=http://q.org/1,http://q.org/2",
+        "url:below=http://q.org/1",
+        "status=active",
+    ];
+
+    fn pick_pieces(rng: &mut StdRng, pieces: &[&str], at_most: usize) -> Vec<String> {
+        let count = rng.random_range(1..=at_most);
+        (0..count)
+            .filter_map(|_| pieces.choose(rng).map(|piece| (*piece).to_owned()))
+            .collect()
+    }
+
+    fn random_subscription(rng: &mut StdRng) -> Value {
+        match rng.random_range(0..6) {
+            0 | 1 => classic(&format!(
+                "Observation?{}",
+                pick_pieces(rng, OBSERVATION_PIECES, 3).join("&")
+            )),
+            2 => topic(
+                if rng.random_bool(0.5) {
+                    "observation-created"
+                } else {
+                    "observation-changed"
+                },
+                &pick_pieces(rng, OBSERVATION_FILTERS, 3),
+            ),
+            3 => classic(&format!(
+                "Patient?{}",
+                pick_pieces(rng, PATIENT_PIECES, 3).join("&")
+            )),
+            4 => topic("patient-changed", &pick_pieces(rng, PATIENT_FILTERS, 2)),
+            _ => classic(&format!(
+                "Questionnaire?{}",
+                pick_pieces(rng, QUESTIONNAIRE_PIECES, 2).join("&")
+            )),
+        }
+    }
+
+    fn maybe<T>(rng: &mut StdRng, value: T) -> Option<T> {
+        rng.random_bool(0.7).then_some(value)
+    }
+
+    fn random_resource(rng: &mut StdRng, resource_type: &str) -> Value {
+        let mut resource = match resource_type {
+            "Observation" => {
+                let codings = [
+                    json!({"system": "http://s.org", "code": "a"}),
+                    json!({"system": "http://s.org", "code": "b"}),
+                    json!({"code": "a"}),
+                    json!({"system": "http://t.org", "code": "c"}),
+                    json!({"system": "http://s.org"}),
+                ];
+                let coding: Vec<Value> = (0..rng.random_range(0..3))
+                    .filter_map(|_| codings.choose(rng).cloned())
+                    .collect();
+                let mut observation = json!({
+                    "resourceType": "Observation",
+                    "id": format!("o{}", rng.random_range(0..3)),
+                    "code": {"coding": coding},
+                    "valueQuantity": {"value": rng.random_range(0..100), "unit": "/min",
+                        "system": "http://unitsofmeasure.org", "code": "/min"},
+                    "effectiveDateTime": format!("2026-01-0{}", rng.random_range(1..4)),
+                });
+                if rng.random_bool(0.3) {
+                    observation["code"]["text"] = json!("Heart rate");
+                }
+                if let Some(status) = maybe(rng, ["final", "amended", "preliminary"]) {
+                    observation["status"] = json!(status.choose(rng));
+                }
+                let subjects = [
+                    "Patient/p",
+                    "Patient/q",
+                    "Group/p",
+                    "http://ext.org/fhir/Patient/p",
+                ];
+                if let Some(subjects) = maybe(rng, subjects) {
+                    observation["subject"] = json!({"reference": subjects.choose(rng)});
+                }
+                if rng.random_bool(0.5) {
+                    observation["category"] = json!([{"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs"}]}]);
+                }
+                observation
+            }
+            "Patient" => {
+                let family = ["Smith", "smith", "Smíth", "Jones", "Tonson"].choose(rng);
+                let given = ["Ann", "ann", "Bob"].choose(rng);
+                let mut patient = json!({
+                    "resourceType": "Patient",
+                    "id": format!("x{}", rng.random_range(0..3)),
+                    "name": [{"family": family, "given": [given]}],
+                });
+                if let Some(genders) = maybe(rng, ["female", "male", "other"]) {
+                    patient["gender"] = json!(genders.choose(rng));
+                }
+                let identifiers = [
+                    json!({"system": "http://mrn.org", "value": "1"}),
+                    json!({"system": "http://other.org", "value": "1"}),
+                    json!({"value": "2"}),
+                ];
+                if let Some(identifiers) = maybe(rng, identifiers) {
+                    patient["identifier"] = json!([identifiers.choose(rng)]);
+                }
+                let organizations = ["Organization/o1", "Organization/o2"];
+                if let Some(organizations) = maybe(rng, organizations) {
+                    patient["managingOrganization"] =
+                        json!({"reference": organizations.choose(rng)});
+                }
+                patient
+            }
+            _ => {
+                let status = ["active", "draft"].choose(rng);
+                let url = ["http://q.org/1", "http://q.org/1/a", "http://q.org/2"].choose(rng);
+                json!({
+                    "resourceType": "Questionnaire",
+                    "id": format!("y{}", rng.random_range(0..3)),
+                    "status": status,
+                    "url": url,
+                })
+            }
+        };
+        resource["meta"] = json!({"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"});
+        resource
+    }
+
+    fn sorted(ids: Vec<Arc<str>>) -> Vec<String> {
+        let mut ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The classic judge straight from the matcher: every clause on every parameter.
+    fn classic_expected(
+        specs: &HashMap<String, SubscriptionSpec>,
+        event: &MatchEvent,
+    ) -> Vec<String> {
+        let mut expected = Vec::new();
+        let (Some(current), Interaction::Create | Interaction::Update) =
+            (event.current, event.interaction)
+        else {
+            return expected;
+        };
+        if event.interaction == Interaction::Update
+            && event
+                .previous
+                .is_some_and(|previous| equal_without_meta(current, previous))
+        {
+            return expected;
+        }
+        let entries = extract_with_meta(&registry(), current);
+        for (id, spec) in specs {
+            if let Trigger::Criteria(criteria) = &spec.trigger
+                && criteria.resource_type == event.resource_type
+                && flare_search::matches(&criteria.clauses, &entries)
+            {
+                expected.push(id.clone());
+            }
+        }
+        expected.sort();
+        expected
+    }
+
+    #[test]
+    fn keyed_index_notifies_exactly_whom_full_evaluation_notifies() {
+        for seed in [1u64, 2, 3] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut keyed = SubscriptionIndex::new(registry(), topics());
+            let mut reference = reference_index();
+            let mut specs: HashMap<String, SubscriptionSpec> = HashMap::new();
+            let mut next_id = 0;
+            let mut notified = 0;
+            for round in 0..8 {
+                // Churn: new subscriptions, and some removed, so postings come and go.
+                for _ in 0..80 {
+                    let subscription = random_subscription(&mut rng);
+                    let spec = parse_subscription(&subscription, &registry(), keyed.topics())
+                        .unwrap_or_else(|issues| panic!("{subscription}: {issues:?}"));
+                    let id = format!("s{next_id}");
+                    next_id += 1;
+                    keyed.insert_with_id(&id, &spec).unwrap();
+                    reference.insert_with_id(&id, &spec).unwrap();
+                    specs.insert(id, spec);
+                }
+                let mut ids: Vec<String> = specs.keys().cloned().collect();
+                ids.sort();
+                for id in ids {
+                    if rng.random_bool(0.15) {
+                        assert!(keyed.remove(&id));
+                        assert!(reference.remove(&id));
+                        specs.remove(&id);
+                    }
+                }
+                assert_eq!(keyed.len(), specs.len());
+                for _ in 0..120 {
+                    let resource_type = *["Observation", "Patient", "Questionnaire"]
+                        .choose(&mut rng)
+                        .unwrap();
+                    let current = random_resource(&mut rng, resource_type);
+                    let previous = if rng.random_bool(0.2) {
+                        // A meta-only change.
+                        let mut previous = current.clone();
+                        previous["meta"]["versionId"] = json!("0");
+                        previous
+                    } else {
+                        random_resource(&mut rng, resource_type)
+                    };
+                    let (interaction, current, previous) = match rng.random_range(0..3) {
+                        0 => (Interaction::Create, Some(&current), None),
+                        1 => (Interaction::Update, Some(&current), Some(&previous)),
+                        _ => (Interaction::Delete, None, Some(&previous)),
+                    };
+                    let event = MatchEvent {
+                        resource_type,
+                        interaction,
+                        current,
+                        previous,
+                        trigger_event: None,
+                    };
+                    let got = sorted(keyed.matching(&event));
+                    let want = sorted(reference.matching(&event));
+                    assert_eq!(
+                        got, want,
+                        "seed {seed} round {round}: {event:?}\nkeyed {got:?}\nreference {want:?}"
+                    );
+                    let classic_got: Vec<String> = got
+                        .iter()
+                        .filter(|id| matches!(specs[*id].trigger, Trigger::Criteria(_)))
+                        .cloned()
+                        .collect();
+                    assert_eq!(classic_got, classic_expected(&specs, &event), "{event:?}");
+                    notified += got.len();
+                }
+            }
+            // The comparison means something only if events notify some and not all.
+            assert!(notified > 100, "seed {seed}: only {notified} notifications");
+        }
+    }
+
+    fn observation(code: &str, patient: &str) -> Value {
+        json!({"resourceType": "Observation", "id": "o1", "status": "final",
+               "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"},
+               "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+               "subject": {"reference": format!("Patient/{patient}")}})
+    }
+
+    fn candidates_for(index: &SubscriptionIndex, resource: &Value) -> usize {
+        let event = MatchEvent {
+            resource_type: "Observation",
+            interaction: Interaction::Create,
+            current: Some(resource),
+            previous: None,
+            trigger_event: None,
+        };
+        let bucket = &index.by_type["Observation"];
+        let mut context = EventContext::new(&bucket.extractor, &event);
+        bucket.candidates(&mut context).len()
+    }
+
+    fn classic_index(criteria: impl Iterator<Item = (String, String)>) -> SubscriptionIndex {
+        let mut index = SubscriptionIndex::new(registry(), topics());
+        for (id, criteria) in criteria {
+            let spec = parse_subscription(&classic(&criteria), &registry(), index.topics())
+                .unwrap_or_else(|issues| panic!("{criteria}: {issues:?}"));
+            index.insert_with_id(&id, &spec).unwrap();
+        }
+        index
+    }
+
+    fn notified(index: &SubscriptionIndex, resource: &Value) -> Vec<String> {
+        sorted(index.matching(&MatchEvent {
+            resource_type: "Observation",
+            interaction: Interaction::Create,
+            current: Some(resource),
+            previous: None,
+            trigger_event: None,
+        }))
+    }
+
+    #[test]
+    fn a_key_every_subscription_shares_is_not_chosen_as_anchor() {
+        // Many clients watch one code, each for its own patient: the patient is the anchor.
+        let index = classic_index((0..5000).map(|patient| {
+            (
+                format!("s{patient}"),
+                format!("Observation?code=http://loinc.org|8867-4&subject=Patient/p{patient}"),
+            )
+        }));
+        let event = observation("8867-4", "p7");
+        assert_eq!(notified(&index, &event), vec!["s7".to_owned()]);
+        // Anchored on the code (the first clause), it would meet all 5,000.
+        let candidates = candidates_for(&index, &event);
+        assert!(candidates <= 2, "{candidates} candidates");
+    }
+
+    #[test]
+    fn distinct_criteria_spread_over_all_their_keys() {
+        // 100 codes x 100 patients, every pair once, all with `status=final` first; inserted
+        // code by code, so whichever key comes first would collect them.
+        let index = classic_index((0..100).flat_map(|code| {
+            (0..100).map(move |patient| {
+                (
+                    format!("s{code}-{patient}"),
+                    format!(
+                        "Observation?status=final&code=http://loinc.org|c{code}&subject=Patient/p{patient}"
+                    ),
+                )
+            })
+        }));
+        let event = observation("c42", "p7");
+        assert_eq!(notified(&index, &event), vec!["s42-7".to_owned()]);
+        // One anchor per subscription over 201 keys: about 50 per code and per patient (the
+        // greedy choice depends on insertion order, hence the slack), so an event meets a
+        // hundred or so of the 10,000, where anchoring on the first clause (`status=final`)
+        // would make it meet all of them.
+        let candidates = candidates_for(&index, &event);
+        assert!(candidates <= 200, "{candidates} candidates");
+    }
+
+    #[test]
+    fn removing_subscriptions_empties_their_postings() {
+        let mut index = classic_index((0..50).map(|number| {
+            let criteria = match number % 3 {
+                0 => format!("Observation?code=c{number},d{number}"),
+                1 => format!("Observation?code=c{number}&subject=Patient/p{number}&status:not=x"),
+                _ => format!("Observation?value-quantity=gt{number}"),
+            };
+            (format!("s{number}"), criteria)
+        }));
+        let bucket = &index.by_type["Observation"];
+        assert_eq!((bucket.multi_key_anchors, bucket.unkeyed.len()), (17, 16));
+        assert!(candidates_for(&index, &observation("c1", "p1")) > 16);
+        for number in 0..50 {
+            assert!(index.remove(&format!("s{number}")));
+        }
+        let bucket = &index.by_type["Observation"];
+        assert!(bucket.keyed.is_empty() && bucket.key_params.is_empty());
+        assert_eq!(bucket.multi_key_anchors, 0);
+        assert!(bucket.unkeyed.is_empty());
+        assert_eq!(candidates_for(&index, &observation("c1", "p1")), 0);
     }
 }
