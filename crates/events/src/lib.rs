@@ -15,5 +15,5 @@ pub mod relay;
 pub mod routing;
 
 pub use envelope::{Action, ChangeEvent, EventMetadata, header};
-pub use relay::{Relay, RelayError, RelayStats};
+pub use relay::{Relay, RelayError, RelayLag, RelayStats};
 pub use routing::{Route, RoutingConfig, TopicStrategy, partition_key};

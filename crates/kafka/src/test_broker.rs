@@ -1,13 +1,12 @@
 //! A throwaway Kafka-protocol broker for tests: `nisshi` (an Apache Kafka-compatible broker
 //! written in Rust, installed by `scripts/test.sh`) on `127.0.0.1` with a free port and the
-//! in-memory storage engine.
+//! in-memory storage engine, or a SQLite file when a test restarts the broker.
 //!
 //! The broker runs under a small shell guard that stops it (SIGTERM, then SIGKILL after a grace
 //! period) as soon as the test process goes away, even when the test binary exits without
 //! running destructors, as it does for statics such as [`shared`].
 
 use std::{
-    io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
@@ -50,30 +49,55 @@ pub fn nisshi_binary() -> Result<PathBuf, String> {
         })
 }
 
+/// Where the broker keeps its topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageEngine {
+    /// Fast; everything is gone when the broker stops.
+    Memory,
+    /// A SQLite file in the broker's folder: topics, records and committed offsets survive a
+    /// [`TestBroker::restart`].
+    Sqlite,
+}
+
 /// A running broker; stopped when dropped (or when the test process ends).
 pub struct TestBroker {
-    guard: Child,
-    /// Closing it tells the guard shell to stop the broker.
-    guard_stdin: Option<ChildStdin>,
+    binary: PathBuf,
+    engine: StorageEngine,
+    /// `None` while stopped.
+    running: Option<Guard>,
     address: SocketAddr,
     dir: tempfile::TempDir,
+}
+
+/// The shell guard around one broker process.
+struct Guard {
+    child: Child,
+    /// Closing it tells the guard shell to stop the broker.
+    stdin: Option<ChildStdin>,
 }
 
 impl std::fmt::Debug for TestBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestBroker")
             .field("address", &self.address)
+            .field("engine", &self.engine)
             .finish_non_exhaustive()
     }
 }
 
 impl TestBroker {
-    /// Starts a broker, or returns `None` when it is not installed and `FLARE_SKIP_KAFKA=1`.
+    /// Starts a broker on the memory engine, or returns `None` when it is not installed and
+    /// `FLARE_SKIP_KAFKA=1`.
     ///
     /// # Panics
     /// When the broker is not installed (and skipping was not asked for) or does not start:
     /// a test that needs Kafka must not pass silently without it.
     pub fn start() -> Option<Self> {
+        Self::start_on(StorageEngine::Memory)
+    }
+
+    /// Like [`TestBroker::start`], on the chosen storage engine.
+    pub fn start_on(engine: StorageEngine) -> Option<Self> {
         let binary = match nisshi_binary() {
             Ok(binary) => binary,
             Err(reason) if skip_requested() => {
@@ -82,17 +106,35 @@ impl TestBroker {
             }
             Err(reason) => panic!("{reason}"),
         };
-        Some(Self::start_with(&binary).unwrap_or_else(|err| panic!("{err}")))
+        Some(Self::start_with(binary, engine).unwrap_or_else(|err| panic!("{err}")))
     }
 
-    fn start_with(binary: &std::path::Path) -> Result<Self, String> {
+    fn start_with(binary: PathBuf, engine: StorageEngine) -> Result<Self, String> {
         // The broker reads a `.env` from its working directory: give it an empty one.
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log_path = dir.path().join("broker.log");
+        let mut broker = Self {
+            binary,
+            engine,
+            running: None,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    /// Starts the broker process on this broker's port and waits until it listens.
+    fn launch(&mut self) -> Result<(), String> {
+        let url = format!("tcp://{}", self.address);
+        let storage = match self.engine {
+            StorageEngine::Memory => "memory://nisshi/".to_owned(),
+            StorageEngine::Sqlite => {
+                format!("sqlite://{}", self.dir.path().join("broker.db").display())
+            }
+        };
         let script = r#"
-            "$@" >"$FLARE_BROKER_LOG" 2>&1 &
+            "$@" >>"$FLARE_BROKER_LOG" 2>&1 &
             broker=$!
             cat >/dev/null
             kill -TERM "$broker" 2>/dev/null
@@ -102,11 +144,11 @@ impl TestBroker {
             done
             kill -KILL "$broker" 2>/dev/null
         "#;
-        let mut guard = Command::new("sh")
+        let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg("nisshi-guard")
-            .arg(binary)
+            .arg(&self.binary)
             .args([
                 "broker",
                 "--listener-url",
@@ -114,34 +156,55 @@ impl TestBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://nisshi/"])
+            .args(["--storage-engine", &storage])
             .args(["--group-initial-rebalance-delay", "0s"])
-            .env("FLARE_BROKER_LOG", &log_path)
-            .current_dir(dir.path())
+            .env("FLARE_BROKER_LOG", self.dir.path().join("broker.log"))
+            .current_dir(self.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let guard_stdin = guard.stdin.take();
-        let broker = Self {
-            guard,
-            guard_stdin,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let stdin = child.stdin.take();
+        self.running = Some(Guard { child, stdin });
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&broker.address, Duration::from_millis(200)).is_err() {
+        while TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_err() {
             if Instant::now() >= deadline {
                 return Err(format!(
                     "the test broker did not listen on {} within 30 s; its log:\n{}",
-                    broker.address,
-                    broker.log_text()
+                    self.address,
+                    self.log_text()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(broker)
+        Ok(())
+    }
+
+    /// Stops the broker (SIGTERM, SIGKILL after a grace period) and waits until it is gone;
+    /// clients then see connection failures until [`TestBroker::restart`].
+    pub fn stop(&mut self) {
+        let Some(mut guard) = self.running.take() else {
+            return;
+        };
+        drop(guard.stdin.take());
+        // The guard stops the broker within its grace period once stdin is closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(guard.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = guard.child.kill();
+        let _ = guard.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage (after [`TestBroker::stop`]).
+    /// Only the SQLite engine keeps topics and records across a restart.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.launch()
     }
 
     /// `127.0.0.1:PORT`.
@@ -171,19 +234,7 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        if let Some(mut stdin) = self.guard_stdin.take() {
-            let _ = stdin.flush();
-        }
-        // The guard stops the broker within its grace period once stdin is closed.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.guard.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.guard.kill();
-        let _ = self.guard.wait();
+        self.stop();
     }
 }
 
