@@ -18,6 +18,20 @@ pub enum Profile {
     Lenient,
 }
 
+/// Where the hub's state (topics, subscriptions, contexts, versions) is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FanOut {
+    /// In this process only: one node serves the hub.
+    #[default]
+    Local,
+    /// Through the event log: every node appends the changes it accepts (subscribe,
+    /// unsubscribe, context changes, the SyncErrors and subscription ends it decides) to
+    /// `log_topic`, and applies everything it reads from it in log order. Several nodes then
+    /// serve one hub, and a restarted node rebuilds its state from the log.
+    Log,
+}
+
 /// The FHIRcast hub: `[fhircast]` in the config file. Every field has a default.
 ///
 /// ```toml
@@ -25,6 +39,7 @@ pub enum Profile {
 /// enabled = true             # default
 /// path = "/fhircast"
 /// profile = "lenient"          # lenient | ira
+/// fan_out = "local"            # local | log (several nodes on one log)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,11 +70,24 @@ pub struct HubConfig {
     /// answers none of two pings in a row is treated as dropped (SyncError, unsubscribed).
     /// 0 turns pings off. Default 30000.
     pub ping_interval_ms: u64,
+    /// Every this many seconds, send each connected subscriber the legacy `heartbeat` event
+    /// (drafted in the 2022/2024 ballots, removed from STU3; some peers still expect it).
+    /// It needs no acknowledgement. 0 turns it off. Default 0 (pings keep sockets alive).
+    pub heartbeat_seconds: u64,
+    /// Frames queued for one subscriber socket and not yet written to it. A subscriber that
+    /// stops reading fills its queue; it is then treated as unresponsive (a SyncError to the
+    /// others, unsubscribed, socket closed), so a stuck client cannot grow the hub's memory.
+    /// Default 256.
+    pub max_queued_frames: usize,
     /// Largest number of entries in a `*-update` Bundle; larger ones get 413. Default 100.
     pub max_update_entries: usize,
     /// Accept `*-update` for an open context that is not the current one (advertised as
     /// `supportsNonCurrentContextUpdates`). Default `false`.
     pub non_current_context_updates: bool,
+    /// `local` (default) or `log`: see [`FanOut`].
+    pub fan_out: FanOut,
+    /// The log topic of a clustered hub (`fan_out = "log"`). Default `fhircast.hub`.
+    pub log_topic: String,
     /// Accept the legacy STU1/STU2 webhook channel (`hub.callback` + `hub.secret`,
     /// intent verification, signed POSTs). Needs the crate feature `webhook`. Default `false`.
     pub webhook: bool,
@@ -81,8 +109,12 @@ impl Default for HubConfig {
             ack_timeout_ms: 10_000,
             max_unacknowledged: 3,
             ping_interval_ms: 30_000,
+            max_queued_frames: 256,
+            heartbeat_seconds: 0,
             max_update_entries: 100,
             non_current_context_updates: false,
+            fan_out: FanOut::Local,
+            log_topic: "fhircast.hub".into(),
             webhook: false,
             webhook_allow: Vec::new(),
         }

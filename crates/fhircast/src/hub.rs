@@ -5,14 +5,15 @@
 //! frames to send and sockets to close. The async shell in [`crate::driver`] and the axum
 //! routes only move bytes, so every protocol rule is testable here without a runtime.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde_json::{Map, Value, json};
 use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::catalog::{Anchor, EventKind, EventName, parse_event_name, supported_events};
-use crate::config::HubConfig;
+use crate::catalog::{ANCHORS, Anchor, EventKind, EventName, parse_event_name, supported_events};
+use crate::config::{FanOut, HubConfig};
 
 /// Identifies one WebSocket connection (a reconnect to the same endpoint gets a new one).
 pub type ConnectionId = u64;
@@ -27,7 +28,7 @@ pub struct HttpReply {
 }
 
 impl HttpReply {
-    fn text(status: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn text(status: u16, message: impl Into<String>) -> Self {
         Self {
             status,
             content_type: Some("text/plain; charset=utf-8"),
@@ -47,10 +48,11 @@ impl HttpReply {
 /// Something the shell must do on a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send one text frame.
+    /// Send one text frame. A broadcast serialises its event once; every subscriber's
+    /// frame shares that text.
     Send {
         connection: ConnectionId,
-        text: String,
+        text: Arc<str>,
     },
     /// Close the socket (after the frames queued before this).
     Close {
@@ -81,6 +83,23 @@ pub enum Output {
         callback: String,
         intent: WebhookIntent,
     },
+    /// Clustered hub only (`fan_out = "log"`): a change this node decided on its own (from a
+    /// socket or a deadline) that every node must apply, through the log.
+    Replicate(Replicated),
+}
+
+/// A change made on one node that the other nodes of a clustered hub apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replicated {
+    /// A hub-generated SyncError: every node sends it to its SyncError subscribers of the
+    /// topic but `except` (the subscriber it is about).
+    SyncError {
+        topic: String,
+        notification: String,
+        except: Option<String>,
+    },
+    /// A subscription ended on the node holding its socket (closed, unresponsive).
+    Ended { endpoint: String, reason: String },
 }
 
 /// The query of a webhook intent verification or denial.
@@ -149,8 +168,8 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_REPLACED: u16 = 4000;
 
 struct PendingAck {
-    event_id: String,
-    event_name: String,
+    event_id: Arc<str>,
+    event_name: Arc<str>,
     deadline: OffsetDateTime,
 }
 
@@ -166,7 +185,7 @@ struct Subscription {
     /// Consecutive events the subscriber let time out.
     unanswered: u32,
     /// The last event sent, named in a SyncError about an abnormal close.
-    last_event: Option<(String, String)>,
+    last_event: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl Subscription {
@@ -248,7 +267,20 @@ pub struct Hub {
     connections: HashMap<ConnectionId, String>,
     next_connection: ConnectionId,
     new_id: IdSource,
+    /// When [`Hub::tick`] has something to do (leases, acknowledgement deadlines), rounded up
+    /// to [`TICK_GRANULARITY_MS`] so thousands of deliveries share one wake-up. Entries may
+    /// be stale (an acknowledged event); a tick at a stale time finds nothing due.
+    deadlines: BTreeSet<OffsetDateTime>,
+    /// Clustered (`fan_out = "log"`): SyncErrors and subscription ends decided here are
+    /// handed out as [`Output::Replicate`] instead of applied.
+    clustered: bool,
+    /// When the next legacy heartbeat goes out (`heartbeat_seconds` > 0, sockets open).
+    next_heartbeat: Option<OffsetDateTime>,
 }
+
+/// Deadlines are grouped by this many milliseconds: a broadcast to 10,000 subscribers sets
+/// one timer, not 10,000, and acknowledgement timeouts fire at most this late.
+pub const TICK_GRANULARITY_MS: i64 = 100;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -270,17 +302,79 @@ impl Hub {
     /// A hub whose identifiers come from `new_id` (tests use a counter).
     pub fn with_id_source(config: HubConfig, new_id: IdSource) -> Self {
         Self {
+            clustered: config.fan_out == FanOut::Log,
+            next_heartbeat: None,
             config,
             topics: HashMap::new(),
             subscriptions: HashMap::new(),
             connections: HashMap::new(),
             next_connection: 1,
             new_id,
+            deadlines: BTreeSet::new(),
         }
     }
 
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    /// Runs `step` with identifiers derived from `seed` instead of fresh random ones, so every
+    /// node of a clustered hub that applies the same change with the same seed assigns the
+    /// same endpoints, version ids and event ids.
+    pub fn with_seeded_ids<T>(&mut self, seed: u128, step: impl FnOnce(&mut Self) -> T) -> T {
+        let mut counter = 0u64;
+        let seeded: IdSource = Box::new(move || {
+            counter += 1;
+            derived_id(seed, counter)
+        });
+        let previous = std::mem::replace(&mut self.new_id, seeded);
+        let value = step(self);
+        self.new_id = previous;
+        value
+    }
+
+    /// A SyncError another node generated ([`Replicated::SyncError`]).
+    pub fn apply_sync_error(
+        &mut self,
+        topic: &str,
+        notification: &str,
+        except: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Vec<Output> {
+        match serde_json::from_str::<Value>(notification) {
+            Ok(notification) => self.broadcast(topic, "syncerror", &notification, except, now),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A subscription another node ended ([`Replicated::Ended`]); a socket to it here (a
+    /// subscriber that reconnected to this node) is denied and closed.
+    pub fn apply_ended(&mut self, endpoint: &str, reason: &str) -> Vec<Output> {
+        self.end_subscription(endpoint, reason)
+    }
+
+    /// In a clustered hub, tells the other nodes that a subscription ended here.
+    fn replicate_end(&self, endpoint: &str, reason: &str) -> Option<Output> {
+        self.clustered.then(|| {
+            Output::Replicate(Replicated::Ended {
+                endpoint: endpoint.to_string(),
+                reason: reason.to_string(),
+            })
+        })
+    }
+
+    /// Remembers that [`tick`](Self::tick) must run at (or just after) `at`.
+    fn schedule(&mut self, at: OffsetDateTime) {
+        let granularity = i128::from(TICK_GRANULARITY_MS) * 1_000_000;
+        let nanos = at.unix_timestamp_nanos();
+        let rounded = nanos.div_euclid(granularity) * granularity;
+        let rounded = if rounded < nanos {
+            rounded + granularity
+        } else {
+            rounded
+        };
+        self.deadlines
+            .insert(OffsetDateTime::from_unix_timestamp_nanos(rounded).unwrap_or(at));
     }
 
     /// The `.well-known/fhircast-configuration` document, consistent with what this hub does.
@@ -397,6 +491,7 @@ impl Hub {
         }
         .min(self.config.max_lease_seconds);
         let expires_at = now + Duration::seconds(lease_seconds.min(i64::MAX as u64) as i64);
+        self.schedule(expires_at);
 
         let mut outputs = Vec::new();
         let endpoint = match endpoint {
@@ -420,7 +515,7 @@ impl Hub {
                     // tells the open socket what it now receives.
                     outputs.push(Output::Send {
                         connection,
-                        text: confirmation(&topic, subscription).to_string(),
+                        text: confirmation(&topic, subscription).to_string().into(),
                     });
                 }
                 endpoint
@@ -526,7 +621,7 @@ impl Hub {
         vec![
             Output::Send {
                 connection,
-                text: denial.to_string(),
+                text: denial.to_string().into(),
             },
             Output::Close {
                 connection,
@@ -566,9 +661,12 @@ impl Hub {
         // The lease counts from the confirmation.
         subscription.expires_at =
             now + Duration::seconds(subscription.lease_seconds.min(i64::MAX as u64) as i64);
+        let expires_at = subscription.expires_at;
         outputs.push(Output::Send {
             connection,
-            text: confirmation(&subscription.topic, subscription).to_string(),
+            text: confirmation(&subscription.topic, subscription)
+                .to_string()
+                .into(),
         });
         if let Some(topic) = self.topics.get(&subscription.topic) {
             // Per anchor type, the most recent open that is still open, oldest first so
@@ -587,12 +685,19 @@ impl Hub {
                     deliver(
                         subscription,
                         connection,
-                        &open.notification,
+                        &Frame::of(&open.notification),
                         now + ack_timeout,
                         &mut outputs,
                     );
                 }
             }
+        }
+        self.schedule(expires_at);
+        self.schedule(now + ack_timeout);
+        if self.config.heartbeat_seconds > 0 && self.next_heartbeat.is_none() {
+            let at = now + self.heartbeat_period();
+            self.next_heartbeat = Some(at);
+            self.schedule(at);
         }
         Ok((connection, outputs))
     }
@@ -605,25 +710,27 @@ impl Hub {
         text: &str,
         now: OffsetDateTime,
     ) -> Vec<Output> {
-        let Some(endpoint) = self.connections.get(&connection).cloned() else {
-            return Vec::new();
-        };
-        let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
-            return Vec::new();
-        };
-        if frame.contains_key("event") {
-            return Vec::new();
+        match parse_subscriber_frame(text) {
+            SubscriberFrame::Ack { id, status } => self.acknowledge(connection, &id, status, now),
+            SubscriberFrame::Ignored => Vec::new(),
         }
-        let Some(id) = frame.get("id").and_then(Value::as_str) else {
-            return Vec::new();
+    }
+
+    /// An acknowledgement from a subscriber (see [`parse_subscriber_frame`], which callers
+    /// run before taking a lock around the hub).
+    pub fn acknowledge(
+        &mut self,
+        connection: ConnectionId,
+        id: &str,
+        status: AckStatus,
+        now: OffsetDateTime,
+    ) -> Vec<Output> {
+        let status = match status {
+            AckStatus::Code(code) => code,
+            AckStatus::Missing if !self.config.is_ira() => 200,
+            AckStatus::Missing | AckStatus::Invalid => return Vec::new(),
         };
-        let status = match frame.get("status") {
-            Some(Value::Number(number)) => number.as_u64(),
-            Some(Value::String(text)) => text.trim().parse::<u64>().ok(),
-            None if !self.config.is_ira() => Some(200),
-            _ => None,
-        };
-        let Some(status) = status else {
+        let Some(endpoint) = self.connections.get(&connection).cloned() else {
             return Vec::new();
         };
         let Some(subscription) = self.subscriptions.get_mut(&endpoint) else {
@@ -632,7 +739,7 @@ impl Hub {
         let Some(position) = subscription
             .pending
             .iter()
-            .position(|pending| pending.event_id == id)
+            .position(|pending| &*pending.event_id == id)
         else {
             return Vec::new();
         };
@@ -659,27 +766,20 @@ impl Hub {
         let Some(subscription) = self.subscriptions.get_mut(endpoint) else {
             return Vec::new();
         };
-        let pending = PendingAck {
-            event_id: event_id.to_string(),
-            event_name: event_name.to_string(),
-            deadline: now,
-        };
         subscription.unanswered = 0;
         if (200..300).contains(&status) {
             return Vec::new();
         }
         let diagnostics = format!(
-            "{} refused event {} ({}) with status {status}",
+            "{} refused event {event_id} ({event_name}) with status {status}",
             subscription.display_name(),
-            pending.event_id,
-            pending.event_name
         );
         let topic = subscription.topic.clone();
         let name = subscription.display_name();
         self.sync_error(
             &topic,
-            &pending.event_id,
-            &pending.event_name,
+            event_id,
+            event_name,
             &name,
             &diagnostics,
             Some(endpoint),
@@ -754,6 +854,8 @@ impl Hub {
                 .ok_or_else(|| bad_request("hub.lease_seconds must be a positive whole number"))?,
         }
         .min(self.config.max_lease_seconds);
+        let expires_at = now + Duration::seconds(lease_seconds.min(i64::MAX as u64) as i64);
+        self.schedule(expires_at);
         // Subscribing again with the same callback replaces the previous subscription.
         for key in existing {
             self.forget(&key);
@@ -768,7 +870,7 @@ impl Hub {
             },
             events,
             lease_seconds,
-            expires_at: now + Duration::seconds(lease_seconds.min(i64::MAX as u64) as i64),
+            expires_at,
             name: param("subscriber.name").map(str::to_string),
             connection: None,
             pending: Vec::new(),
@@ -814,10 +916,18 @@ impl Hub {
 
     /// The outcome of a webhook intent verification: confirmed subscriptions start
     /// receiving events (the lease counts from now), the others are dropped.
-    pub fn intent_verified(&mut self, subscription: &str, confirmed: bool, now: OffsetDateTime) {
+    pub fn intent_verified(
+        &mut self,
+        subscription: &str,
+        confirmed: bool,
+        now: OffsetDateTime,
+    ) -> Vec<Output> {
         if !confirmed {
             self.forget(subscription);
-            return;
+            return self
+                .replicate_end(subscription, "intent not verified")
+                .into_iter()
+                .collect();
         }
         if let Some(found) = self.subscriptions.get_mut(subscription)
             && let Channel::Webhook { active, .. } = &mut found.channel
@@ -825,7 +935,10 @@ impl Hub {
             *active = true;
             found.expires_at =
                 now + Duration::seconds(found.lease_seconds.min(i64::MAX as u64) as i64);
+            let expires_at = found.expires_at;
+            self.schedule(expires_at);
         }
+        Vec::new()
     }
 
     /// The answer to a webhook notification: the HTTP status, or `None` when the call
@@ -861,6 +974,7 @@ impl Hub {
         );
         if unresponsive {
             outputs.extend(self.end_subscription(subscription, "subscriber unresponsive"));
+            outputs.extend(self.replicate_end(subscription, "subscriber unresponsive"));
         }
         outputs
     }
@@ -883,13 +997,14 @@ impl Hub {
         if let Some(topic) = self.topics.get_mut(&subscription.topic) {
             topic.subscribers.retain(|other| *other != endpoint);
         }
+        let ended = self.replicate_end(&endpoint, "connection closed");
         if code.is_some_and(|code| NORMAL_CLOSE_CODES.contains(&code)) {
-            return Vec::new();
+            return ended.into_iter().collect();
         }
         let (event_id, event_name) = subscription
             .last_event
             .clone()
-            .unwrap_or_else(|| (String::new(), String::new()));
+            .unwrap_or_else(|| ("".into(), "".into()));
         let code_text = code.map_or("without a close frame".to_string(), |code| {
             format!("with code {code}")
         });
@@ -897,7 +1012,7 @@ impl Hub {
             "{}'s connection closed abnormally ({code_text})",
             subscription.display_name()
         );
-        self.sync_error(
+        let mut outputs = self.sync_error(
             &subscription.topic,
             &event_id,
             &event_name,
@@ -905,23 +1020,112 @@ impl Hub {
             &diagnostics,
             None,
             now,
-        )
+        );
+        outputs.extend(ended);
+        outputs
+    }
+
+    /// The subscriber stopped reading: its queue of frames not yet written to the socket is
+    /// full. It is unresponsive: a SyncError about the last event queued for it goes to the
+    /// other SyncError subscribers, and it is unsubscribed (the socket is closed; a denial
+    /// would not get through).
+    pub fn socket_overflowed(
+        &mut self,
+        connection: ConnectionId,
+        now: OffsetDateTime,
+    ) -> Vec<Output> {
+        let Some(endpoint) = self.connections.get(&connection).cloned() else {
+            return Vec::new();
+        };
+        let Some(subscription) = self.subscriptions.get(&endpoint) else {
+            return Vec::new();
+        };
+        let (event_id, event_name) = subscription
+            .last_event
+            .clone()
+            .unwrap_or_else(|| ("".into(), "".into()));
+        let topic = subscription.topic.clone();
+        let name = subscription.display_name();
+        let diagnostics = format!(
+            "{name} stopped reading its WebSocket: more frames waited for it than the hub queues"
+        );
+        let mut outputs = self.sync_error(
+            &topic,
+            &event_id,
+            &event_name,
+            &name,
+            &diagnostics,
+            Some(&endpoint),
+            now,
+        );
+        let reason = "subscriber unresponsive: send queue full";
+        outputs.extend(self.end_subscription(&endpoint, reason));
+        outputs.extend(self.replicate_end(&endpoint, reason));
+        outputs
+    }
+
+    fn heartbeat_period(&self) -> Duration {
+        Duration::seconds(self.config.heartbeat_seconds.min(i64::MAX as u64) as i64)
+    }
+
+    /// The legacy `heartbeat` event to every connected WebSocket subscriber, when due; one
+    /// frame per topic, not tracked for acknowledgement.
+    fn heartbeats(&mut self, now: OffsetDateTime) -> Vec<Output> {
+        if self.next_heartbeat.is_none_or(|due| due > now) {
+            return Vec::new();
+        }
+        let mut outputs = Vec::new();
+        let period = self.config.heartbeat_seconds.to_string();
+        let topics: Vec<String> = self.topics.keys().cloned().collect();
+        for topic_name in topics {
+            let notification = json!({
+                "timestamp": format_timestamp(now),
+                "id": (self.new_id)(),
+                "event": {
+                    "hub.topic": topic_name,
+                    "hub.event": "heartbeat",
+                    "context": [{"key": "period", "decimal": period}],
+                },
+            });
+            let text: Arc<str> = notification.to_string().into();
+            let Some(topic) = self.topics.get(&topic_name) else {
+                continue;
+            };
+            for endpoint in &topic.subscribers {
+                if let Some(connection) = self
+                    .subscriptions
+                    .get(endpoint)
+                    .and_then(|subscription| subscription.connection)
+                {
+                    outputs.push(Output::Send {
+                        connection,
+                        text: text.clone(),
+                    });
+                }
+            }
+        }
+        if self.connections.is_empty() {
+            // Restarted by the next socket that opens.
+            self.next_heartbeat = None;
+        } else {
+            let next = now + self.heartbeat_period();
+            self.next_heartbeat = Some(next);
+            self.schedule(next);
+        }
+        outputs
     }
 
     /// When [`tick`](Self::tick) next has something to do.
     pub fn next_deadline(&self) -> Option<OffsetDateTime> {
-        self.subscriptions
-            .values()
-            .flat_map(|subscription| {
-                std::iter::once(subscription.expires_at)
-                    .chain(subscription.pending.iter().map(|pending| pending.deadline))
-            })
-            .min()
+        self.deadlines.first().copied()
     }
 
     /// Time passed: expire leases and report acknowledgements that did not come.
     pub fn tick(&mut self, now: OffsetDateTime) -> Vec<Output> {
-        let mut outputs = Vec::new();
+        while self.deadlines.first().is_some_and(|first| *first <= now) {
+            self.deadlines.pop_first();
+        }
+        let mut outputs = self.heartbeats(now);
         let mut endpoints: Vec<String> = self.subscriptions.keys().cloned().collect();
         endpoints.sort();
         for endpoint in endpoints {
@@ -960,6 +1164,7 @@ impl Hub {
             }
             if unresponsive {
                 outputs.extend(self.end_subscription(&endpoint, "subscriber unresponsive"));
+                outputs.extend(self.replicate_end(&endpoint, "subscriber unresponsive"));
             }
         }
         outputs
@@ -1253,7 +1458,90 @@ impl Hub {
         {
             open.notification = notification.clone();
         }
-        Ok(self.broadcast(&topic_name, &name.key, &notification, None, now))
+        let mut outputs = self.broadcast(&topic_name, &name.key, &notification, None, now);
+        if let EventKind::Open(anchor) = name.kind
+            && anchor.resource_type != "Patient"
+        {
+            outputs.extend(self.derived_patient_open(&topic_name, &name.key, &notification, now));
+        }
+        Ok(outputs)
+    }
+
+    /// Derived opens (STU3, experimental): an `Encounter-open`, `ImagingStudy-open` or
+    /// `DiagnosticReport-open` with a patient implies a `Patient-open`. Subscribers of
+    /// `Patient-open` that did not subscribe to the published event receive it, only when
+    /// the patient changes; the patient is then open on the topic (not current: the
+    /// published anchor is), so it is replayed and closed like any other.
+    fn derived_patient_open(
+        &mut self,
+        topic_name: &str,
+        published_key: &str,
+        notification: &Value,
+        now: OffsetDateTime,
+    ) -> Vec<Output> {
+        let Some(patient_anchor) = ANCHORS
+            .iter()
+            .find(|anchor| anchor.resource_type == "Patient")
+        else {
+            return Vec::new();
+        };
+        let Some(patient) = notification["event"]["context"]
+            .as_array()
+            .and_then(|entries| entries.iter().find(|entry| entry["key"] == "patient"))
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let Some((kind, patient_id)) = patient.as_object().and_then(resource_key) else {
+            return Vec::new();
+        };
+        if !(kind.is_empty() || kind == "Patient") {
+            return Vec::new();
+        }
+        let Some(topic) = self.topics.get(topic_name) else {
+            return Vec::new();
+        };
+        let unchanged = topic
+            .open
+            .iter()
+            .rev()
+            .find(|open| open.anchor.resource_type == "Patient")
+            .is_some_and(|open| open.anchor_id == patient_id);
+        if unchanged {
+            return Vec::new();
+        }
+        let (id, version_id) = ((self.new_id)(), (self.new_id)());
+        let derived = json!({
+            "timestamp": notification["timestamp"],
+            "id": id,
+            "event": {
+                "hub.topic": topic_name,
+                "hub.event": "Patient-open",
+                "context": [patient],
+                "context.versionId": version_id,
+            },
+        });
+        let Some(topic) = self.topics.get_mut(topic_name) else {
+            return Vec::new();
+        };
+        if let Some(index) = topic.find_open(patient_anchor, &patient_id) {
+            topic.open.remove(index);
+        }
+        // Before the published anchor, which stays the most recent (and current) one.
+        let position = topic.open.len().saturating_sub(1);
+        topic.open.insert(
+            position,
+            OpenContext {
+                anchor: patient_anchor,
+                anchor_id: patient_id,
+                notification: derived.clone(),
+                version_id,
+                content: IndexMap::new(),
+            },
+        );
+        self.broadcast_where(topic_name, &derived, None, now, |subscription| {
+            subscription.wants("patient-open") && !subscription.wants(published_key)
+        })
     }
 
     fn ack_timeout(&self) -> Duration {
@@ -1269,11 +1557,27 @@ impl Hub {
         except: Option<&str>,
         now: OffsetDateTime,
     ) -> Vec<Output> {
+        self.broadcast_where(topic, notification, except, now, |subscription| {
+            subscription.wants(event_key)
+        })
+    }
+
+    /// Sends `notification` to every connected subscriber of the topic that `wanted` picks.
+    fn broadcast_where(
+        &mut self,
+        topic: &str,
+        notification: &Value,
+        except: Option<&str>,
+        now: OffsetDateTime,
+        wanted: impl Fn(&Subscription) -> bool,
+    ) -> Vec<Output> {
         let mut outputs = Vec::new();
         let deadline = now + self.ack_timeout();
         let Some(topic) = self.topics.get(topic) else {
             return outputs;
         };
+        let frame = Frame::of(notification);
+        let mut awaiting_acks = false;
         for endpoint in &topic.subscribers {
             if except == Some(endpoint.as_str()) {
                 continue;
@@ -1281,7 +1585,7 @@ impl Hub {
             let Some(subscription) = self.subscriptions.get_mut(endpoint) else {
                 continue;
             };
-            if !subscription.wants(event_key) {
+            if !wanted(subscription) {
                 continue;
             }
             if let Channel::Webhook {
@@ -1294,25 +1598,20 @@ impl Hub {
                     subscription: endpoint.clone(),
                     callback: callback.clone(),
                     secret: secret.clone(),
-                    body: notification.to_string(),
-                    event_id: notification["id"].as_str().unwrap_or_default().to_string(),
-                    event_name: notification["event"]["hub.event"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
+                    body: frame.text.to_string(),
+                    event_id: frame.event_id.to_string(),
+                    event_name: frame.event_name.to_string(),
                 });
                 continue;
             }
             let Some(connection) = subscription.connection else {
                 continue;
             };
-            deliver(
-                subscription,
-                connection,
-                notification,
-                deadline,
-                &mut outputs,
-            );
+            deliver(subscription, connection, &frame, deadline, &mut outputs);
+            awaiting_acks |= frame.tracked;
+        }
+        if awaiting_acks {
+            self.schedule(deadline);
         }
         outputs
     }
@@ -1353,36 +1652,121 @@ impl Hub {
                 }],
             },
         });
+        if self.clustered {
+            return vec![Output::Replicate(Replicated::SyncError {
+                topic: topic.to_string(),
+                notification: notification.to_string(),
+                except: except.map(str::to_string),
+            })];
+        }
         self.broadcast(topic, "syncerror", &notification, except, now)
     }
 }
 
-/// Queues `notification` on a connection and expects its acknowledgement.
+/// 128 bits derived from a seed and a counter (splitmix64 on each half): unguessable as long
+/// as the seed is.
+fn derived_id(seed: u128, counter: u64) -> String {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let high = mix((seed >> 64) as u64 ^ mix(counter));
+    let low = mix(seed as u64 ^ mix(counter.rotate_left(32) ^ high));
+    format!("{high:016x}{low:016x}")
+}
+
+/// A notification serialised once for all the subscribers it goes to.
+struct Frame {
+    text: Arc<str>,
+    event_id: Arc<str>,
+    event_name: Arc<str>,
+    /// SyncErrors are not tracked: a SyncError about a SyncError would feed on itself.
+    tracked: bool,
+}
+
+impl Frame {
+    fn of(notification: &Value) -> Self {
+        let event_name = notification["event"]["hub.event"]
+            .as_str()
+            .unwrap_or_default();
+        Self {
+            text: notification.to_string().into(),
+            event_id: notification["id"].as_str().unwrap_or_default().into(),
+            tracked: !event_name.eq_ignore_ascii_case("syncerror"),
+            event_name: event_name.into(),
+        }
+    }
+}
+
+/// Queues a frame on a connection and expects its acknowledgement.
 fn deliver(
     subscription: &mut Subscription,
     connection: ConnectionId,
-    notification: &Value,
+    frame: &Frame,
     deadline: OffsetDateTime,
     outputs: &mut Vec<Output>,
 ) {
-    let event_id = notification["id"].as_str().unwrap_or_default().to_string();
-    let event_name = notification["event"]["hub.event"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    // SyncErrors are not tracked: a SyncError about a SyncError would feed on itself.
-    if !event_name.eq_ignore_ascii_case("syncerror") {
+    if frame.tracked {
         subscription.pending.push(PendingAck {
-            event_id: event_id.clone(),
-            event_name: event_name.clone(),
+            event_id: frame.event_id.clone(),
+            event_name: frame.event_name.clone(),
             deadline,
         });
-        subscription.last_event = Some((event_id, event_name));
+        subscription.last_event = Some((frame.event_id.clone(), frame.event_name.clone()));
     }
     outputs.push(Output::Send {
         connection,
-        text: notification.to_string(),
+        text: frame.text.clone(),
     });
+}
+
+/// The `status` of an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStatus {
+    /// A number, or a string holding one (the spec's example sends `"200"`).
+    Code(u64),
+    /// No `status` (Medplum sends `{id, timestamp}`): 200 in the lenient profile.
+    Missing,
+    Invalid,
+}
+
+/// What a text frame from a subscriber is to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriberFrame {
+    Ack {
+        id: String,
+        status: AckStatus,
+    },
+    /// Endpoint echoes, heartbeats, events, anything that is not JSON.
+    Ignored,
+}
+
+/// Reads a subscriber's frame; pure, so the driver parses outside its lock.
+pub fn parse_subscriber_frame(text: &str) -> SubscriberFrame {
+    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+        return SubscriberFrame::Ignored;
+    };
+    if frame.contains_key("event") {
+        return SubscriberFrame::Ignored;
+    }
+    let Some(id) = frame.get("id").and_then(Value::as_str) else {
+        return SubscriberFrame::Ignored;
+    };
+    let status = match frame.get("status") {
+        Some(Value::Number(number)) => number.as_u64().map_or(AckStatus::Invalid, AckStatus::Code),
+        Some(Value::String(text)) => text
+            .trim()
+            .parse::<u64>()
+            .map_or(AckStatus::Invalid, AckStatus::Code),
+        None => AckStatus::Missing,
+        Some(_) => AckStatus::Invalid,
+    };
+    SubscriberFrame::Ack {
+        id: id.to_string(),
+        status,
+    }
 }
 
 fn confirmation(topic: &str, subscription: &Subscription) -> Value {

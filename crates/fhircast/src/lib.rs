@@ -13,10 +13,11 @@ pub mod driver;
 pub mod hub;
 
 pub use capability::{capability_extensions, hub_url};
-pub use config::{HubConfig, Profile};
-pub use driver::{HubHandle, SocketCommand, SocketSession};
+pub use config::{FanOut, HubConfig, Profile};
+pub use driver::{HubError, HubHandle, SocketCommand, SocketSession};
 pub use hub::{
-    ConnectRefused, ConnectionId, ContextShape, HttpReply, Hub, Output, Response, WebhookIntent,
+    AckStatus, ConnectRefused, ConnectionId, ContextShape, HttpReply, Hub, Output, Replicated,
+    Response, SubscriberFrame, WebhookIntent, parse_subscriber_frame,
 };
 
 /// The sandbox page served at `{hub.url}/sandbox`: one static HTML file with vanilla JS that

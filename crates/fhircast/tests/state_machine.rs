@@ -550,7 +550,7 @@ fn webhook_subscription_is_active_only_after_a_confirmed_verification() {
     };
     let refused = subscribe(&mut hub);
     assert!(publish(&mut hub, "e1").is_empty(), "not verified yet");
-    hub.intent_verified(&refused, false, now);
+    let _ = hub.intent_verified(&refused, false, now);
     let unsubscribe = "hub.channel.type=webhook&hub.mode=unsubscribe&hub.topic=t&hub.callback=https%3A%2F%2Fapp.test%2Fcb%3Fx%3D1";
     assert_eq!(
         hub.subscribe(unsubscribe.as_bytes(), BASE, now)
@@ -561,7 +561,7 @@ fn webhook_subscription_is_active_only_after_a_confirmed_verification() {
     );
 
     let confirmed = subscribe(&mut hub);
-    hub.intent_verified(&confirmed, true, now);
+    let _ = hub.intent_verified(&confirmed, true, now);
     match &publish(&mut hub, "e2")[..] {
         [
             Output::WebhookPost {

@@ -129,6 +129,7 @@ async fn publish_until_delivered(
     for attempt in 0..100 {
         assert_eq!(
             hub.publish(None, &patient_open(&format!("e{attempt}")))
+                .await
                 .status,
             202
         );
@@ -153,7 +154,8 @@ async fn p70_intent_verification_preserves_the_callback_query_then_events_flow()
         )
         .as_bytes(),
         "ws://unused",
-    );
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let verification = next(&mut requests).await;
     assert_eq!(verification.method, "GET");
@@ -182,7 +184,10 @@ async fn p71_notifications_are_signed_and_lease_expiry_sends_a_denial() {
         "hub.mode=subscribe&hub.topic=t&hub.events=Patient-open&hub.callback={}&hub.secret=shhh-this-is-a-secret",
         form_encode(&callback)
     );
-    assert_eq!(hub.subscribe(form.as_bytes(), "ws://unused").status, 202);
+    assert_eq!(
+        hub.subscribe(form.as_bytes(), "ws://unused").await.status,
+        202
+    );
     assert_eq!(next(&mut requests).await.method, "GET");
     let post = publish_until_delivered(&hub, &mut requests).await;
     let signature = post.signature.expect("X-Hub-Signature");
@@ -207,7 +212,13 @@ async fn p71_notifications_are_signed_and_lease_expiry_sends_a_denial() {
 async fn p70_webhook_needs_a_secret_under_200_bytes() {
     let hub = hub(86_400);
     let base = "hub.channel.type=webhook&hub.mode=subscribe&hub.topic=t&hub.events=Patient-open&hub.callback=http%3A%2F%2F127.0.0.1%3A9%2Fcb";
-    assert_eq!(hub.subscribe(base.as_bytes(), "ws://unused").status, 400);
+    assert_eq!(
+        hub.subscribe(base.as_bytes(), "ws://unused").await.status,
+        400
+    );
     let long = format!("{base}&hub.secret={}", "s".repeat(200));
-    assert_eq!(hub.subscribe(long.as_bytes(), "ws://unused").status, 400);
+    assert_eq!(
+        hub.subscribe(long.as_bytes(), "ws://unused").await.status,
+        400
+    );
 }

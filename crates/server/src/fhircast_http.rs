@@ -34,10 +34,13 @@ struct HubState {
 /// - `GET {hub}/.well-known/fhircast-configuration`
 /// - `POST {hub}`: subscribe/unsubscribe (form) or publish (JSON)
 /// - `POST {hub}/{topic}`: publish (the STU1/STU2 path); `GET {hub}/{topic}`: current context
-/// - `GET {hub}/STU2/{topic}`: current context as a bare array (STU2-era clients)
+/// - `GET {hub}/STU2/{topic}`: current context as a bare array (STU2-era clients), and
+///   `GET {hub}/STU2/.well-known/fhircast-configuration` saying `STU2`
 /// - `GET {hub}/ws/{endpoint}`: a subscriber's WebSocket
-/// - `GET {hub}/sandbox`: the sandbox page (so `GET` of a topic named `sandbox` shows the page)
+/// - `GET {hub}/sandbox`: the sandbox page for browsers (`Accept: text/html`); other clients
+///   get the current context of the topic named `sandbox`
 ///
+/// The same routes answer under `/api/hub` too, the default hub path of OHIF and Medplum.
 /// Browser apps call the hub from other origins, so CORS is open on these routes.
 pub fn fhircast_routes(hub: HubHandle) -> Router {
     let config = hub.config();
@@ -51,15 +54,30 @@ pub fn fhircast_routes(hub: HubHandle) -> Router {
         ping_interval: (config.ping_interval_ms > 0)
             .then(|| Duration::from_millis(config.ping_interval_ms)),
     };
+    let mut router = routes_at(&path);
+    if path != API_HUB_ALIAS {
+        router = router.merge(routes_at(API_HUB_ALIAS));
+    }
+    router.layer(CorsLayer::permissive()).with_state(state)
+}
+
+/// The hub path OHIF and Medplum clients use by default.
+const API_HUB_ALIAS: &str = "/api/hub";
+
+fn routes_at(path: &str) -> Router<HubState> {
     let root = if path.is_empty() {
         "/".to_string()
     } else {
-        path.clone()
+        path.to_string()
     };
     Router::new()
         .route(
             &format!("{path}/.well-known/fhircast-configuration"),
             get(discovery),
+        )
+        .route(
+            &format!("{path}/STU2/.well-known/fhircast-configuration"),
+            get(discovery_stu2),
         )
         .route(&root, post(hub_post))
         .route(
@@ -70,17 +88,31 @@ pub fn fhircast_routes(hub: HubHandle) -> Router {
         .route(&format!("{path}/ws/{{endpoint}}"), get(websocket))
         .route(
             &format!("{path}/sandbox"),
-            get(sandbox).post(publish_to_sandbox_topic),
+            get(sandbox_or_context).post(publish_to_sandbox_topic),
         )
-        .layer(CorsLayer::permissive())
-        .with_state(state)
 }
 
 async fn discovery(State(state): State<HubState>) -> Response {
     axum::Json(state.hub.discovery()).into_response()
 }
 
-async fn sandbox() -> Response {
+/// What STU2-era clients of the bare-array route expect to read.
+async fn discovery_stu2(State(state): State<HubState>) -> Response {
+    let mut document = state.hub.discovery();
+    document["fhircastVersion"] = "STU2".into();
+    axum::Json(document).into_response()
+}
+
+/// The page for a browser; for API clients `sandbox` is a topic name like any other.
+async fn sandbox_or_context(State(state): State<HubState>, headers: HeaderMap) -> Response {
+    let wants_html = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.to_ascii_lowercase().contains("text/html"));
+    if !wants_html {
+        return to_response(state.hub.current_context("sandbox", ContextShape::Stu3));
+    }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         flare_fhircast::SANDBOX_PAGE,
@@ -91,7 +123,7 @@ async fn sandbox() -> Response {
 /// The page's static route shadows `POST {hub}/{topic}` for the topic `sandbox`; keep publishing
 /// to it working.
 async fn publish_to_sandbox_topic(State(state): State<HubState>, body: Bytes) -> Response {
-    to_response(state.hub.publish(Some("sandbox"), &body))
+    to_response(state.hub.publish(Some("sandbox"), &body).await)
 }
 
 async fn hub_post(State(state): State<HubState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -107,9 +139,11 @@ async fn hub_post(State(state): State<HubState>, headers: HeaderMap, body: Bytes
     match media_type.as_str() {
         "application/x-www-form-urlencoded" => {
             let endpoint_base = endpoint_base(&state, &headers);
-            to_response(state.hub.subscribe(&body, &endpoint_base))
+            to_response(state.hub.subscribe(&body, &endpoint_base).await)
         }
-        "application/json" | "application/fhir+json" => to_response(state.hub.publish(None, &body)),
+        "application/json" | "application/fhir+json" => {
+            to_response(state.hub.publish(None, &body).await)
+        }
         _ => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "use application/x-www-form-urlencoded to subscribe or application/json to publish",
@@ -123,7 +157,7 @@ async fn publish_to_topic(
     Path(topic): Path<String>,
     body: Bytes,
 ) -> Response {
-    to_response(state.hub.publish(Some(&topic), &body))
+    to_response(state.hub.publish(Some(&topic), &body).await)
 }
 
 async fn current_context(State(state): State<HubState>, Path(topic): Path<String>) -> Response {
@@ -155,6 +189,8 @@ async fn websocket(
 
 /// Pings in a row a socket may leave unanswered before it counts as dropped.
 const MAX_MISSED_PONGS: u32 = 2;
+/// Frames written to a socket between two flushes when several are queued.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 async fn run_socket(
     hub: HubHandle,
@@ -192,21 +228,39 @@ async fn run_socket(
                     return;
                 }
             }
-            command = session.commands.recv() => match command {
-                Some(SocketCommand::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        hub.closed(connection, None);
-                        return;
+            command = session.next() => {
+                // Frames already queued are written before one flush.
+                let mut next = command;
+                let mut written = 0;
+                while let Some(command) = next.take() {
+                    match command {
+                        SocketCommand::Text(text) => {
+                            if sink.feed(Message::Text(text.as_ref().into())).await.is_err() {
+                                hub.closed(connection, None);
+                                return;
+                            }
+                            written += 1;
+                            if written < MAX_FRAMES_PER_FLUSH {
+                                next = session.try_next();
+                            }
+                        }
+                        SocketCommand::Close { code, reason } => {
+                            // The hub already ended the subscription.
+                            let _ = sink
+                                .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+                                .await;
+                            return;
+                        }
                     }
                 }
-                Some(SocketCommand::Close { code, reason }) => {
-                    // The hub already ended the subscription.
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
-                        .await;
+                if written == 0 {
+                    // The hub dropped the socket.
                     return;
                 }
-                None => return,
+                if sink.flush().await.is_err() {
+                    hub.closed(connection, None);
+                    return;
+                }
             },
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {

@@ -146,6 +146,8 @@ async fn sandbox_page_is_served_under_the_hub_and_publishing_to_topic_sandbox_st
     let page = server
         .client
         .get(format!("{}/fhircast/sandbox", server.origin))
+        // What a browser sends when it navigates to the page.
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
         .send()
         .await
         .unwrap();

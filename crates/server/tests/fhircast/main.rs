@@ -2,6 +2,7 @@
 //! conformance checklist of the FHIRcast brief (§3). Each test is named after its point.
 
 mod capability;
+mod cluster;
 mod support;
 
 use flare_fhircast::{HubConfig, Profile};
@@ -1198,4 +1199,152 @@ async fn p75_stu2_route_returns_the_bare_context_array() {
     let open = patient_open("t", "e1", "p1");
     hub.publish(&open).await;
     assert_eq!(hub.get_json("/STU2/t").await, open["event"]["context"]);
+}
+
+#[tokio::test]
+async fn p74_the_api_hub_alias_serves_the_same_hub() {
+    let hub = Hub::start(HubConfig::default()).await;
+    let alias = format!("http://{}/api/hub", hub.address);
+    let response = hub
+        .client
+        .post(&alias)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("hub.channel.type=websocket&hub.mode=subscribe&hub.topic=t&hub.events=Patient-open&subscriber.name=OHIF")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let mut socket = Socket::connect(body["hub.channel.endpoint"].as_str().unwrap()).await;
+    assert_eq!(socket.next_json().await["hub.mode"], "subscribe");
+    // Published through the configured path, read back through the alias.
+    assert_eq!(
+        hub.publish(&patient_open("t", "e1", "p1")).await.status(),
+        202
+    );
+    socket.expect_next_id("e1").await;
+    let context: Value = hub
+        .client
+        .get(format!("{alias}/t"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(context["context.type"], "Patient");
+}
+
+#[tokio::test]
+async fn p75_stu2_well_known_says_stu2() {
+    let hub = Hub::start(HubConfig::default()).await;
+    let stu2 = hub
+        .get_json("/STU2/.well-known/fhircast-configuration")
+        .await;
+    assert_eq!(stu2["fhircastVersion"], "STU2");
+    assert_eq!(stu2["websocketSupport"], true);
+    let stu3 = hub.get_json("/.well-known/fhircast-configuration").await;
+    assert_eq!(stu3["fhircastVersion"], "3.0.0");
+}
+
+#[tokio::test]
+async fn a_topic_named_sandbox_has_a_current_context_and_browsers_get_the_page() {
+    let hub = Hub::start(HubConfig::default()).await;
+    assert_eq!(
+        hub.publish(&patient_open("sandbox", "e1", "p1"))
+            .await
+            .status(),
+        202
+    );
+    let context = hub.get_json("/sandbox").await;
+    assert_eq!(context["context.type"], "Patient");
+    let page = hub
+        .client
+        .get(format!("{}/sandbox", hub.url))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+}
+
+#[tokio::test]
+async fn p37_heartbeat_events_reach_every_connected_subscriber_when_enabled() {
+    let hub = Hub::start(HubConfig {
+        heartbeat_seconds: 1,
+        ..HubConfig::default()
+    })
+    .await;
+    // Subscribed to nothing like heartbeat: the legacy event goes to every subscriber.
+    let mut socket = hub.subscriber("t", "Patient-open", "A").await;
+    let heartbeat = socket.next_json().await;
+    assert_eq!(heartbeat["event"]["hub.event"], "heartbeat");
+    assert_eq!(heartbeat["event"]["hub.topic"], "t");
+    assert_eq!(heartbeat["event"]["context"][0]["key"], "period");
+    assert_eq!(heartbeat["event"]["context"][0]["decimal"], "1");
+    // Not acknowledged, and nobody is reported for it: the next one still comes.
+    assert_eq!(socket.next_json().await["event"]["hub.event"], "heartbeat");
+}
+
+fn encounter_open(topic: &str, id: &str, encounter: &str, patient: &str) -> Value {
+    json!({"timestamp": "2025-01-01T10:00:00Z", "id": id, "event": {"hub.topic": topic,
+        "hub.event": "Encounter-open", "context": [
+            {"key": "encounter", "resource": {"resourceType": "Encounter", "id": encounter}},
+            {"key": "patient", "resource": {"resourceType": "Patient", "id": patient}}]}})
+}
+
+#[tokio::test]
+async fn p48_derived_patient_open_for_subscribers_of_patient_open_only() {
+    let hub = Hub::start(HubConfig::default()).await;
+    let mut patient_only = hub
+        .subscriber("t", "Patient-open,SyncError", "Patient app")
+        .await;
+    let mut both = hub
+        .subscriber("t", "Patient-open,Encounter-open,SyncError", "EMR")
+        .await;
+    assert_eq!(
+        hub.publish(&encounter_open("t", "enc-1", "e1", "p1"))
+            .await
+            .status(),
+        202
+    );
+    let derived = patient_only.next_json().await;
+    assert_eq!(derived["event"]["hub.event"], "Patient-open");
+    assert_eq!(derived["event"]["context"][0]["resource"]["id"], "p1");
+    assert_ne!(derived["id"], "enc-1");
+    patient_only.ack(&derived, json!(200)).await;
+    // A subscriber of both gets the Encounter-open only (it implies the patient itself).
+    both.expect_next_id("enc-1").await;
+
+    // Same patient, another encounter: no duplicate Patient-open.
+    assert_eq!(
+        hub.publish(&encounter_open("t", "enc-2", "e2", "p1"))
+            .await
+            .status(),
+        202
+    );
+    both.expect_next_id("enc-2").await;
+    hub.sync_error_marker("t", "marker-1").await;
+    patient_only.expect_next_id("marker-1").await;
+
+    // Another patient: a new derived open.
+    assert_eq!(
+        hub.publish(&encounter_open("t", "enc-3", "e3", "p2"))
+            .await
+            .status(),
+        202
+    );
+    let derived = patient_only.next_json().await;
+    assert_eq!(derived["event"]["context"][0]["resource"]["id"], "p2");
+    // The encounter stays the current context.
+    assert_eq!(hub.get_json("/t").await["context.type"], "Encounter");
+    // A late Patient-open subscriber is replayed the derived patient.
+    let mut late = hub.subscriber("t", "Patient-open", "Late").await;
+    let replayed = late.next_json().await;
+    assert_eq!(replayed["event"]["context"][0]["resource"]["id"], "p2");
 }

@@ -31,11 +31,17 @@ pub fn fast_acks(profile: Profile) -> HubConfig {
 
 impl Hub {
     pub async fn start(config: HubConfig) -> Self {
-        let path = config.path.clone();
-        let app = flare_server::fhircast_routes(HubHandle::start(HubConfig {
+        Self::serve(HubHandle::start(HubConfig {
             enabled: true,
             ..config
-        }));
+        }))
+        .await
+    }
+
+    /// The routes of an already started hub on 127.0.0.1:0.
+    pub async fn serve(handle: HubHandle) -> Self {
+        let path = handle.config().path;
+        let app = flare_server::fhircast_routes(handle);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
