@@ -1,5 +1,5 @@
-//! `flare generate`: a seeded synthetic population, written to a Flare server, NDJSON files or
-//! stdout, as fast as possible or paced (`--rate`, `--speed`).
+//! `flare generate`: a seeded synthetic population, written to a Flare server, a Kafka topic,
+//! NDJSON files or stdout, as fast as possible or paced (`--rate`, `--speed`).
 
 use std::{
     collections::BTreeMap,
@@ -41,17 +41,39 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "Nx", value_parser = parse_speed)]
     pub speed: Option<f64>,
     /// Write to this Flare server (its FHIR base URL) as transaction Bundles of PUTs.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["out", "stdout"])]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["out", "stdout", "kafka"])]
     pub url: Option<String>,
-    /// Entries per transaction Bundle when writing to a server.
+    /// Entries per transaction Bundle when writing to a server; records per append when
+    /// writing to Kafka.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub batch: usize,
+    /// Publish to Kafka: these brokers (comma-separated), one message per resource keyed by
+    /// its patient (`Patient/<id>`), so one patient's resources stay in order. SASL/TLS and
+    /// other client settings come from the `[kafka]` section of `--config`.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', requires = "topic", conflicts_with_all = ["out", "stdout"])]
+    pub kafka: Option<Vec<String>>,
+    /// The Kafka topic to publish to (created with the `[kafka]` default partitions if missing).
+    #[arg(long, value_name = "TOPIC", requires = "kafka")]
+    pub topic: Option<String>,
+    /// Encoding of Kafka messages: FHIR JSON, or FHIR XML as older generators wrote.
+    #[arg(long, value_enum, default_value = "json", requires = "kafka")]
+    pub format: KafkaFormat,
+    /// A TOML config file; only its `[kafka]` section is read (see `flare config-example`).
+    #[arg(long, short = 'c', value_name = "FILE", requires = "kafka")]
+    pub config: Option<PathBuf>,
     /// Write NDJSON files, one per resource type, into this folder.
     #[arg(long, value_name = "DIR", conflicts_with = "stdout")]
     pub out: Option<PathBuf>,
     /// Write NDJSON to standard output.
     #[arg(long)]
     pub stdout: bool,
+}
+
+/// How a resource is encoded in a Kafka message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KafkaFormat {
+    Json,
+    Xml,
 }
 
 pub fn parse_rate(text: &str) -> Result<f64, String> {
@@ -103,12 +125,20 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let config = args.generator_config()?;
     let mut sink = if let Some(url) = &args.url {
         Sink::server(url, args.batch)?
+    } else if let Some(brokers) = &args.kafka {
+        let topic = args
+            .topic
+            .as_deref()
+            .context("--kafka needs --topic to say where to publish")?;
+        kafka_sink(&args, brokers, topic).await?
     } else if let Some(dir) = &args.out {
         Sink::files(dir.clone())?
     } else if args.stdout {
         Sink::Stdout(BufWriter::new(std::io::stdout()))
     } else {
-        bail!("say where to write: --url http://127.0.0.1:8080/fhir, --out DIR or --stdout");
+        bail!(
+            "say where to write: --url http://127.0.0.1:8080/fhir, --kafka HOST:PORT --topic T, --out DIR or --stdout"
+        );
     };
     let pace = Pace::new(config.start, args.rate, args.speed);
     let progress = if args.stdout {
@@ -166,6 +196,28 @@ impl std::fmt::Display for Summary {
         }
         Ok(())
     }
+}
+
+#[cfg(feature = "kafka")]
+async fn kafka_sink(args: &GenerateArgs, brokers: &[String], topic: &str) -> anyhow::Result<Sink> {
+    let file_config = crate::config::CommonArgs {
+        config: args.config.clone(),
+        data_dir: None,
+        store: None,
+        log: None,
+    }
+    .load()?
+    .kafka;
+    let config = flare_kafka::KafkaConfig {
+        brokers: brokers.to_vec(),
+        ..file_config
+    };
+    Sink::kafka(config, topic, args.format, args.batch).await
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn kafka_sink(_: &GenerateArgs, _: &[String], _: &str) -> anyhow::Result<Sink> {
+    bail!("this flare was built without the `kafka` feature")
 }
 
 /// Writes the population into `sink` until it ends or `stop` resolves.
@@ -258,6 +310,14 @@ pub enum Sink {
         writers: BTreeMap<String, BufWriter<File>>,
     },
     Stdout(BufWriter<std::io::Stdout>),
+    #[cfg(feature = "kafka")]
+    Kafka {
+        log: flare_kafka::KafkaLog,
+        topic: String,
+        format: KafkaFormat,
+        batch: usize,
+        pending: Vec<flare_log::NewRecord>,
+    },
 }
 
 impl Sink {
@@ -270,6 +330,33 @@ impl Sink {
             client: reqwest::Client::new(),
             base,
             batch: batch.clamp(1, 1000),
+            pending: Vec::new(),
+        })
+    }
+
+    /// Publishes to `topic` (created if missing), `batch` records per append.
+    #[cfg(feature = "kafka")]
+    pub async fn kafka(
+        config: flare_kafka::KafkaConfig,
+        topic: &str,
+        format: KafkaFormat,
+        batch: usize,
+    ) -> anyhow::Result<Self> {
+        use flare_log::EventLog;
+        flare_log::validate_topic_name(topic)?;
+        let brokers = config.brokers.join(",");
+        let partitions = config.partitions;
+        let log = flare_kafka::KafkaLog::connect(config)
+            .await
+            .with_context(|| format!("cannot connect to the Kafka brokers {brokers}"))?;
+        log.ensure_topic(topic, partitions)
+            .await
+            .with_context(|| format!("cannot create the topic {topic} on {brokers}"))?;
+        Ok(Self::Kafka {
+            log,
+            topic: topic.to_owned(),
+            format,
+            batch: batch.clamp(1, 10_000),
             pending: Vec::new(),
         })
     }
@@ -309,6 +396,18 @@ impl Sink {
                 serde_json::to_writer(&mut *out, &item.resource)?;
                 out.write_all(b"\n")?;
             }
+            #[cfg(feature = "kafka")]
+            Self::Kafka {
+                format,
+                batch,
+                pending,
+                ..
+            } => {
+                pending.push(kafka_record(&item, *format)?);
+                if pending.len() >= *batch {
+                    self.flush().await?;
+                }
+            }
         }
         Ok(())
     }
@@ -338,12 +437,53 @@ impl Sink {
                 Ok(())
             }
             Self::Stdout(out) => Ok(out.flush()?),
+            #[cfg(feature = "kafka")]
+            Self::Kafka {
+                log,
+                topic,
+                pending,
+                ..
+            } => {
+                use flare_log::EventLog;
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                let count = pending.len();
+                log.append(topic, std::mem::take(pending))
+                    .await
+                    .with_context(|| format!("cannot publish {count} messages to {topic}"))?;
+                Ok(())
+            }
         }
     }
 
     async fn finish(&mut self) -> anyhow::Result<()> {
         self.flush().await
     }
+}
+
+/// One Kafka message: the resource in the chosen encoding, keyed by its patient compartment
+/// (the same key Flare's own change events use), with a content type header.
+#[cfg(feature = "kafka")]
+fn kafka_record(item: &Generated, format: KafkaFormat) -> anyhow::Result<flare_log::NewRecord> {
+    let resource_type = item.resource_type();
+    let id = item.resource["id"].as_str().unwrap_or_default();
+    let key = flare_events::routing::partition_key(resource_type, id, Some(&item.resource));
+    let (content_type, payload) = match format {
+        KafkaFormat::Json => ("application/fhir+json", serde_json::to_vec(&item.resource)?),
+        KafkaFormat::Xml => (
+            "application/fhir+xml",
+            flare_fhir::xml::from_json(&item.resource)
+                .with_context(|| format!("cannot write {resource_type}/{id} as XML"))?
+                .into_bytes(),
+        ),
+    };
+    Ok(flare_log::NewRecord {
+        key: Some(key.into_bytes()),
+        headers: vec![flare_log::Header::new("content-type", content_type)],
+        payload,
+        timestamp_ms: None,
+    })
 }
 
 /// Every resource (first versions and updates alike) is written with PUT at its generated id,
