@@ -21,7 +21,10 @@ use axum::{
     routing::any,
 };
 use flare_service::FhirError;
-use flare_subscriptions::delivery::{Content, SubscriptionRuntime, WsSession, WsTokenError};
+use flare_subscriptions::{
+    ContentLevel,
+    delivery::{SubscriptionRuntime, WsSession, WsTokenError},
+};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -171,9 +174,7 @@ async fn events(
         .map(|(_, v)| v.as_str())
     {
         None => None,
-        Some("empty") => Some(Content::Empty),
-        Some("id-only") => Some(Content::IdOnly),
-        Some("full-resource") => Some(Content::FullResource),
+        Some(code) if ContentLevel::from_code(code).is_some() => ContentLevel::from_code(code),
         Some(other) => {
             return failure(FhirError::bad_request(format!(
                 "content must be empty, id-only or full-resource, not `{other}`"

@@ -154,7 +154,7 @@ impl Fhir {
                 )));
             }
         };
-        Ok(write_entry(&ctx.base_url, &outcome, prefer))
+        Ok(write_entry(self, &ctx.base_url, &outcome, prefer))
     }
 
     async fn transaction(
@@ -385,7 +385,7 @@ impl Fhir {
         let mut responses = Vec::with_capacity(entries.len());
         for entry in &entries {
             let response = match outcomes.get(&entry.index) {
-                Some(outcome) => write_entry(&ctx.base_url, outcome, prefer),
+                Some(outcome) => write_entry(self, &ctx.base_url, outcome, prefer),
                 None => self
                     .read_entry(ctx, entry)
                     .await
@@ -573,7 +573,7 @@ fn status_line(status: u16) -> String {
     format!("{status} {reason}").trim_end().to_owned()
 }
 
-fn write_entry(base: &str, outcome: &WriteOutcome, prefer: ReturnPreference) -> Value {
+fn write_entry(fhir: &Fhir, base: &str, outcome: &WriteOutcome, prefer: ReturnPreference) -> Value {
     let mut response = json!({"status": status_line(outcome.kind.status())});
     let mut entry = json!({});
     if let Some(v) = &outcome.version {
@@ -587,7 +587,7 @@ fn write_entry(base: &str, outcome: &WriteOutcome, prefer: ReturnPreference) -> 
                 .as_deref()
                 .and_then(|b| serde_json::from_str::<Value>(b).ok())
         {
-            entry["resource"] = resource;
+            entry["resource"] = fhir.present_value(&v.key.resource_type, resource);
         }
     }
     entry["response"] = response;

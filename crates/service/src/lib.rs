@@ -78,6 +78,8 @@ struct Inner {
     write_checks: std::sync::RwLock<Vec<(String, Arc<dyn WriteCheck>)>>,
     /// Extensions other components add to the CapabilityStatement's `rest` entry.
     capability_extensions: std::sync::RwLock<Vec<capability::CapabilityExtension>>,
+    /// How clients see resources of one type, registered by other components.
+    read_transforms: std::sync::RwLock<Vec<(String, Arc<dyn ReadTransform>)>>,
 }
 
 /// A check run before every create or update of one resource type (plain, conditional or in a
@@ -85,6 +87,22 @@ struct Inner {
 /// runtime refusing a Subscription it cannot honour. An `Err` rejects the write as is.
 pub trait WriteCheck: Send + Sync {
     fn check(&self, resource: &serde_json::Value) -> Result<(), FhirError>;
+}
+
+/// How clients see resources of one type, registered by a component that gives the type a
+/// meaning, e.g. the subscription runtime masking channel secrets. Applied to every answer
+/// that carries a resource (read, vread, search matches and includes, history, batch and
+/// transaction responses, the body returned by a create or update); the stored resource and
+/// its change event stay as written. Both methods must be idempotent: an answer may pass
+/// through them twice.
+pub trait ReadTransform: Send + Sync {
+    /// The resource as a client may see it.
+    fn for_read(&self, resource: &serde_json::Value) -> serde_json::Value;
+
+    /// On a write, before checks and storage: puts back into `incoming` what
+    /// [`for_read`](Self::for_read) masked and the client sent back unchanged, taken from the
+    /// version now `stored`, so a read-modify-write keeps it.
+    fn restore(&self, _incoming: &mut serde_json::Value, _stored: &serde_json::Value) {}
 }
 
 impl Fhir {
@@ -97,6 +115,7 @@ impl Fhir {
                 conditional: tokio::sync::Mutex::new(()),
                 write_checks: std::sync::RwLock::new(Vec::new()),
                 capability_extensions: std::sync::RwLock::new(Vec::new()),
+                read_transforms: std::sync::RwLock::new(Vec::new()),
             }),
         }
     }
@@ -132,5 +151,88 @@ impl Fhir {
             .iter()
             .filter(|(t, _)| t == resource_type)
             .try_for_each(|(_, check)| check.check(resource))
+    }
+
+    /// Registers `transform` for every later answer carrying a `resource_type` resource.
+    pub fn add_read_transform(&self, resource_type: &str, transform: Arc<dyn ReadTransform>) {
+        if let Ok(mut transforms) = self.inner.read_transforms.write() {
+            transforms.push((resource_type.to_owned(), transform));
+        }
+    }
+
+    fn read_transforms_for(&self, resource_type: &str) -> Vec<Arc<dyn ReadTransform>> {
+        let Ok(transforms) = self.inner.read_transforms.read() else {
+            return Vec::new();
+        };
+        transforms
+            .iter()
+            .filter(|(t, _)| t == resource_type)
+            .map(|(_, transform)| transform.clone())
+            .collect()
+    }
+
+    /// A resource as clients see it (see [`ReadTransform`]).
+    pub(crate) fn present_value(
+        &self,
+        resource_type: &str,
+        resource: serde_json::Value,
+    ) -> serde_json::Value {
+        self.read_transforms_for(resource_type)
+            .iter()
+            .fold(resource, |resource, transform| {
+                transform.for_read(&resource)
+            })
+    }
+
+    /// A stored version as clients see it; untouched (not even parsed) for types without
+    /// transforms.
+    pub(crate) fn present(
+        &self,
+        mut version: flare_store::StoredVersion,
+    ) -> flare_store::StoredVersion {
+        let transforms = self.read_transforms_for(&version.key.resource_type);
+        if transforms.is_empty() {
+            return version;
+        }
+        if let Some(Ok(resource)) = version
+            .body
+            .as_deref()
+            .map(serde_json::from_str::<serde_json::Value>)
+        {
+            let shown = transforms.iter().fold(resource, |resource, transform| {
+                transform.for_read(&resource)
+            });
+            version.body = Some(shown.to_string());
+        }
+        version
+    }
+
+    pub(crate) fn present_outcome(&self, outcome: WriteOutcome) -> WriteOutcome {
+        WriteOutcome {
+            kind: outcome.kind,
+            version: outcome.version.map(|version| self.present(version)),
+        }
+    }
+
+    /// Puts back what reads masked (see [`ReadTransform::restore`]).
+    pub(crate) fn restore_masked(
+        &self,
+        resource_type: &str,
+        incoming: &mut serde_json::Value,
+        stored: Option<&flare_store::StoredVersion>,
+    ) {
+        let transforms = self.read_transforms_for(resource_type);
+        if transforms.is_empty() {
+            return;
+        }
+        let Some(Ok(stored)) = stored
+            .and_then(|v| v.body.as_deref())
+            .map(serde_json::from_str::<serde_json::Value>)
+        else {
+            return;
+        };
+        for transform in &transforms {
+            transform.restore(incoming, &stored);
+        }
     }
 }

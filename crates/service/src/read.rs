@@ -30,8 +30,19 @@ pub struct SearchRequest {
 }
 
 impl Fhir {
-    /// `GET [type]/[id]`: 404 if it never existed, 410 if deleted.
+    /// `GET [type]/[id]`: 404 if it never existed, 410 if deleted. The resource as clients see
+    /// it (after the registered [`ReadTransform`](crate::ReadTransform)s).
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<ReadOutcome, FhirError> {
+        let version = self.read_stored(resource_type, id).await?;
+        Ok(self.present(version))
+    }
+
+    /// [`Self::read`] as stored, for components that need what clients may not see.
+    pub async fn read_stored(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<ReadOutcome, FhirError> {
         check_type(resource_type)?;
         check_id(id)?;
         let key = ResourceKey::new(resource_type, id);
@@ -46,8 +57,19 @@ impl Fhir {
     }
 
     /// `GET [type]/[id]/_history/[vid]`: 404 if that version never existed, 410 if it is a
-    /// deletion.
+    /// deletion. As clients see it, like [`Self::read`].
     pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<ReadOutcome, FhirError> {
+        let stored = self.vread_stored(resource_type, id, version).await?;
+        Ok(self.present(stored))
+    }
+
+    /// [`Self::vread`] as stored.
+    pub async fn vread_stored(
         &self,
         resource_type: &str,
         id: &str,
@@ -154,7 +176,7 @@ impl Fhir {
         let entries: Vec<Value> = page
             .versions
             .iter()
-            .map(|v| history_entry(&ctx.base_url, v))
+            .map(|v| history_entry(self, &ctx.base_url, v))
             .collect();
         Ok(json!({
             "resourceType": "Bundle",
@@ -259,7 +281,8 @@ impl Fhir {
         );
         bundle.insert("link".into(), json!(links));
         let shape = |v: &StoredVersion| -> Option<Value> {
-            let mut resource: Value = serde_json::from_str(v.body.as_deref()?).ok()?;
+            let stored: Value = serde_json::from_str(v.body.as_deref()?).ok()?;
+            let mut resource = self.present_value(&v.key.resource_type, stored);
             if let Some(elements) = elements {
                 resource = keep_elements(resource, elements);
             } else if summary_data {
@@ -324,8 +347,8 @@ fn instant_param(name: &str, value: &str) -> Result<i64, FhirError> {
     })
 }
 
-/// The history entry of one version.
-fn history_entry(base: &str, v: &StoredVersion) -> Value {
+/// The history entry of one version, as clients see it.
+fn history_entry(fhir: &Fhir, base: &str, v: &StoredVersion) -> Value {
     let etag = format!("W/\"{}\"", v.version_id);
     let last_modified = format_instant(v.last_updated_ms);
     let mut entry = json!({"fullUrl": format!("{base}/{}", v.key)});
@@ -340,7 +363,7 @@ fn history_entry(base: &str, v: &StoredVersion) -> Value {
             } else {
                 ("PUT", v.key.to_string(), "200 OK")
             };
-            entry["resource"] = resource;
+            entry["resource"] = fhir.present_value(&v.key.resource_type, resource);
             entry["request"] = json!({"method": method, "url": url});
             entry["response"] =
                 json!({"status": status, "etag": etag, "lastModified": last_modified});

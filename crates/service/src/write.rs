@@ -105,6 +105,10 @@ impl Fhir {
         body: Option<Value>,
         now_ms: i64,
     ) -> Result<PlannedWrite, FhirError> {
+        let body = body.map(|mut resource| {
+            self.restore_masked(&key.resource_type, &mut resource, current);
+            resource
+        });
         if let Some(resource) = &body {
             self.run_write_checks(&key.resource_type, resource)?;
         }
@@ -212,10 +216,10 @@ impl Fhir {
                     )
                     .await?
                 {
-                    return Ok(WriteOutcome {
+                    return Ok(self.present_outcome(WriteOutcome {
                         kind: WriteKind::Existing,
                         version: Some(existing),
-                    });
+                    }));
                 }
                 Some(guard)
             }
@@ -225,10 +229,10 @@ impl Fhir {
         let planned = self.plan(ctx, &key, None, Some(resource), now_ms())?;
         let version = planned.write.version.clone();
         self.commit(vec![planned]).await?;
-        Ok(WriteOutcome {
+        Ok(self.present_outcome(WriteOutcome {
             kind: WriteKind::Created,
             version: Some(version),
-        })
+        }))
     }
 
     /// Updates (or creates) `[type]/[id]` (`PUT`). `if_match` is the version the client read
@@ -342,8 +346,21 @@ impl Fhir {
     }
 
     /// Writes a version of `key`, re-reading and re-planning when a concurrent write wins the
-    /// race (unless the client pinned the version with `If-Match`).
+    /// race (unless the client pinned the version with `If-Match`). The outcome as clients see
+    /// it.
     async fn write_with_retries(
+        &self,
+        ctx: &RequestContext,
+        key: &ResourceKey,
+        body: Option<Value>,
+        if_match: Option<u64>,
+    ) -> Result<WriteOutcome, FhirError> {
+        self.write_stored_with_retries(ctx, key, body, if_match)
+            .await
+            .map(|outcome| self.present_outcome(outcome))
+    }
+
+    async fn write_stored_with_retries(
         &self,
         ctx: &RequestContext,
         key: &ResourceKey,
@@ -352,6 +369,11 @@ impl Fhir {
     ) -> Result<WriteOutcome, FhirError> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.store().current(key).await?;
+            // What a read masked and the client sent back counts as unchanged.
+            let body = body.clone().map(|mut resource| {
+                self.restore_masked(&key.resource_type, &mut resource, current.as_ref());
+                resource
+            });
             if let Some(wanted) = if_match {
                 let actual = current.as_ref().map(|v| v.version_id);
                 if actual != Some(wanted) {
@@ -377,7 +399,7 @@ impl Fhir {
                 }
                 _ => {}
             }
-            let planned = self.plan(ctx, key, current.as_ref(), body.clone(), now_ms())?;
+            let planned = self.plan(ctx, key, current.as_ref(), body, now_ms())?;
             let (kind, version) = (planned.kind, planned.write.version.clone());
             match self.commit(vec![planned]).await {
                 Ok(()) => {

@@ -15,10 +15,9 @@ use tokio::sync::watch;
 use super::{
     DeliveryError, Live, Shared,
     cursor::{EventRow, SubscriptionChange},
-    settings::{ChannelKind, ChannelSettings},
     worker::{self, Mode},
 };
-use crate::{Interaction, MatchEvent, SubscriptionIndex};
+use crate::{ChannelType, Interaction, MatchEvent, SubscriptionIndex, SubscriptionSpec};
 
 /// Consumer group name; the manager keeps its own offsets in the cursor file and never
 /// commits through the group.
@@ -42,19 +41,21 @@ pub(super) async fn resume(shared: &Arc<Shared>) -> Result<(), DeliveryError> {
         let mut live = shared.live.lock();
         let mut index = shared.index.lock();
         for s in stored {
-            let indexed = index_subscription(shared, &mut index, &s.id, &s.resource).is_ok();
+            let (spec, indexed) = index_subscription(shared, &mut index, &s.id, &s.resource);
             let entry = Live {
                 resource: Arc::new(s.resource),
+                spec,
                 since_seq: s.since_seq,
                 events_since_start: s.events_since_start,
-                indexed,
+                indexed: indexed.is_ok(),
             };
-            let kind = ChannelSettings::from_resource(&entry.resource).kind;
+            let kind = entry.channel().map(|channel| channel.channel_type);
             match (entry.status(), kind) {
-                ("requested", ChannelKind::Websocket) => {
+                (_, None) => {}
+                ("requested", Some(ChannelType::Websocket)) => {
                     actions.push(Lifecycle::Activate(s.id.clone()))
                 }
-                (_, ChannelKind::Websocket) => {}
+                (_, Some(ChannelType::Websocket)) => {}
                 ("requested", _) => actions.push(Lifecycle::Handshake(s.id.clone())),
                 ("active", _) => actions.push(Lifecycle::Deliver(s.id.clone())),
                 _ => {}
@@ -72,7 +73,7 @@ pub(super) async fn resume(shared: &Arc<Shared>) -> Result<(), DeliveryError> {
 /// the naming strategies make (`fhir.Patient`, `fhir.created`, `fhir.Patient.created`). Other
 /// topics under the prefix (the processors' `fhir.alerts.sepsis`, retry and dead-letter
 /// topics) carry other messages.
-fn is_input_topic(shared: &Shared, topic: &str) -> bool {
+pub(super) fn is_input_topic(shared: &Shared, topic: &str) -> bool {
     if shared.routing.routes.iter().any(|r| r.topic == topic) {
         return true;
     }
@@ -292,15 +293,20 @@ fn subscription_event(
         _ => seq,
     };
     let events_since_start = previous.map(|p| p.events_since_start).unwrap_or(0);
-    let compiled = index_subscription(shared, index, &id, &resource);
+    let (spec, compiled) = index_subscription(shared, index, &id, &resource);
+    let compiled = compiled.and_then(|()| match spec.as_deref() {
+        Some(spec) => deliverable(shared, spec),
+        None => Ok(()),
+    });
     let entry = Live {
         resource: Arc::new(resource.clone()),
+        spec,
         since_seq,
         events_since_start,
         indexed: compiled.is_ok(),
     };
     let status = entry.status().to_owned();
-    let kind = ChannelSettings::from_resource(&resource).kind;
+    let kind = entry.channel().map(|channel| channel.channel_type);
     changes.push(SubscriptionChange::Upsert {
         id: id.clone(),
         resource,
@@ -309,46 +315,65 @@ fn subscription_event(
     live.insert(id.clone(), entry);
     let action = match (status.as_str(), compiled, kind) {
         ("requested" | "active", Err(reason), _) => Lifecycle::Fail(id, reason),
-        ("requested" | "active", Ok(_), ChannelKind::RestHook) => {
-            if status == "requested" {
-                Lifecycle::Handshake(id)
-            } else {
-                Lifecycle::Deliver(id)
-            }
-        }
-        ("requested", Ok(_), ChannelKind::Websocket) => Lifecycle::Activate(id),
-        ("active", Ok(_), ChannelKind::Websocket) => Lifecycle::Stop(id),
-        ("requested", Ok(_), other) => Lifecycle::Fail(
-            id,
-            format!("channel type {other:?} is not delivered by this server; use rest-hook"),
-        ),
+        ("requested", Ok(_), Some(ChannelType::Websocket)) => Lifecycle::Activate(id),
+        ("active", Ok(_), Some(ChannelType::Websocket)) => Lifecycle::Stop(id),
+        ("requested", Ok(_), Some(_)) => Lifecycle::Handshake(id),
+        ("active", Ok(_), Some(_)) => Lifecycle::Deliver(id),
         _ => Lifecycle::Stop(id),
     };
     actions.push(action);
 }
 
-/// Parses a Subscription and (re)places it in the matching index; `Err` is the reason it
-/// cannot be honoured. Subscriptions that are `off` leave the index.
+/// What the runtime itself must refuse beyond what parsing checks: a channel it has no
+/// sender for, and a Kafka channel writing to a topic the manager reads (a notification would
+/// come back as input).
+fn deliverable(shared: &Shared, spec: &SubscriptionSpec) -> Result<(), String> {
+    let channel = &spec.channel;
+    match channel.channel_type {
+        ChannelType::Email if shared.mailer.is_none() => Err(
+            "email notifications need an SMTP server: configure [subscriptions.smtp]".to_owned(),
+        ),
+        ChannelType::Kafka => {
+            let topic = super::channels::kafka_topic(channel.endpoint.as_deref().unwrap_or(""));
+            if is_input_topic(shared, topic) {
+                Err(format!(
+                    "the kafka topic {topic} carries change events; name another topic for notifications"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Parses a Subscription and (re)places it in the matching index. The spec is `None` when
+/// the resource does not parse; `Err` is the reason it cannot be honoured. Subscriptions that
+/// are `off` leave the index.
 fn index_subscription(
     shared: &Shared,
     index: &mut SubscriptionIndex,
     id: &str,
     resource: &Value,
-) -> Result<(), String> {
+) -> (Option<Arc<SubscriptionSpec>>, Result<(), String>) {
     index.remove(id);
-    let status = resource.get("status").and_then(Value::as_str).unwrap_or("");
-    if !matches!(status, "requested" | "active" | "error") {
-        return Err(format!("status {status}"));
-    }
-    let spec = crate::parse_subscription(resource, shared.fhir.registry(), index.topics())
-        .map_err(|issues| {
-            issues
+    let spec = match crate::parse_subscription(resource, shared.fhir.registry(), index.topics()) {
+        Ok(spec) => Arc::new(spec),
+        Err(issues) => {
+            let reason = issues
                 .iter()
                 .map(|issue| issue.message.as_str())
                 .collect::<Vec<_>>()
-                .join("; ")
-        })?;
-    index.insert_with_id(id, &spec).map_err(|e| e.to_string())
+                .join("; ");
+            return (None, Err(reason));
+        }
+    };
+    let status = resource.get("status").and_then(Value::as_str).unwrap_or("");
+    if !matches!(status, "requested" | "active" | "error") {
+        return (Some(spec), Err(format!("status {status}")));
+    }
+    let indexed = index.insert_with_id(id, &spec).map_err(|e| e.to_string());
+    (Some(spec), indexed)
 }
 
 fn interaction(action: Action) -> Interaction {
@@ -395,7 +420,7 @@ async fn previous_versions(
     for (position, resource_type, id, version) in wanted {
         if let Ok(stored) = shared
             .fhir
-            .vread(&resource_type, &id, &version.to_string())
+            .vread_stored(&resource_type, &id, &version.to_string())
             .await
             && let Some(body) = stored.body.as_deref()
             && let Ok(value) = serde_json::from_str(body)

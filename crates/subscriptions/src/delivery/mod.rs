@@ -30,11 +30,11 @@
 //! after a Subscription create can, in rare interleavings across partitions, be read before
 //! the create and is then not matched.
 
+mod channels;
 mod check;
 pub mod cursor;
 mod manager;
-pub mod notify;
-pub mod settings;
+mod notify;
 pub mod transport;
 pub mod websocket;
 mod worker;
@@ -49,16 +49,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{SubscriptionIndex, TopicRegistry};
+use crate::{
+    Channel, ContentLevel, SubscriptionIndex, SubscriptionSpec, TopicRegistry, Trigger,
+    notification::{self, NotificationType},
+};
 
-pub use check::SubscriptionCheck;
+pub use check::{SubscriptionCheck, SubscriptionRedaction};
 pub use cursor::{CursorStore, EventRow};
 /// The guarded client's crate, for callers that build a [`flare_outbound::Deliverer`].
 #[cfg(feature = "outbound")]
 pub use flare_outbound as outbound;
-pub use notify::NotificationType;
-pub use settings::{ChannelSettings, Content};
-pub use transport::{OutboundRequest, Transport, TransportError};
+pub use transport::{MailTransport, OutboundMail, OutboundRequest, Transport, TransportError};
 pub use websocket::{WsBindingToken, WsSession, WsTokenError};
 
 /// Errors of the delivery runtime. Endpoint failures are not errors: they are retried and end
@@ -131,6 +132,9 @@ impl Default for DeliveryConfig {
 #[derive(Clone)]
 pub(crate) struct Live {
     pub resource: Arc<Value>,
+    /// The resource parsed by [`crate::parse_subscription`]; `None` when it does not parse
+    /// (then nothing is delivered).
+    pub spec: Option<Arc<SubscriptionSpec>>,
     pub since_seq: u64,
     pub events_since_start: u64,
     /// Whether the resource parsed and sits in the matching index (otherwise it is never
@@ -151,6 +155,35 @@ impl Live {
     pub fn counts(&self) -> bool {
         matches!(self.status(), "requested" | "active" | "error") && self.indexed
     }
+
+    pub fn channel(&self) -> Option<&Channel> {
+        self.spec.as_deref().map(|spec| &spec.channel)
+    }
+
+    pub fn topic_url(&self) -> Option<&str> {
+        self.spec.as_deref().and_then(SubscriptionSpec::topic_url)
+    }
+
+    /// The content level of its notifications (`empty` when unknown: nothing beyond what
+    /// was asked for leaves the server).
+    pub fn content(&self) -> ContentLevel {
+        self.channel()
+            .map(|channel| channel.content)
+            .unwrap_or(ContentLevel::Empty)
+    }
+
+    /// The reason of its last `error` status, as written back by the runtime.
+    pub fn error(&self) -> Option<&str> {
+        self.resource.get("error").and_then(Value::as_str)
+    }
+
+    /// Whether it is topic-based (notification Bundles) rather than R4 classic.
+    pub fn is_topic_based(&self) -> bool {
+        matches!(
+            self.spec.as_deref().map(|spec| &spec.trigger),
+            Some(Trigger::Topic { .. })
+        )
+    }
 }
 
 pub(crate) struct Shared {
@@ -158,6 +191,7 @@ pub(crate) struct Shared {
     pub log: Arc<dyn EventLog>,
     pub cursor: CursorStore,
     pub transport: Arc<dyn Transport>,
+    pub mailer: Option<Arc<dyn MailTransport>>,
     pub routing: RoutingConfig,
     pub index: Mutex<SubscriptionIndex>,
     pub config: DeliveryConfig,
@@ -201,6 +235,16 @@ impl SubscriptionRuntime {
     /// Opens the cursor file, resumes the workers of known subscriptions and starts the
     /// manager.
     pub async fn start(deps: Dependencies, config: DeliveryConfig) -> Result<Self, DeliveryError> {
+        Self::start_with_mailer(deps, config, None).await
+    }
+
+    /// [`Self::start`] with a sender for `email` channel notifications; without one, email
+    /// subscriptions turn `error` with a reason naming the missing SMTP settings.
+    pub async fn start_with_mailer(
+        deps: Dependencies,
+        config: DeliveryConfig,
+        mailer: Option<Arc<dyn MailTransport>>,
+    ) -> Result<Self, DeliveryError> {
         let cursor = CursorStore::open(&config.cursor_file)?;
         let shared = Arc::new(Shared {
             routing: deps.fhir.config().events.clone(),
@@ -212,6 +256,7 @@ impl SubscriptionRuntime {
             log: deps.log,
             cursor,
             transport: deps.transport,
+            mailer,
             config,
             live: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
@@ -248,14 +293,10 @@ impl SubscriptionRuntime {
         Ok(Some(StatusInfo {
             id: id.to_owned(),
             status: live.status().to_owned(),
-            topic: ChannelSettings::from_resource(&live.resource).topic,
+            topic: live.topic_url().map(str::to_owned),
             events_since_start: live.events_since_start,
             delivered_through,
-            error: live
-                .resource
-                .get("error")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            error: live.error().map(str::to_owned),
         }))
     }
 
@@ -266,23 +307,24 @@ impl SubscriptionRuntime {
         ids
     }
 
-    /// The `$status` Parameters of one subscription.
+    /// The `$status` resource of one subscription (`Parameters` for R4, `SubscriptionStatus`
+    /// when its payload asks for R4B or R5).
     pub async fn status_resource(&self, id: &str) -> Result<Option<Value>, DeliveryError> {
-        let Some(info) = self.status(id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(notify::status_parameters(
-            &notify::StatusFacts {
-                base_url: &self.shared.config.base_url,
-                subscription_id: id,
-                topic: info.topic.as_deref(),
-                status: &info.status,
-                kind: NotificationType::QueryStatus,
-                events_since_start: info.events_since_start,
-                error: info.error.as_deref(),
-            },
+        let live = self.shared.live.lock().get(id).cloned();
+        let Some(live) = live else { return Ok(None) };
+        let info = notify::status_info(
+            &self.shared,
+            id,
+            &live,
+            live.status(),
+            live.events_since_start,
+        );
+        Ok(Some(notification::status_resource(
+            &info,
+            NotificationType::QueryStatus,
             &[],
-            Content::IdOnly,
+            live.content(),
+            notify::version(live.channel()),
         )))
     }
 
@@ -293,33 +335,25 @@ impl SubscriptionRuntime {
         id: &str,
         since: u64,
         until: u64,
-        content: Option<Content>,
+        content: Option<ContentLevel>,
     ) -> Result<Option<Value>, DeliveryError> {
         let live = self.shared.live.lock().get(id).cloned();
         let Some(live) = live else { return Ok(None) };
-        let settings = ChannelSettings::from_resource(&live.resource);
-        let content = content.unwrap_or(settings.content);
+        let content = content.unwrap_or(live.content());
         // Bounded per call; a client pages with eventsSinceNumber.
         let rows = self
             .shared
             .cursor
             .events(id, since.max(1), until, 1000)
             .await?;
-        let events = worker::load_events(&self.shared, rows, content).await;
-        let facts = notify::StatusFacts {
-            base_url: &self.shared.config.base_url,
-            subscription_id: id,
-            topic: settings.topic.as_deref(),
-            status: live.status(),
-            kind: NotificationType::QueryEvent,
-            events_since_start: live.events_since_start,
-            error: None,
-        };
-        Ok(Some(notify::notification_bundle(
-            &facts,
+        let events = notify::load_events(&self.shared, rows, content).await;
+        Ok(Some(notify::bundle(
+            &self.shared,
+            id,
+            &live,
+            NotificationType::QueryEvent,
             &events,
             content,
-            &worker::now_instant(),
         )))
     }
 

@@ -1,5 +1,6 @@
-//! How a notification leaves the process: [`Transport`], implemented by the SSRF-guarded,
-//! signing [`flare_outbound::Deliverer`] (tests may supply their own).
+//! How a notification leaves the process: [`Transport`] (HTTP), implemented by the
+//! SSRF-guarded, signing [`flare_outbound::Deliverer`], and [`MailTransport`] (e-mail),
+//! implemented by [`flare_outbound::Mailer`]; tests may supply their own.
 
 use std::time::Duration;
 
@@ -36,19 +37,74 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(&self, request: OutboundRequest) -> Result<u16, TransportError>;
 }
 
-/// The SSRF-guarded client (cargo feature `outbound`): endpoint policy checked after DNS and on every redirect, and the
-/// `X-Hub-Signature` HMAC when the subscription has a secret. It sends `POST` only, so the R4
-/// classic `PUT [endpoint]/[type]/[id]` (a `payload` without topic) is refused.
+/// One notification e-mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMail {
+    /// The `mailto:` endpoint.
+    pub to: String,
+    pub subject: String,
+    /// The human-readable body.
+    pub text: String,
+    /// `(content type, body)` of the attached notification Bundle.
+    pub attachment: Option<(String, Vec<u8>)>,
+}
+
+/// Sends notification e-mails.
+#[async_trait]
+pub trait MailTransport: Send + Sync + 'static {
+    async fn send_mail(&self, mail: OutboundMail) -> Result<(), TransportError>;
+}
+
+/// The SMTP mailer (cargo feature `outbound`): the operator's SMTP server; the subscription
+/// gives only the one recipient.
+#[cfg(feature = "outbound")]
+#[async_trait]
+impl MailTransport for flare_outbound::Mailer {
+    async fn send_mail(&self, mail: OutboundMail) -> Result<(), TransportError> {
+        let attachment = mail.attachment.map(|(content_type, body)| {
+            let extension = if content_type.contains("xml") {
+                "xml"
+            } else {
+                "json"
+            };
+            flare_outbound::Attachment {
+                filename: format!("notification.{extension}"),
+                content_type,
+                body: body.into(),
+            }
+        });
+        self.send(&flare_outbound::Mail {
+            to: mail.to,
+            subject: mail.subject,
+            text: mail.text,
+            attachment,
+        })
+        .await
+        .map_err(|e| match e {
+            flare_outbound::MailError::InvalidRecipient { .. } => {
+                TransportError::Refused(e.to_string())
+            }
+            other => TransportError::Connection(other.to_string()),
+        })
+    }
+}
+
+/// The SSRF-guarded client (cargo feature `outbound`): endpoint policy checked after DNS and
+/// on every redirect, and the `X-Hub-Signature` HMAC when the subscription has a secret.
+/// Sends `POST` and, for R4 classic `payload` subscriptions, `PUT`.
 #[cfg(feature = "outbound")]
 #[async_trait]
 impl Transport for flare_outbound::Deliverer {
     async fn send(&self, request: OutboundRequest) -> Result<u16, TransportError> {
-        if request.method != "POST" {
-            return Err(TransportError::Refused(format!(
-                "{} deliveries are not supported; the outbound client sends POST only",
-                request.method
-            )));
-        }
+        let put = match request.method {
+            "POST" => false,
+            "PUT" => true,
+            other => {
+                return Err(TransportError::Refused(format!(
+                    "{other} deliveries are not supported; the outbound client sends POST and PUT"
+                )));
+            }
+        };
         let mut content_type = "application/fhir+json".to_owned();
         let mut post_headers = Vec::new();
         for (name, value) in request.headers {
@@ -60,6 +116,9 @@ impl Transport for flare_outbound::Deliverer {
         }
         let mut post = flare_outbound::Post::new(request.url, content_type, request.body.into())
             .timeout(request.timeout);
+        if put {
+            post = post.put();
+        }
         for (name, value) in post_headers {
             post = post.header(name, value);
         }

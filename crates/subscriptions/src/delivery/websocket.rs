@@ -31,15 +31,11 @@ use std::{
 use serde_json::{Value, json};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
-use super::{
-    Shared,
-    notify::{self, NotificationType, StatusFacts},
-    settings::{ChannelKind, ChannelSettings},
-    worker,
-};
+use super::{Shared, notify};
 use crate::websocket::{
     ClientFrame, bound_frame, parse_client_frame, ping_frame, unexpected_frame,
 };
+use crate::{ChannelType, notification::NotificationType};
 
 /// Why a binding token was not issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,7 +119,7 @@ impl Tokens {
 
 fn is_websocket(shared: &Shared, id: &str) -> Option<bool> {
     let live = shared.live.lock().get(id).cloned()?;
-    Some(ChannelSettings::from_resource(&live.resource).kind == ChannelKind::Websocket)
+    Some(live.channel().map(|channel| channel.channel_type) == Some(ChannelType::Websocket))
 }
 
 pub(crate) fn issue_token(shared: &Shared, ids: &[String]) -> Result<WsBindingToken, WsTokenError> {
@@ -302,22 +298,16 @@ impl WsSession {
             let Some(live) = self.shared.live.lock().get(id).cloned() else {
                 continue;
             };
-            let settings = ChannelSettings::from_resource(&live.resource);
-            let facts = StatusFacts {
-                base_url: &self.shared.config.base_url,
-                subscription_id: id,
-                topic: settings.topic.as_deref(),
-                status: live.status(),
-                kind: NotificationType::Handshake,
-                events_since_start: live.events_since_start,
-                error: None,
-            };
             // The IG's handshake on bind, before any event of the binding.
-            self.send(
-                notify::notification_bundle(&facts, &[], settings.content, &worker::now_instant())
-                    .to_string(),
-            )
-            .await;
+            let handshake = notify::bundle(
+                &self.shared,
+                id,
+                &live,
+                NotificationType::Handshake,
+                &[],
+                live.content(),
+            );
+            self.send(frame_text(&live, &handshake)).await;
             self.bind(id, Dialect::Token, Some(grant.expires), resume);
         }
         true
@@ -379,12 +369,12 @@ async fn deliver(
         if !matches!(live.status(), "active" | "error" | "requested") {
             return;
         }
-        let settings = ChannelSettings::from_resource(&live.resource);
         let from = next.load(Ordering::SeqCst);
-        let limit = if dialect == Dialect::Token && settings.topic.is_some() {
-            settings.max_count
-        } else {
-            1
+        let limit = match (dialect, live.channel()) {
+            (Dialect::Token, Some(channel)) if live.is_topic_based() => {
+                channel.max_count.unwrap_or(1).clamp(1, 1000) as usize
+            }
+            _ => 1,
         };
         let rows = match shared.cursor.events(&id, from, u64::MAX, limit).await {
             Ok(rows) => rows,
@@ -398,23 +388,17 @@ async fn deliver(
             let frame = match dialect {
                 Dialect::Classic => ping_frame(&id),
                 Dialect::Token => {
-                    let events = worker::load_events(&shared, rows, settings.content).await;
-                    let facts = StatusFacts {
-                        base_url: &shared.config.base_url,
-                        subscription_id: &id,
-                        topic: settings.topic.as_deref(),
-                        status: live.status(),
-                        kind: NotificationType::EventNotification,
-                        events_since_start: live.events_since_start.max(last),
-                        error: None,
-                    };
-                    notify::notification_bundle(
-                        &facts,
+                    let content = live.content();
+                    let events = notify::load_events(&shared, rows, content).await;
+                    let bundle = notify::bundle(
+                        &shared,
+                        &id,
+                        &live,
+                        NotificationType::EventNotification,
                         &events,
-                        settings.content,
-                        &worker::now_instant(),
-                    )
-                    .to_string()
+                        content,
+                    );
+                    frame_text(&live, &bundle)
                 }
             };
             if outgoing.send(frame).await.is_err() {
@@ -425,8 +409,10 @@ async fn deliver(
             last_sent = Instant::now();
             continue;
         }
-        let heartbeat = match (dialect, settings.heartbeat) {
-            (Dialect::Token, Some(period)) => Some(last_sent + period),
+        let heartbeat = match (dialect, live.channel().and_then(|c| c.heartbeat_period)) {
+            (Dialect::Token, Some(period)) => {
+                Some(last_sent + Duration::from_secs(u64::from(period.max(1))))
+            }
             _ => None,
         };
         let far = Instant::now() + Duration::from_secs(3600);
@@ -438,24 +424,23 @@ async fn deliver(
             }
             _ = tokio::time::sleep_until(expires.unwrap_or(far)), if expires.is_some() => return,
             _ = tokio::time::sleep_until(heartbeat.unwrap_or(far)), if heartbeat.is_some() => {
-                let facts = StatusFacts {
-                    base_url: &shared.config.base_url,
-                    subscription_id: &id,
-                    topic: settings.topic.as_deref(),
-                    status: live.status(),
-                    kind: NotificationType::Heartbeat,
-                    events_since_start: live.events_since_start,
-                    error: None,
-                };
-                let bundle = notify::notification_bundle(
-                    &facts, &[], settings.content, &worker::now_instant());
-                if outgoing.send(bundle.to_string()).await.is_err() {
+                let bundle = notify::bundle(
+                    &shared, &id, &live, NotificationType::Heartbeat, &[], live.content());
+                if outgoing.send(frame_text(&live, &bundle)).await.is_err() {
                     return;
                 }
                 last_sent = Instant::now();
             }
         }
     }
+}
+
+/// A notification as a text frame, in the payload's format (JSON unless XML is asked for).
+fn frame_text(live: &super::Live, bundle: &Value) -> String {
+    notify::encode(live.channel(), bundle)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_else(|| bundle.to_string())
 }
 
 /// Moves the subscription's `$status` delivery position forward (never back) to `number`.

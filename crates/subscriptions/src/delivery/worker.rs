@@ -1,21 +1,20 @@
-//! One worker per active rest-hook subscription: handshake, then notifications in event-number
-//! order with retries, heartbeats when idle.
+//! One worker per active push subscription (rest-hook, message, email, kafka): handshake, then
+//! notifications in event-number order with retries, heartbeats when idle. What a
+//! notification becomes on the wire is [`super::channels`]'s business.
 
 use std::{sync::Arc, time::Duration};
 
-use flare_events::ChangeEvent;
 use flare_service::RequestContext;
 use serde_json::Value;
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 
 use super::{
-    Shared,
+    Live, Shared,
+    channels::{self, Outgoing},
     cursor::EventRow,
-    notify::{self, NotificationEvent, NotificationType, StatusFacts},
-    retry_delay,
-    settings::{ChannelSettings, Content},
-    transport::OutboundRequest,
+    notify, retry_delay,
 };
+use crate::{ChannelType, notification::NotificationType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -51,72 +50,41 @@ pub(super) fn spawn(shared: Arc<Shared>, id: String, mode: Mode) -> WorkerHandle
     WorkerHandle { task, wake }
 }
 
-pub(crate) fn now_instant() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    flare_service::format_instant(ms)
+fn live_of(shared: &Shared, id: &str) -> Option<Live> {
+    shared.live.lock().get(id).cloned()
 }
 
-fn settings_of(shared: &Shared, id: &str) -> Option<(ChannelSettings, String, u64)> {
-    let live = shared.live.lock().get(id).cloned()?;
-    Some((
-        ChannelSettings::from_resource(&live.resource),
-        live.status().to_owned(),
-        live.events_since_start,
-    ))
+/// R4 classic rest-hook: one bare request per event, no handshake, no heartbeat. Every other
+/// push channel carries notification Bundles.
+fn is_classic_rest_hook(live: &Live) -> bool {
+    !live.is_topic_based()
+        && live
+            .channel()
+            .is_some_and(|channel| channel.channel_type == ChannelType::RestHook)
 }
 
-fn timeout_of(shared: &Shared, settings: &ChannelSettings) -> Duration {
-    settings
-        .timeout
-        .unwrap_or(Duration::from_millis(shared.config.default_timeout_ms))
-}
-
-fn bundle_request(shared: &Shared, settings: &ChannelSettings, bundle: &Value) -> OutboundRequest {
-    let mut headers = vec![(
-        "Content-Type".to_owned(),
-        settings.content_type().to_owned(),
-    )];
-    headers.extend(settings.headers.iter().cloned());
-    OutboundRequest {
-        method: "POST",
-        url: settings.endpoint.clone(),
-        headers,
-        body: serde_json::to_vec(bundle).unwrap_or_default(),
-        timeout: timeout_of(shared, settings),
-        secret: settings.secret.clone(),
-    }
-}
-
-/// One attempt; `Err` says why it failed.
-async fn attempt(shared: &Shared, request: OutboundRequest) -> Result<(), String> {
-    match shared.transport.send(request).await {
-        Ok(status) if (200..300).contains(&status) => Ok(()),
-        Ok(status) => Err(format!("the endpoint answered HTTP {status}")),
-        Err(e) => Err(e.to_string()),
-    }
+/// A handshake or heartbeat: a notification without events.
+fn status_notification(
+    shared: &Shared,
+    id: &str,
+    live: &Live,
+    kind: NotificationType,
+) -> Result<Outgoing, String> {
+    let bundle = notify::bundle(shared, id, live, kind, &[], live.content());
+    channels::for_bundle(shared, id, live, kind, &[], &bundle)
 }
 
 async fn run(shared: Arc<Shared>, id: String, mode: Mode, wake: Arc<Notify>) {
     if mode == Mode::Handshake {
-        let Some((settings, _, _)) = settings_of(&shared, &id) else {
+        let Some(live) = live_of(&shared, &id) else {
             return;
         };
-        if settings.topic.is_some() {
-            let facts = StatusFacts {
-                base_url: &shared.config.base_url,
-                subscription_id: &id,
-                topic: settings.topic.as_deref(),
-                status: "requested",
-                kind: NotificationType::Handshake,
-                events_since_start: 0,
-                error: None,
+        if !is_classic_rest_hook(&live) {
+            let sent = match status_notification(&shared, &id, &live, NotificationType::Handshake) {
+                Ok(outgoing) => channels::send(&shared, outgoing).await,
+                Err(reason) => Err(reason),
             };
-            let bundle = notify::notification_bundle(&facts, &[], settings.content, &now_instant());
-            if let Err(reason) = attempt(&shared, bundle_request(&shared, &settings, &bundle)).await
-            {
+            if let Err(reason) = sent {
                 tracing::warn!(subscription = %id, %reason, "handshake failed");
                 write_status(
                     &shared,
@@ -138,9 +106,13 @@ async fn run(shared: Arc<Shared>, id: String, mode: Mode, wake: Arc<Notify>) {
 async fn deliver(shared: &Arc<Shared>, id: &str, wake: &Notify) {
     let mut last_sent = Instant::now();
     loop {
-        let Some((settings, status, events_since_start)) = settings_of(shared, id) else {
+        let Some(live) = live_of(shared, id) else {
             return;
         };
+        let Some(channel) = live.channel().cloned() else {
+            return;
+        };
+        let classic = is_classic_rest_hook(&live);
         let next = match shared.cursor.delivered_through(id).await {
             Ok(n) => n + 1,
             Err(e) => {
@@ -149,10 +121,11 @@ async fn deliver(shared: &Arc<Shared>, id: &str, wake: &Notify) {
                 continue;
             }
         };
-        let limit = if settings.topic.is_some() {
-            settings.max_count
-        } else {
+        // One event per notification unless the subscription asks for batches (`maxCount`).
+        let limit = if classic {
             1
+        } else {
+            channel.max_count.unwrap_or(1).clamp(1, 1000) as usize
         };
         let rows = match shared.cursor.events(id, next, u64::MAX, limit).await {
             Ok(rows) => rows,
@@ -163,53 +136,51 @@ async fn deliver(shared: &Arc<Shared>, id: &str, wake: &Notify) {
             }
         };
         if rows.is_empty() {
-            match (settings.heartbeat, settings.topic.as_deref()) {
-                (Some(period), Some(topic)) => {
+            match channel.heartbeat_period.filter(|_| !classic) {
+                Some(period) => {
+                    let period = Duration::from_secs(u64::from(period.max(1)));
                     tokio::select! {
                         _ = wake.notified() => {}
                         _ = tokio::time::sleep_until(last_sent + period) => {
-                            let facts = StatusFacts {
-                                base_url: &shared.config.base_url,
-                                subscription_id: id,
-                                topic: Some(topic),
-                                status: &status,
-                                kind: NotificationType::Heartbeat,
-                                events_since_start,
-                                error: None,
-                            };
-                            let bundle = notify::notification_bundle(
-                                &facts, &[], settings.content, &now_instant());
-                            if let Err(reason) =
-                                attempt(shared, bundle_request(shared, &settings, &bundle)).await
+                            let sent = match status_notification(
+                                shared, id, &live, NotificationType::Heartbeat)
                             {
+                                Ok(outgoing) => channels::send(shared, outgoing).await,
+                                Err(reason) => Err(reason),
+                            };
+                            if let Err(reason) = sent {
                                 tracing::info!(subscription = %id, %reason, "heartbeat failed");
                             }
                             last_sent = Instant::now();
                         }
                     }
                 }
-                _ => wake.notified().await,
+                None => wake.notified().await,
             }
             continue;
         }
         let last_number = rows.last().map(|r| r.number).unwrap_or(next);
-        let request =
-            match build_request(shared, id, &settings, &status, events_since_start, rows).await {
-                Some(request) => request,
-                None => {
-                    // Nothing left to send for this event (e.g. retention removed the resource a
-                    // classic PUT needs): skip it rather than block every later event.
-                    let _ = shared
-                        .cursor
-                        .mark_delivered(id, next - 1, last_number)
-                        .await;
-                    continue;
-                }
-            };
+        let outgoing = match build(shared, id, &live, classic, rows).await {
+            Some(Ok(outgoing)) => outgoing,
+            Some(Err(reason)) => {
+                // Nothing the endpoint does can change this (e.g. XML rendering failed).
+                fail(shared, id, last_number, 1, &reason).await;
+                return;
+            }
+            None => {
+                // Nothing left to send for this event (e.g. retention removed the resource a
+                // classic PUT needs): skip it rather than block every later event.
+                let _ = shared
+                    .cursor
+                    .mark_delivered(id, next - 1, last_number)
+                    .await;
+                continue;
+            }
+        };
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match attempt(shared, request.clone()).await {
+            match channels::send(shared, outgoing.clone()).await {
                 Ok(()) => {
                     if let Err(e) = shared
                         .cursor
@@ -223,16 +194,7 @@ async fn deliver(shared: &Arc<Shared>, id: &str, wake: &Notify) {
                     break;
                 }
                 Err(reason) if attempts >= shared.config.max_attempts.max(1) => {
-                    tracing::warn!(subscription = %id, %reason, attempts, "delivery failed; subscription turns error");
-                    write_status(
-                        shared,
-                        id,
-                        "error",
-                        Some(&format!(
-                            "delivery of event {last_number} failed {attempts} times: {reason}"
-                        )),
-                    )
-                    .await;
+                    fail(shared, id, last_number, attempts, &reason).await;
                     return;
                 }
                 Err(reason) => {
@@ -244,96 +206,56 @@ async fn deliver(shared: &Arc<Shared>, id: &str, wake: &Notify) {
     }
 }
 
-async fn build_request(
+async fn fail(shared: &Shared, id: &str, last_number: u64, attempts: u32, reason: &str) {
+    tracing::warn!(subscription = %id, %reason, attempts, "delivery failed; subscription turns error");
+    write_status(
+        shared,
+        id,
+        "error",
+        Some(&format!(
+            "delivery of event {last_number} failed {attempts} times: {reason}"
+        )),
+    )
+    .await;
+}
+
+/// The notification for `rows`. `None`: nothing can be sent for them any more.
+async fn build(
     shared: &Shared,
     id: &str,
-    settings: &ChannelSettings,
-    status: &str,
-    events_since_start: u64,
+    live: &Live,
+    classic: bool,
     rows: Vec<EventRow>,
-) -> Option<OutboundRequest> {
-    if settings.topic.is_some() {
-        let last = rows.last().map(|r| r.number).unwrap_or(0);
-        let events = load_events(shared, rows, settings.content).await;
-        let facts = StatusFacts {
-            base_url: &shared.config.base_url,
-            subscription_id: id,
-            topic: settings.topic.as_deref(),
-            status,
-            kind: NotificationType::EventNotification,
-            events_since_start: events_since_start.max(last),
-            error: None,
-        };
-        let bundle = notify::notification_bundle(&facts, &events, settings.content, &now_instant());
-        return Some(bundle_request(shared, settings, &bundle));
-    }
-    // R4 classic: an empty POST, or a PUT of the resource when `payload` is set.
-    let row = rows.into_iter().next()?;
-    let timeout = timeout_of(shared, settings);
-    let mut headers = settings.headers.clone();
-    let Some(mime) = &settings.payload else {
-        return Some(OutboundRequest {
-            method: "POST",
-            url: settings.endpoint.clone(),
-            headers,
-            body: Vec::new(),
-            timeout,
-            secret: settings.secret.clone(),
-        });
-    };
-    let resource = load_resource(shared, &row).await?;
-    headers.insert(0, ("Content-Type".to_owned(), mime.clone()));
-    Some(OutboundRequest {
-        method: "PUT",
-        url: format!("{}/{}", settings.endpoint.trim_end_matches('/'), row.focus),
-        headers,
-        body: serde_json::to_vec(&resource).unwrap_or_default(),
-        timeout,
-        secret: settings.secret.clone(),
-    })
-}
-
-/// The events with their resources where the content level needs them.
-pub(crate) async fn load_events(
-    shared: &Shared,
-    rows: Vec<EventRow>,
-    content: Content,
-) -> Vec<NotificationEvent> {
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let resource = if content == Content::FullResource && row.action != "deleted" {
-            load_resource(shared, &row).await
+) -> Option<Result<Outgoing, String>> {
+    if classic {
+        let channel = live.channel()?;
+        let row = rows.into_iter().next()?;
+        // Without a payload the POST carries nothing, so the resource is not needed.
+        let resource = if channel.payload.is_some() {
+            notify::load_resource(shared, &row).await?
         } else {
-            None
+            Value::Null
         };
-        events.push(NotificationEvent { row, resource });
+        return Some(channels::classic(shared, channel, &resource));
     }
-    events
-}
-
-/// The resource version an event announced, read back from the log (or from the store when it
-/// travelled by reference). `None` once retention removed it.
-async fn load_resource(shared: &Shared, row: &EventRow) -> Option<Value> {
-    let records = shared
-        .log
-        .read(&row.topic, row.partition, row.offset, 1)
-        .await
-        .ok()?;
-    let record = records.into_iter().find(|r| r.offset == row.offset)?;
-    let event = ChangeEvent::from_json_bytes(&record.payload).ok()?;
-    if let Some(data) = event.data {
-        return Some(data);
-    }
-    let version = shared
-        .fhir
-        .vread(
-            &event.metadata.resource_type,
-            &event.metadata.resource_id,
-            &event.metadata.version_id,
-        )
-        .await
-        .ok()?;
-    serde_json::from_str(version.body.as_deref()?).ok()
+    let content = live.content();
+    let events = notify::load_events(shared, rows, content).await;
+    let bundle = notify::bundle(
+        shared,
+        id,
+        live,
+        NotificationType::EventNotification,
+        &events,
+        content,
+    );
+    Some(channels::for_bundle(
+        shared,
+        id,
+        live,
+        NotificationType::EventNotification,
+        &events,
+        &bundle,
+    ))
 }
 
 /// Writes a server-side status change back through the FHIR service, so that it is visible on
@@ -346,7 +268,8 @@ pub(crate) async fn write_status(
     reason: Option<&str>,
 ) -> bool {
     for _ in 0..5 {
-        let current = match shared.fhir.read("Subscription", id).await {
+        // As stored: the runtime keeps using the channel's secrets.
+        let current = match shared.fhir.read_stored("Subscription", id).await {
             Ok(current) => current,
             Err(_) => return false,
         };

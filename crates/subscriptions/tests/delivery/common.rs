@@ -24,7 +24,10 @@ use flare_store::{
 };
 use flare_subscriptions::{
     TopicRegistry,
-    delivery::{DeliveryConfig, Dependencies, SubscriptionCheck, SubscriptionRuntime},
+    delivery::{
+        DeliveryConfig, Dependencies, MailTransport, SubscriptionCheck, SubscriptionRedaction,
+        SubscriptionRuntime,
+    },
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -230,6 +233,14 @@ impl Env {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut DeliveryConfig)) -> Self {
+        Self::start_full(adjust, None).await
+    }
+
+    /// With a sender for `email` subscriptions.
+    pub async fn start_full(
+        adjust: impl FnOnce(&mut DeliveryConfig),
+        mailer: Option<Arc<dyn MailTransport>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteConfig::in_memory()).unwrap());
         let mut log_config = EmbeddedLogConfig::in_dir(dir.path().join("log"));
@@ -243,12 +254,20 @@ impl Env {
                 TopicRegistry::with_builtins(&registry()),
             )),
         );
+        // As `flare serve` does: channel secrets never appear in answers.
+        fhir.add_read_transform("Subscription", Arc::new(SubscriptionRedaction));
         let relay = Relay::new(store, log.clone());
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(relay.run(stopped));
         let mut config = test_config(dir.path());
         adjust(&mut config);
-        let runtime = Self::runtime(&fhir, &log, config.clone()).await;
+        let runtime = SubscriptionRuntime::start_with_mailer(
+            Self::dependencies(&fhir, &log),
+            config.clone(),
+            mailer,
+        )
+        .await
+        .unwrap();
         Self {
             fhir,
             log,
@@ -259,25 +278,26 @@ impl Env {
         }
     }
 
+    fn dependencies(fhir: &Fhir, log: &Arc<dyn EventLog>) -> Dependencies {
+        Dependencies {
+            fhir: fhir.clone(),
+            log: log.clone(),
+            topics: TopicRegistry::with_builtins(&registry()),
+            transport: Arc::new(loopback_deliverer()),
+        }
+    }
+
     pub async fn runtime(
         fhir: &Fhir,
         log: &Arc<dyn EventLog>,
         config: DeliveryConfig,
     ) -> SubscriptionRuntime {
-        SubscriptionRuntime::start(
-            Dependencies {
-                fhir: fhir.clone(),
-                log: log.clone(),
-                topics: TopicRegistry::with_builtins(&registry()),
-                transport: Arc::new(loopback_deliverer()),
-            },
-            config,
-        )
-        .await
-        .unwrap()
+        SubscriptionRuntime::start(Self::dependencies(fhir, log), config)
+            .await
+            .unwrap()
     }
 
-    fn ctx(&self) -> RequestContext {
+    pub fn ctx(&self) -> RequestContext {
         RequestContext::new(self.config.base_url.clone())
     }
 
