@@ -1,6 +1,7 @@
 //! The delivery runtime over a real store, embedded log and HTTP receiver. Tests are named
 //! after the points of the conformance checklist (spec §1.9) they check.
 
+mod channels;
 mod common;
 mod redaction;
 
