@@ -147,7 +147,14 @@ impl Components {
 
         // The FHIRcast hub, advertised in the CapabilityStatement.
         if config.fhircast.enabled {
-            let hub = flare_fhircast::HubHandle::start(config.fhircast.clone());
+            let hub = if config.fhircast.fan_out == flare_fhircast::FanOut::Log {
+                // Every node on this log serves the same hub.
+                flare_fhircast::HubHandle::start_on_log(config.fhircast.clone(), app.log.clone())
+                    .await
+                    .context("cannot start the FHIRcast hub on the event log")?
+            } else {
+                flare_fhircast::HubHandle::start(config.fhircast.clone())
+            };
             let hub_config = config.fhircast.clone();
             app.fhir.add_capability_extensions(move |fhir_base| {
                 flare_fhircast::capability_extensions(&hub_config, fhir_base)

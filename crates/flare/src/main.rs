@@ -7,6 +7,7 @@ mod config;
 mod demo_cmd;
 mod dlq_cmd;
 mod events_cmd;
+mod fhircast_cmd;
 mod generate_cmd;
 mod ingest;
 mod ingest_kafka;
@@ -86,6 +87,12 @@ enum Command {
         #[command(subcommand)]
         command: dlq_cmd::DlqCommand,
     },
+    /// A FHIRcast client for any hub: subscribe and print events, publish a context change,
+    /// read the current context.
+    Fhircast {
+        #[command(subcommand)]
+        command: fhircast_cmd::FhircastCommand,
+    },
     /// Print an annotated config file with every default.
     ConfigExample,
     /// Measure a `flare serve` child process (CRUD mix, Bundle ingest, search, write -> event
@@ -131,6 +138,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Process(args) => process_cmd::run(args).await,
             Command::Dlq { command } => dlq_cmd::run(command).await,
+            Command::Fhircast { command } => fhircast_cmd::run(command).await,
             Command::ConfigExample => {
                 print!("{}", config::example());
                 Ok(std::process::ExitCode::SUCCESS)
