@@ -166,6 +166,26 @@ pub trait EventLog: Send + Sync + 'static {
     async fn append(&self, topic: &str, records: Vec<NewRecord>)
     -> Result<Vec<Position>, LogError>;
 
+    /// Appends like [`append`](Self::append), but may acknowledge before the records are
+    /// durable: they are readable at once, and durable after the next [`sync`](Self::sync).
+    /// For a writer that keeps its own durable copy of the records until `sync` returns (the
+    /// outbox relay: the store's commit already made each event durable), so one sync covers
+    /// many appends and the records reach consumers without waiting for it. Default: `append`.
+    async fn append_unsynced(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Position>, LogError> {
+        self.append(topic, records).await
+    }
+
+    /// Makes every record acknowledged so far durable under the backend's durability policy
+    /// (see [`append_unsynced`](Self::append_unsynced)). Default: nothing to do, appends are
+    /// durable when acknowledged.
+    async fn sync(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
     /// Reads up to `max` records of one partition starting at `offset` (clamped to the oldest
     /// retained record). Returns an empty vector at the end of the partition; never waits.
     async fn read(

@@ -676,42 +676,16 @@ impl EmbeddedLog {
         writer.send(command)
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Shared) -> Result<T, LogError> + Send + 'static,
-    ) -> Result<T, LogError> {
-        let shared = self.inner.shared.clone();
-        tokio::task::spawn_blocking(move || work(&shared))
-            .await
-            .map_err(|e| LogError::Backend(format!("log task failed: {e}")))?
-    }
-}
-
-#[async_trait]
-impl EventLog for EmbeddedLog {
-    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
-        let topic = topic.to_owned();
-        self.blocking(move |shared| shared.ensure_topic(&topic, partitions).map(drop))
-            .await
-    }
-
-    async fn topics(&self) -> Result<Vec<TopicInfo>, LogError> {
-        Ok(self
-            .inner
-            .shared
-            .topics
-            .read()
-            .values()
-            .map(|t| t.info())
-            .collect())
-    }
-
-    async fn append(
+    /// An append; `sync`: acknowledged only once durable under the durability policy
+    /// (otherwise once written, and durable after the next [`EventLog::sync`]).
+    async fn append_with(
         &self,
         topic: &str,
         records: Vec<NewRecord>,
+        sync: bool,
     ) -> Result<Vec<Position>, LogError> {
         let shared = &self.inner.shared;
+
         if shared.read_only {
             return Err(LogError::ReadOnly);
         }
@@ -750,9 +724,87 @@ impl EventLog for EmbeddedLog {
         self.send(Command::Append(AppendRequest {
             topic,
             records,
+            sync,
             reply,
         }))?;
         acknowledged.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Shared) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || work(&shared))
+            .await
+            .map_err(|e| LogError::Backend(format!("log task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl EventLog for EmbeddedLog {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        let topic = topic.to_owned();
+        self.blocking(move |shared| shared.ensure_topic(&topic, partitions).map(drop))
+            .await
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicInfo>, LogError> {
+        Ok(self
+            .inner
+            .shared
+            .topics
+            .read()
+            .values()
+            .map(|t| t.info())
+            .collect())
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Position>, LogError> {
+        self.append_with(topic, records, true).await
+    }
+
+    async fn append_unsynced(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Position>, LogError> {
+        self.append_with(topic, records, false).await
+    }
+
+    async fn sync(&self) -> Result<(), LogError> {
+        if !self.inner.shared.syncs() {
+            return Ok(());
+        }
+        let (reply, taken) = oneshot::channel();
+        self.send(Command::TakeUnsynced(reply))?;
+        let files = taken.await.map_err(|_| LogError::Closed)??;
+        if files.is_empty() {
+            return Ok(());
+        }
+        let count = files.len() as u64;
+        let synced = tokio::task::spawn_blocking(move || writer::sync_files(&files))
+            .await
+            .map_err(|e| LogError::Backend(format!("log sync task failed: {e}")))
+            .and_then(|result| result);
+        match synced {
+            Ok(()) => {
+                self.inner
+                    .shared
+                    .stats
+                    .syncs
+                    .fetch_add(count, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                let _ = self.send(Command::SyncFailed(error.to_string()));
+                Err(error)
+            }
+        }
     }
 
     async fn read(

@@ -26,16 +26,28 @@ const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Files synced concurrently at most (one thread each) when a batch touched several.
 const MAX_SYNC_THREADS: usize = 8;
 
+/// A file written to, with the path its errors name.
+pub(crate) type OpenFile = (PathBuf, Arc<File>);
+
 pub(crate) struct AppendRequest {
     pub topic: Arc<Topic>,
     /// Partition chosen and timestamp filled in by the caller.
     pub records: Vec<(u32, NewRecord)>,
+    /// Acknowledge only once durable under the policy; otherwise once written (the files are
+    /// synced right after the batch, or at the policy's interval, or by a `Sync` command).
+    pub sync: bool,
     pub reply: oneshot::Sender<Result<Vec<Position>, LogError>>,
 }
 
 pub(crate) enum Command {
     Append(AppendRequest),
     Retention(oneshot::Sender<Result<(), LogError>>),
+    /// Hands over the files written since their last sync (after appending what is queued),
+    /// for the caller to sync them off this thread: appends go on meanwhile.
+    TakeUnsynced(oneshot::Sender<Result<Vec<OpenFile>, LogError>>),
+    /// A sync of taken files failed: the page cache may no longer match what was
+    /// acknowledged, so the writer stops accepting appends.
+    SyncFailed(String),
     Shutdown,
 }
 
@@ -223,6 +235,21 @@ impl Writer {
                         self.append_batch(std::mem::take(&mut appends));
                         let _ = reply.send(self.enforce_retention());
                     }
+                    Command::TakeUnsynced(reply) => {
+                        self.append_batch(std::mem::take(&mut appends));
+                        let result = match &self.failure {
+                            Some(failure) => Err(LogError::Backend(format!(
+                                "the log stopped accepting appends after an I/O failure \
+                                 ({failure}); reopen it to recover"
+                            ))),
+                            None => Ok(self.unsynced.drain().collect()),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Command::SyncFailed(error) => {
+                        tracing::error!(%error, "sync failed; the log stops accepting appends");
+                        self.failure.get_or_insert(error);
+                    }
                     Command::Shutdown => {
                         stop = true;
                         break;
@@ -259,9 +286,15 @@ impl Writer {
         }
     }
 
+    /// Whether files written by unsynced appends are synced on a timer (the interval policy);
+    /// under `fsync` they wait for [`Command::TakeUnsynced`] (or the stop).
+    fn syncs_on_timer(&self) -> bool {
+        matches!(self.shared.config.durability, Durability::IntervalMs(_))
+    }
+
     fn time_to_next_timer(&self) -> Duration {
         let mut next = self.next_retention;
-        if !self.unsynced.is_empty() {
+        if !self.unsynced.is_empty() && self.syncs_on_timer() {
             next = next.min(self.next_sync);
         }
         next.saturating_duration_since(Instant::now())
@@ -269,7 +302,7 @@ impl Writer {
 
     fn run_timers(&mut self) {
         let now = Instant::now();
-        if !self.unsynced.is_empty() && now >= self.next_sync {
+        if !self.unsynced.is_empty() && self.syncs_on_timer() && now >= self.next_sync {
             self.sync_unsynced();
         }
         if now >= self.next_retention {
@@ -414,8 +447,9 @@ impl Writer {
                 dirs_to_sync.push(batch.partition.dir.clone());
             }
         }
+        let must_sync = requests.iter().any(|request| request.sync);
         match config.durability {
-            Durability::Fsync => {
+            Durability::Fsync if must_sync => {
                 sync_files(&to_sync)?;
                 self.shared
                     .stats
@@ -425,8 +459,11 @@ impl Writer {
                     sync_dir(dir)?;
                 }
             }
-            Durability::IntervalMs(ms) => {
-                if self.unsynced.is_empty() {
+            // Unsynced appends under `fsync` wait for `TakeUnsynced`.
+            Durability::Fsync | Durability::IntervalMs(_) => {
+                if let (Durability::IntervalMs(ms), true) =
+                    (config.durability, self.unsynced.is_empty())
+                {
                     self.next_sync = Instant::now() + Duration::from_millis(ms);
                 }
                 self.unsynced.extend(to_sync);
@@ -554,7 +591,7 @@ fn create_segment(partition: &Partition, base_offset: u64) -> Result<Chunk, LogE
 
 /// `fdatasync`s the files, concurrently when there are several (each sync is mostly waiting
 /// for the device, and a device can serve several at once).
-fn sync_files(files: &[(PathBuf, Arc<File>)]) -> Result<(), LogError> {
+pub(crate) fn sync_files(files: &[(PathBuf, Arc<File>)]) -> Result<(), LogError> {
     match files {
         [] => Ok(()),
         [(path, file)] => file.sync_data().map_err(|e| io_error(path, e)),
