@@ -91,7 +91,8 @@ impl Fhir {
                 "searchParam": [
                     {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
                     {"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"},
-                    {"name": "_count", "type": "number", "documentation": "Page size; default and maximum are set in the [fhir] config."},
+                    {"name": "_count", "type": "number", "documentation": "Page size; default and maximum are set in the [fhir] config. `_count=0` returns only Bundle.total."},
+                    {"name": "_total", "type": "token", "documentation": "accurate: Bundle.total counts every match (estimate is served as accurate). Without it (or with none), Bundle.total is given only when the page shows it for free (the last page), and omitted otherwise; `_summary=count` and `_count=0` always count."},
                     {"name": "_sort", "type": "string"},
                     {"name": "_summary", "type": "token", "documentation": "count, data, false"},
                     {"name": "_elements", "type": "string"},

@@ -244,7 +244,17 @@ impl Fhir {
                 _ => params.push((name.clone(), value.clone())),
             }
         }
-        let parsed = self.parse_search(ctx, resource_type, &params, false)?;
+        let mut parsed = self.parse_search(ctx, resource_type, &params, false)?;
+        // `_count=0` asks for the total alone (parse_search reads 0 as "the default page").
+        if params.iter().any(|(n, v)| n == "_count" && v.trim() == "0") {
+            parsed.query.count_only = true;
+        }
+        // Counting every match costs as much as the search itself on large results: the total
+        // is counted only when asked for, and otherwise given when the page shows it (see the
+        // store's search documentation).
+        if !parsed.query.count_only && !params.iter().any(|(n, _)| n == "_total") {
+            parsed.query.total = flare_search::TotalMode::None;
+        }
         let query = &parsed.query;
         let elements = Some(&parsed.elements).filter(|e| !e.is_empty());
         let page = self.store().search(query).await?;

@@ -20,7 +20,8 @@ mod memory {
     flare_store::conformance_tests!(super::memory_store);
 }
 
-/// A low scan threshold, so the conformance data exercises the id-order walk too.
+/// A low scan threshold: the id-order walk gives up sooner, so the conformance data exercises
+/// its hand-over to the sorted plan too.
 async fn memory_store_walking() -> (Arc<dyn Store>, ()) {
     let config = SqliteConfig {
         search_scan_threshold: 500,

@@ -124,7 +124,9 @@ async fn paging_sorting_and_counting() {
             .await
             .expect(201);
     }
-    let first = server.get("Patient?_count=10&_sort=-birthdate").await;
+    let first = server
+        .get("Patient?_count=10&_sort=-birthdate&_total=accurate")
+        .await;
     first.expect(200);
     assert_eq!(first.json["total"], 25);
     assert_eq!(match_ids(&first.json)[0], "pg24");
@@ -160,6 +162,73 @@ async fn paging_sorting_and_counting() {
     assert_eq!(resource["birthDate"], "1951-01-01");
     assert!(resource.get("name").is_none());
     assert_eq!(resource["meta"]["tag"][0]["code"], "SUBSETTED");
+}
+
+/// Bundle.total is counted when asked for, given for free on the last page, omitted otherwise;
+/// paging without it still ends exactly at the last match.
+#[tokio::test]
+async fn total_is_counted_only_when_asked_for_or_free() {
+    let server = TestServer::start().await;
+    for i in 0..7 {
+        let body = json!({"resourceType": "Patient", "id": format!("tt{i}"), "name": [{"family": "Totalson"}]});
+        server
+            .put(&format!("Patient/tt{i}"), &body)
+            .await
+            .expect(201);
+    }
+    let full_page = server.get("Patient?family=totalson&_count=3").await;
+    full_page.expect(200);
+    assert!(full_page.json.get("total").is_none(), "{}", full_page.json);
+    let accurate = server
+        .get("Patient?family=totalson&_count=3&_total=accurate")
+        .await;
+    assert_eq!(accurate.json["total"], 7);
+    let only_total = server.get("Patient?family=totalson&_count=0").await;
+    only_total.expect(200);
+    assert_eq!(only_total.json["total"], 7);
+    assert!(only_total.json.get("entry").is_none());
+    let fits = server.get("Patient?family=totalson").await;
+    assert_eq!(fits.json["total"], 7);
+    assert_eq!(match_ids(&fits.json).len(), 7);
+
+    let mut seen = Vec::new();
+    let mut next = Some("Patient?family=totalson&_count=3".to_owned());
+    let mut pages = 0;
+    while let Some(url) = next {
+        let page = server.get(&url).await;
+        page.expect(200);
+        pages += 1;
+        seen.extend(match_ids(&page.json));
+        next = page.json["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
+        // Only the last page knows the total without counting.
+        assert_eq!(
+            page.json.get("total").is_some(),
+            next.is_none(),
+            "{}",
+            page.json
+        );
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    let expected: Vec<String> = (0..7).map(|i| format!("tt{i}")).collect();
+    assert_eq!(seen, expected);
+
+    // A page that holds exactly the rest needs no further (empty) page.
+    let exact = server.get("Patient?family=totalson&_count=7").await;
+    assert_eq!(exact.json["total"], 7);
+    assert!(
+        !exact.json["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next")
+    );
 }
 
 #[tokio::test]

@@ -33,10 +33,12 @@ pub struct SqliteConfig {
     /// make the writer stall (for the rest of the copy and an fsync) less often. Default:
     /// 32768 (128 MiB).
     pub wal_autocheckpoint_pages: u32,
-    /// A default-ordered search whose best index lookup yields more candidates than this walks
-    /// the resources in id order instead of collecting and sorting every candidate. The walk is
-    /// fast when matches are common and spread out, slow when they are rare or bunched at the
-    /// end of the id order (ids that grow with time, searched for recent dates). Default: 50000.
+    /// A default-ordered search whose best index lookup yields more candidates than this first
+    /// walks the resources in id order, stopping when the page is full, instead of collecting
+    /// and sorting every candidate. The walk is fast when matches are common and spread out;
+    /// when it has visited 4 x max(this, page end) resources without filling the page
+    /// (matches rare, or bunched late in the id order) the search sorts the candidates after
+    /// all. Default: 2000.
     pub search_scan_threshold: usize,
 }
 
@@ -51,7 +53,7 @@ impl Default for SqliteConfig {
             max_batch_commits: 512,
             mmap_size_mib: 256,
             wal_autocheckpoint_pages: 32_768,
-            search_scan_threshold: 50_000,
+            search_scan_threshold: 2_000,
         }
     }
 }
