@@ -25,6 +25,13 @@ pub mod header {
     pub const OUTBOX_SEQ: &str = "flare-outbox-seq";
 }
 
+/// Appends the JSON of a value that cannot fail to serialise (strings, the metadata struct).
+fn write_json(bytes: &mut Vec<u8>, value: &impl Serialize) {
+    if serde_json::to_writer(&mut *bytes, value).is_err() {
+        bytes.extend_from_slice(b"null");
+    }
+}
+
 /// What happened to the resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +104,36 @@ impl ChangeEvent {
     pub fn to_bounded_json_bytes(&mut self, max_bytes: usize) -> Vec<u8> {
         let bytes = self.to_json_bytes();
         if bytes.len() <= max_bytes || self.data.is_none() {
+            return bytes;
+        }
+        let m = &self.metadata;
+        self.data_ref = Some(format!(
+            "{}/{}/_history/{}",
+            m.resource_type, m.resource_id, m.version_id
+        ));
+        self.data = None;
+        self.to_json_bytes()
+    }
+
+    /// [`to_bounded_json_bytes`](Self::to_bounded_json_bytes) for an event built without
+    /// `data`, with the resource given as its JSON text: the same bytes, without parsing or
+    /// serialising the resource again (the write path already serialised it for the store).
+    /// `resource_json` must be one JSON value, as `serde_json` writes it.
+    pub fn to_bounded_json_bytes_with_data(
+        &mut self,
+        resource_json: &str,
+        max_bytes: usize,
+    ) -> Vec<u8> {
+        // The field order of the derived serialisation: type, data, (dataRef), metadata.
+        let mut bytes = Vec::with_capacity(resource_json.len() + 384);
+        bytes.extend_from_slice(b"{\"type\":");
+        write_json(&mut bytes, &self.event_type);
+        bytes.extend_from_slice(b",\"data\":");
+        bytes.extend_from_slice(resource_json.as_bytes());
+        bytes.extend_from_slice(b",\"metadata\":");
+        write_json(&mut bytes, &self.metadata);
+        bytes.push(b'}');
+        if bytes.len() <= max_bytes {
             return bytes;
         }
         let m = &self.metadata;
@@ -194,6 +231,23 @@ mod tests {
         let v: Value = serde_json::from_slice(&fits.to_bounded_json_bytes(10_000)).unwrap();
         assert_eq!(v["data"]["resourceType"], "Patient");
         assert!(v.get("dataRef").is_none());
+    }
+
+    #[test]
+    fn payload_from_resource_text_is_the_payload_from_the_resource() {
+        let resource = json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Ünal \"q\""}], "multipleBirthInteger": 2, "x": 1.50});
+        let text = resource.to_string();
+        for max_bytes in [100_000, 200] {
+            let mut from_value =
+                ChangeEvent::new(metadata(Action::Updated), Some(resource.clone()));
+            let mut from_text = ChangeEvent::new(metadata(Action::Updated), None);
+            assert_eq!(
+                from_text.to_bounded_json_bytes_with_data(&text, max_bytes),
+                from_value.to_bounded_json_bytes(max_bytes),
+                "max {max_bytes}"
+            );
+            assert_eq!(from_text.data_ref, from_value.data_ref);
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Fhir {
     pub async fn process_bundle(
         &self,
         ctx: &RequestContext,
-        bundle: Value,
+        mut bundle: Value,
         prefer: ReturnPreference,
     ) -> Result<Value, FhirError> {
         self.check_resource(&bundle, Some("Bundle"))?;
@@ -75,8 +75,8 @@ impl Fhir {
                 "a Bundle posted to the base must be a `batch` or a `transaction`, not `{kind}`; to store the Bundle itself, POST it to /Bundle"
             )));
         }
-        let raw_entries = match bundle.get("entry") {
-            Some(Value::Array(entries)) => entries.clone(),
+        let raw_entries = match bundle.get_mut("entry").map(Value::take) {
+            Some(Value::Array(entries)) => entries,
             _ => Vec::new(),
         };
         if kind == "batch" {
@@ -154,7 +154,7 @@ impl Fhir {
                 )));
             }
         };
-        Ok(write_entry(self, &ctx.base_url, &outcome, prefer))
+        Ok(write_entry(self, &ctx.base_url, &outcome, None, prefer))
     }
 
     async fn transaction(
@@ -287,8 +287,11 @@ impl Fhir {
         let mut order: Vec<&Entry> = entries.iter().filter(|e| e.method != Method::Get).collect();
         order.sort_by_key(|e| (e.method, e.index));
         let mut outcomes: HashMap<usize, WriteOutcome> = HashMap::new();
+        // Resources as written, kept parsed for the response.
+        let mut written: HashMap<usize, Value> = HashMap::new();
         for attempt in 0.. {
             outcomes.clear();
+            written.clear();
             let now = now_ms();
             let mut planned: Vec<PlannedWrite> = Vec::new();
             for entry in &order {
@@ -362,9 +365,14 @@ impl Fhir {
                     }
                     _ => {}
                 }
-                let p = self
+                let mut p = self
                     .plan(ctx, &key, current.as_ref(), body, now)
                     .map_err(|e| e.at_entry(entry.index))?;
+                if prefer == ReturnPreference::Representation
+                    && let Some(resource) = p.resource.take()
+                {
+                    written.insert(entry.index, resource);
+                }
                 outcomes.insert(
                     entry.index,
                     WriteOutcome {
@@ -385,7 +393,13 @@ impl Fhir {
         let mut responses = Vec::with_capacity(entries.len());
         for entry in &entries {
             let response = match outcomes.get(&entry.index) {
-                Some(outcome) => write_entry(self, &ctx.base_url, outcome, prefer),
+                Some(outcome) => write_entry(
+                    self,
+                    &ctx.base_url,
+                    outcome,
+                    written.remove(&entry.index),
+                    prefer,
+                ),
                 None => self
                     .read_entry(ctx, entry)
                     .await
@@ -573,7 +587,15 @@ fn status_line(status: u16) -> String {
     format!("{status} {reason}").trim_end().to_owned()
 }
 
-fn write_entry(fhir: &Fhir, base: &str, outcome: &WriteOutcome, prefer: ReturnPreference) -> Value {
+/// The response entry of a write. `written` is the version's resource when the caller still
+/// has it parsed (otherwise the stored text is parsed for a representation).
+fn write_entry(
+    fhir: &Fhir,
+    base: &str,
+    outcome: &WriteOutcome,
+    written: Option<Value>,
+    prefer: ReturnPreference,
+) -> Value {
     let mut response = json!({"status": status_line(outcome.kind.status())});
     let mut entry = json!({});
     if let Some(v) = &outcome.version {
@@ -582,10 +604,11 @@ fn write_entry(fhir: &Fhir, base: &str, outcome: &WriteOutcome, prefer: ReturnPr
         response["lastModified"] = json!(format_instant(v.last_updated_ms));
         entry["fullUrl"] = json!(format!("{base}/{}", v.key));
         if prefer == ReturnPreference::Representation
-            && let Some(resource) = v
-                .body
-                .as_deref()
-                .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            && let Some(resource) = written.or_else(|| {
+                v.body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            })
         {
             entry["resource"] = fhir.present_value(&v.key.resource_type, resource);
         }

@@ -66,6 +66,9 @@ pub(crate) struct PlannedWrite {
     pub write: VersionWrite,
     pub event: OutboxMessage,
     pub kind: WriteKind,
+    /// The new version as parsed (`None` for a delete), so a response need not parse the
+    /// stored text again.
+    pub resource: Option<Value>,
 }
 
 impl Fhir {
@@ -146,6 +149,7 @@ impl Fhir {
             .as_ref()
             .map(|r| self.registry().extract(r))
             .unwrap_or_default();
+        // Serialised once: the stored text is also the event's `data`.
         let body_text = body.as_ref().map(Value::to_string);
         let mut event = ChangeEvent::new(
             EventMetadata {
@@ -158,13 +162,17 @@ impl Fhir {
                 version_id: version_id.to_string(),
                 action,
             },
-            body,
+            None,
         );
+        let payload = match &body_text {
+            Some(text) => event.to_bounded_json_bytes_with_data(text, config.max_event_bytes),
+            None => event.to_json_bytes(),
+        };
         let event = OutboxMessage {
             topic,
             key: Some(partition_key.into_bytes()),
             headers: event.headers(ctx.traceparent.as_deref()),
-            payload: event.to_bounded_json_bytes(config.max_event_bytes),
+            payload,
             timestamp_ms: now_ms,
         };
         let version = StoredVersion {
@@ -181,6 +189,7 @@ impl Fhir {
             },
             event,
             kind,
+            resource: body,
         })
     }
 
