@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, OnceLock, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -25,10 +25,15 @@ use flare_processors::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast::error::RecvError, watch};
 
-/// How often the live socket sends the pipeline's gauges.
+/// How often the pipeline's gauges are sampled (and sent on every live socket).
 const PIPELINE_EVERY: Duration = Duration::from_secs(2);
+/// The first rates are measured over this long after the sampler starts, so that the first
+/// answer of `/api/pipeline` already has rates instead of zeros.
+const FIRST_RATES_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait of `/api/pipeline` for the first sample.
+const FIRST_SAMPLE_WAIT: Duration = Duration::from_secs(10);
 
 /// What the dashboard routes read.
 #[derive(Clone)]
@@ -40,14 +45,92 @@ pub struct DashboardState {
     pub log: Arc<dyn EventLog>,
 }
 
+/// The routes' state: what they read, plus the one pipeline sampler they share.
+#[derive(Clone)]
+struct Shared {
+    dashboard: DashboardState,
+    gauges: Arc<PipelineGauges>,
+}
+
+impl axum::extract::FromRef<Shared> for DashboardState {
+    fn from_ref(shared: &Shared) -> Self {
+        shared.dashboard.clone()
+    }
+}
+
 /// `/api/sepsis/alerts`, `/api/stats/immunizations`, `/api/pipeline` and `/api/live`.
 pub fn dashboard_routes(state: DashboardState) -> Router {
+    let shared = Shared {
+        gauges: Arc::new(PipelineGauges::default()),
+        dashboard: state,
+    };
+    // Start sampling now when there is a runtime, so rates exist before anyone asks;
+    // otherwise the first reader starts it.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        shared.gauges.subscribe(&shared.dashboard);
+    }
     Router::new()
         .route("/api/sepsis/alerts", get(alerts))
         .route("/api/stats/immunizations", get(immunizations))
         .route("/api/pipeline", get(pipeline))
         .route("/api/live", get(live))
-        .with_state(state)
+        .with_state(shared)
+}
+
+/// One sample of the pipeline's gauges, as `/api/pipeline` answers it and as the live frame.
+struct GaugeSample {
+    json: Value,
+    frame: Arc<str>,
+}
+
+/// One sampler task for every reader: `/api/pipeline` and every live socket read the latest
+/// sample, so rates are measured between consecutive samples (never from a fresh sampler that
+/// has nothing to compare with), and the log is asked once per period however many dashboards
+/// are open.
+#[derive(Default)]
+struct PipelineGauges {
+    latest: OnceLock<watch::Receiver<Option<Arc<GaugeSample>>>>,
+}
+
+impl PipelineGauges {
+    /// The latest sample and its updates; starts the sampler on first use. Must be called
+    /// within a Tokio runtime.
+    fn subscribe(&self, state: &DashboardState) -> watch::Receiver<Option<Arc<GaugeSample>>> {
+        self.latest
+            .get_or_init(|| {
+                let (sender, receiver) = watch::channel(None);
+                tokio::spawn(sample_pipeline(state.clone(), sender));
+                receiver
+            })
+            .clone()
+    }
+}
+
+/// Samples until no reader is left (the routes and every socket dropped their receivers).
+async fn sample_pipeline(state: DashboardState, sender: watch::Sender<Option<Arc<GaugeSample>>>) {
+    let mut sampler = PipelineSampler::default();
+    sampler.sample(&state).await;
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + FIRST_RATES_AFTER,
+        PIPELINE_EVERY,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = sender.closed() => return,
+        }
+        let json = sampler.sample(&state).await;
+        let mut frame = json.clone();
+        frame["type"] = json!("pipeline");
+        let sample = GaugeSample {
+            json,
+            frame: Arc::from(frame.to_string()),
+        };
+        if sender.send(Some(Arc::new(sample))).is_err() {
+            return;
+        }
+    }
 }
 
 fn problem(status: StatusCode, message: &str) -> Response {
@@ -145,9 +228,23 @@ async fn immunizations(
     .into_response()
 }
 
-async fn pipeline(State(state): State<DashboardState>) -> Response {
-    let mut sampler = PipelineSampler::default();
-    Json(sampler.sample(&state).await).into_response()
+async fn pipeline(State(shared): State<Shared>) -> Response {
+    let mut latest = shared.gauges.subscribe(&shared.dashboard);
+    let waited = tokio::time::timeout(
+        FIRST_SAMPLE_WAIT,
+        latest.wait_for(|sample| sample.is_some()),
+    )
+    .await;
+    match waited {
+        Ok(Ok(sample)) => match sample.as_ref() {
+            Some(sample) => Json(sample.json.clone()).into_response(),
+            None => problem(StatusCode::SERVICE_UNAVAILABLE, "no pipeline sample yet"),
+        },
+        _ => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline sampler has not answered yet: try again in a few seconds",
+        ),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,17 +253,23 @@ struct LiveQuery {
 }
 
 async fn live(
-    State(state): State<DashboardState>,
+    State(shared): State<Shared>,
     Query(query): Query<LiveQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| stream(socket, state, query.since))
+    let gauges = shared.gauges.subscribe(&shared.dashboard);
+    upgrade.on_upgrade(move |socket| stream(socket, shared.dashboard, gauges, query.since))
 }
 
 /// Sends the snapshot (or the missed deltas), then deltas as they come and the pipeline's
-/// gauges every two seconds. A client too slow to keep up is disconnected; it reconnects with
+/// gauges at each sample. A client too slow to keep up is disconnected; it reconnects with
 /// `since` and loses nothing.
-async fn stream(mut socket: WebSocket, state: DashboardState, since: Option<u64>) {
+async fn stream(
+    mut socket: WebSocket,
+    state: DashboardState,
+    mut gauges: watch::Receiver<Option<Arc<GaugeSample>>>,
+    since: Option<u64>,
+) {
     let connection = state.feed.connect(since);
     for frame in connection.initial {
         if socket
@@ -178,8 +281,8 @@ async fn stream(mut socket: WebSocket, state: DashboardState, since: Option<u64>
         }
     }
     let mut updates = connection.updates;
-    let mut sampler = PipelineSampler::default();
-    let mut ticker = tokio::time::interval(PIPELINE_EVERY);
+    // The latest sample goes out at once, then each new one.
+    gauges.mark_changed();
     loop {
         tokio::select! {
             update = updates.recv() => match update {
@@ -193,10 +296,14 @@ async fn stream(mut socket: WebSocket, state: DashboardState, since: Option<u64>
                     return;
                 }
             },
-            _ = ticker.tick() => {
-                let mut gauges = sampler.sample(&state).await;
-                gauges["type"] = json!("pipeline");
-                if socket.send(Message::Text(gauges.to_string().into())).await.is_err() {
+            changed = gauges.changed() => {
+                if changed.is_err() {
+                    return; // the server is shutting down
+                }
+                let frame = gauges.borrow_and_update().as_ref().map(|sample| sample.frame.clone());
+                if let Some(frame) = frame
+                    && socket.send(Message::Text(frame.as_ref().into())).await.is_err()
+                {
                     return;
                 }
             }
