@@ -84,16 +84,16 @@ enum KeyValue {
 /// An index key: a parameter and a value that an event's entry must carry exactly.
 type Key = (Arc<str>, KeyValue);
 
-/// A group found under a key, with the clause (of its clauses for this resource type) the key
-/// stands for.
+/// A bucket's number for a key: keys are hashed once per event, then compared as numbers.
+type KeyId = u32;
+
+/// A group found under a key: its slot and which of its placements (one per resource type)
+/// put it there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Posting {
     slot: u32,
-    anchor: u32,
+    placement: u32,
 }
-
-/// `Posting::anchor` of a group without an anchor: every clause is evaluated.
-const NO_ANCHOR: u32 = u32::MAX;
 
 /// Subscriptions with identical criteria share one group: it is evaluated once per event and
 /// notifies all its members (many clients subscribe to the same topic and filters).
@@ -136,21 +136,23 @@ impl EntryKind {
     }
 }
 
-/// How one parameter is used as a key inside a type.
-#[derive(Debug, Default, Clone, Copy)]
-struct KeyParam {
-    /// Postings under keys of this parameter.
-    postings: usize,
-    /// Distinct keys of this parameter: a parameter with many distinct values (a patient, a
-    /// code) is a better anchor than one with few (a status), which most events carry.
-    keys: usize,
+/// One interned key: the groups anchored on it, and how many clauses of the bucket's groups
+/// name it (anchored or not); freed when that drops to zero.
+#[derive(Default)]
+struct KeySlot {
+    key: Option<Key>,
+    uses: usize,
+    postings: Vec<Posting>,
 }
 
 struct TypeBucket {
-    keyed: HashMap<Key, Vec<Posting>>,
-    unkeyed: Vec<u32>,
-    /// Parameters that appear in `keyed`.
-    key_params: HashMap<Arc<str>, KeyParam>,
+    key_ids: HashMap<Key, KeyId>,
+    /// Indexed by [`KeyId`].
+    keys: Vec<KeySlot>,
+    free_keys: Vec<KeyId>,
+    unkeyed: Vec<Posting>,
+    /// Parameters of the interned keys, with how many distinct keys each has.
+    key_params: HashMap<Arc<str>, usize>,
     /// Groups anchored on a clause with several keys (`code=a,b`): only these can be found
     /// twice by one event, so only with them must candidates be de-duplicated.
     multi_key_anchors: usize,
@@ -161,10 +163,17 @@ struct TypeBucket {
     extracted: Option<Vec<String>>,
 }
 
-/// Where one group was put, to take it out again.
+/// How one group is indexed and evaluated for one resource type.
 struct Placement {
     resource_type: String,
-    keys: Vec<Key>,
+    /// The keys of the anchor clause, which the group is posted under (empty: unkeyed).
+    posted: Vec<KeyId>,
+    /// The keys of each other exact-key clause: satisfied when the event carries one of them.
+    residual_keys: Vec<Vec<KeyId>>,
+    /// Positions of the clauses only the matcher can judge.
+    residual_clauses: Vec<usize>,
+    /// Every key this placement uses (with repeats), to release them on removal.
+    interned: Vec<KeyId>,
 }
 
 /// Active subscriptions, indexed for matching. Not thread-safe by itself: share it behind a
@@ -320,34 +329,8 @@ impl SubscriptionIndex {
                 bucket.extractor = registry.clone();
                 bucket.extracted = None;
             }
-            let anchor = if self.use_keys {
-                bucket.choose_anchor(clauses)
-            } else {
-                None
-            };
-            let keys = match anchor {
-                Some((anchor, keys)) => {
-                    let posting = Posting {
-                        slot,
-                        anchor: u32::try_from(anchor).unwrap_or(NO_ANCHOR),
-                    };
-                    for key in &keys {
-                        bucket.add_posting(key.clone(), posting);
-                    }
-                    if keys.len() > 1 {
-                        bucket.multi_key_anchors += 1;
-                    }
-                    keys
-                }
-                None => {
-                    bucket.unkeyed.push(slot);
-                    Vec::new()
-                }
-            };
-            placements.push(Placement {
-                resource_type,
-                keys,
-            });
+            let placement = u32::try_from(placements.len()).unwrap_or(u32::MAX);
+            placements.push(bucket.place(slot, placement, resource_type, clauses, self.use_keys));
         }
         if let Some(place) = self.slots.get_mut(slot as usize) {
             *place = Some(Group {
@@ -381,17 +364,8 @@ impl SubscriptionIndex {
         };
         self.by_signature.remove(&group.signature);
         for placement in group.placements {
-            let Some(bucket) = self.by_type.get_mut(&placement.resource_type) else {
-                continue;
-            };
-            if placement.keys.is_empty() {
-                bucket.unkeyed.retain(|&other| other != slot);
-            }
-            if placement.keys.len() > 1 {
-                bucket.multi_key_anchors = bucket.multi_key_anchors.saturating_sub(1);
-            }
-            for key in placement.keys {
-                bucket.remove_posting(key, slot);
+            if let Some(bucket) = self.by_type.get_mut(&placement.resource_type) {
+                bucket.unplace(slot, placement);
             }
         }
         self.free.push(slot);
@@ -419,15 +393,22 @@ impl SubscriptionIndex {
             return Vec::new();
         };
         let mut context = EventContext::new(&bucket.extractor, event);
-        let candidates = bucket.candidates(&mut context);
+        let (candidates, event_keys) = bucket.candidates(&mut context);
         let mut topic_results: Vec<(*const Topic, bool)> = Vec::new();
         let mut matched = Vec::new();
-        for Posting { slot, anchor } in candidates {
+        for Posting { slot, placement } in candidates {
             let Some(Some(group)) = self.slots.get(slot as usize) else {
                 continue;
             };
+            let Some(placement) = group.placements.get(placement as usize) else {
+                continue;
+            };
+            let rest = Residual {
+                placement,
+                event_keys: &event_keys,
+            };
             let hit = match &group.kind {
-                EntryKind::Classic { clauses } => context.classic_matches(clauses, anchor),
+                EntryKind::Classic { clauses } => context.classic_matches(clauses, &rest),
                 EntryKind::Topic { topic, filters } => {
                     let key = Arc::as_ptr(topic);
                     let fired = match topic_results.iter().find(|(known, _)| *known == key) {
@@ -440,7 +421,7 @@ impl SubscriptionIndex {
                     };
                     fired
                         && filters_of(filters, event.resource_type)
-                            .is_none_or(|clauses| context.focus_matches(clauses, anchor))
+                            .is_none_or(|clauses| context.focus_matches(clauses, &rest))
                 }
             };
             if hit {
@@ -464,7 +445,9 @@ impl TypeBucket {
     fn new(resource_type: &str) -> Self {
         let extracted = Vec::new();
         Self {
-            keyed: HashMap::new(),
+            key_ids: HashMap::new(),
+            keys: Vec::new(),
+            free_keys: Vec::new(),
             unkeyed: Vec::new(),
             key_params: HashMap::new(),
             multi_key_anchors: 0,
@@ -473,112 +456,210 @@ impl TypeBucket {
         }
     }
 
-    /// The most selective anchorable clause of `clauses` with its keys: the one whose keys
-    /// hold the fewest postings now; on a tie, the one whose parameter has more distinct
-    /// keys (it is likely rarer among events too), then the first.
-    fn choose_anchor(&self, clauses: &[Clause]) -> Option<(usize, Vec<Key>)> {
-        let mut best: Option<(usize, Vec<Key>, (usize, std::cmp::Reverse<usize>))> = None;
-        for (position, clause) in clauses.iter().enumerate() {
-            let Some(keys) = clause_keys(clause) else {
-                continue;
-            };
-            let param = self.key_params.get_key_value(clause.param.as_str());
-            let param_name: Arc<str> = match param {
-                Some((name, _)) => name.clone(),
-                None => Arc::from(clause.param.as_str()),
-            };
-            let keys: Vec<Key> = keys
-                .into_iter()
-                .map(|value| (param_name.clone(), value))
-                .collect();
-            let load: usize = keys
-                .iter()
-                .map(|key| self.keyed.get(key).map_or(0, Vec::len) + 1)
-                .sum();
-            let distinct = param.map_or(0, |(_, usage)| usage.keys);
-            let cost = (load, std::cmp::Reverse(distinct));
-            if best
-                .as_ref()
-                .is_none_or(|(_, _, best_cost)| cost < *best_cost)
-            {
-                best = Some((position, keys, cost));
-            }
-        }
-        best.map(|(position, keys, _)| (position, keys))
-    }
-
-    /// The groups an event may notify, each once: the unkeyed ones and those found under a key
-    /// of the event's focus.
-    fn candidates(&self, context: &mut EventContext<'_>) -> Vec<Posting> {
-        let mut candidates: Vec<Posting> = self
-            .unkeyed
+    /// Indexes group `slot` for this type: picks its anchor among the exact-key clauses,
+    /// posts it under the anchor's keys and notes how the other clauses are checked.
+    fn place(
+        &mut self,
+        slot: u32,
+        placement: u32,
+        resource_type: String,
+        clauses: &[Clause],
+        use_keys: bool,
+    ) -> Placement {
+        let keyed: Vec<Option<Vec<Key>>> = clauses
             .iter()
-            .map(|&slot| Posting {
-                slot,
-                anchor: NO_ANCHOR,
+            .map(|clause| {
+                let values = clause_keys(clause).filter(|_| use_keys)?;
+                let param = self.param_name(&clause.param);
+                Some(
+                    values
+                        .into_iter()
+                        .map(|value| (param.clone(), value))
+                        .collect(),
+                )
             })
             .collect();
-        if !self.keyed.is_empty()
-            && let Some(entries) = context.focus()
-        {
-            // Each distinct key once: two entries with the same code must not find a group
-            // twice.
-            let mut keys: Vec<Key> = Vec::new();
-            for entry in entries {
-                let Some((param, _)) = self.key_params.get_key_value(entry.param.as_str()) else {
-                    continue;
-                };
-                for value in entry_keys(&entry.value) {
-                    let key = (param.clone(), value);
-                    if !keys.contains(&key) {
-                        keys.push(key);
+        let anchor = self.choose_anchor(&keyed);
+        let mut placed = Placement {
+            resource_type,
+            posted: Vec::new(),
+            residual_keys: Vec::new(),
+            residual_clauses: Vec::new(),
+            interned: Vec::new(),
+        };
+        let posting = Posting { slot, placement };
+        for (position, keys) in keyed.into_iter().enumerate() {
+            let Some(keys) = keys else {
+                placed.residual_clauses.push(position);
+                continue;
+            };
+            let ids: Vec<KeyId> = keys.into_iter().map(|key| self.intern(key)).collect();
+            placed.interned.extend_from_slice(&ids);
+            if anchor == Some(position) {
+                for &id in &ids {
+                    if let Some(key) = self.keys.get_mut(id as usize) {
+                        key.postings.push(posting);
                     }
                 }
+                if ids.len() > 1 {
+                    self.multi_key_anchors += 1;
+                }
+                placed.posted = ids;
+            } else {
+                placed.residual_keys.push(ids);
             }
-            let mut lists = 0;
-            for key in &keys {
-                if let Some(postings) = self.keyed.get(key) {
-                    candidates.extend_from_slice(postings);
-                    lists += 1;
+        }
+        if anchor.is_none() {
+            self.unkeyed.push(posting);
+        }
+        placed
+    }
+
+    /// Undoes [`TypeBucket::place`].
+    fn unplace(&mut self, slot: u32, placement: Placement) {
+        if placement.posted.is_empty() {
+            self.unkeyed.retain(|posting| posting.slot != slot);
+        }
+        if placement.posted.len() > 1 {
+            self.multi_key_anchors = self.multi_key_anchors.saturating_sub(1);
+        }
+        for &id in &placement.posted {
+            if let Some(key) = self.keys.get_mut(id as usize) {
+                key.postings.retain(|posting| posting.slot != slot);
+            }
+        }
+        for id in placement.interned {
+            self.release(id);
+        }
+    }
+
+    /// The bucket's shared copy of a parameter name.
+    fn param_name(&self, param: &str) -> Arc<str> {
+        match self.key_params.get_key_value(param) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(param),
+        }
+    }
+
+    fn intern(&mut self, key: Key) -> KeyId {
+        if let Some(&id) = self.key_ids.get(&key)
+            && let Some(slot) = self.keys.get_mut(id as usize)
+        {
+            slot.uses += 1;
+            return id;
+        }
+        *self.key_params.entry(key.0.clone()).or_default() += 1;
+        let id = match self.free_keys.pop() {
+            Some(id) => id,
+            None => {
+                self.keys.push(KeySlot::default());
+                KeyId::try_from(self.keys.len() - 1).unwrap_or(KeyId::MAX)
+            }
+        };
+        if let Some(slot) = self.keys.get_mut(id as usize) {
+            *slot = KeySlot {
+                key: Some(key.clone()),
+                uses: 1,
+                postings: Vec::new(),
+            };
+        }
+        self.key_ids.insert(key, id);
+        id
+    }
+
+    fn release(&mut self, id: KeyId) {
+        let Some(slot) = self.keys.get_mut(id as usize) else {
+            return;
+        };
+        slot.uses = slot.uses.saturating_sub(1);
+        if slot.uses > 0 {
+            return;
+        }
+        let Some(key) = slot.key.take() else {
+            return;
+        };
+        slot.postings = Vec::new();
+        self.key_ids.remove(&key);
+        if let Some(count) = self.key_params.get_mut(&key.0) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.key_params.remove(&key.0);
+            }
+        }
+        self.free_keys.push(id);
+    }
+
+    /// The position of the most selective exact-key clause: the one whose keys hold the
+    /// fewest groups now; on a tie, the one whose parameter has more distinct keys (it is
+    /// likely rarer among events too), then the first.
+    fn choose_anchor(&self, keyed: &[Option<Vec<Key>>]) -> Option<usize> {
+        let mut best: Option<(usize, (usize, std::cmp::Reverse<usize>))> = None;
+        for (position, keys) in keyed.iter().enumerate() {
+            let Some(keys) = keys else { continue };
+            let load: usize = keys
+                .iter()
+                .map(|key| {
+                    self.key_ids
+                        .get(key)
+                        .and_then(|&id| self.keys.get(id as usize))
+                        .map_or(0, |slot| slot.postings.len())
+                        + 1
+                })
+                .sum();
+            let distinct = keys
+                .first()
+                .and_then(|key| self.key_params.get(&key.0))
+                .copied()
+                .unwrap_or(0);
+            let cost = (load, std::cmp::Reverse(distinct));
+            if best.as_ref().is_none_or(|(_, best_cost)| cost < *best_cost) {
+                best = Some((position, cost));
+            }
+        }
+        best.map(|(position, _)| position)
+    }
+
+    /// The groups an event may notify, each once (the unkeyed ones and those posted under a
+    /// key of the event's focus), and the ids of the keys the focus carries.
+    fn candidates(&self, context: &mut EventContext<'_>) -> (Vec<Posting>, Vec<KeyId>) {
+        let mut candidates = self.unkeyed.clone();
+        let mut event_keys: Vec<KeyId> = Vec::new();
+        if self.key_ids.is_empty() {
+            return (candidates, event_keys);
+        }
+        let Some(entries) = context.focus() else {
+            return (candidates, event_keys);
+        };
+        for entry in entries {
+            let Some((param, _)) = self.key_params.get_key_value(entry.param.as_str()) else {
+                continue;
+            };
+            for value in entry_keys(&entry.value) {
+                // Each distinct key once: two entries with the same code must not find a
+                // group twice.
+                if let Some(&id) = self.key_ids.get(&(param.clone(), value))
+                    && !event_keys.contains(&id)
+                {
+                    event_keys.push(id);
                 }
             }
-            if lists > 1 && self.multi_key_anchors > 0 {
-                candidates.sort_unstable_by_key(|posting| posting.slot);
-                candidates.dedup_by_key(|posting| posting.slot);
+        }
+        let mut lists = 0;
+        for &id in &event_keys {
+            if let Some(slot) = self.keys.get(id as usize)
+                && !slot.postings.is_empty()
+            {
+                candidates.extend_from_slice(&slot.postings);
+                lists += 1;
             }
         }
-        candidates
-    }
-
-    fn add_posting(&mut self, key: Key, posting: Posting) {
-        let usage = self.key_params.entry(key.0.clone()).or_default();
-        usage.postings += 1;
-        let postings = self.keyed.entry(key).or_default();
-        if postings.is_empty() {
-            usage.keys += 1;
+        // A group sits under each key of its anchor clause: when an event carries two of
+        // them it is found twice.
+        if lists > 1 && self.multi_key_anchors > 0 {
+            candidates.sort_unstable_by_key(|posting| posting.slot);
+            candidates.dedup_by_key(|posting| posting.slot);
         }
-        postings.push(posting);
-    }
-
-    fn remove_posting(&mut self, key: Key, slot: u32) {
-        let param = key.0.clone();
-        let mut emptied = false;
-        if let Some(postings) = self.keyed.get_mut(&key) {
-            postings.retain(|posting| posting.slot != slot);
-            if postings.is_empty() {
-                self.keyed.remove(&key);
-                emptied = true;
-            }
-        }
-        if let Some(usage) = self.key_params.get_mut(&param) {
-            usage.postings = usage.postings.saturating_sub(1);
-            if emptied {
-                usage.keys = usage.keys.saturating_sub(1);
-            }
-            if usage.postings == 0 {
-                self.key_params.remove(&param);
-            }
-        }
+        (candidates, event_keys)
     }
 
     /// Makes the extractor cover `params` too (rebuilt only when one is new).
@@ -758,17 +839,16 @@ impl<'a> EventContext<'a> {
         }
     }
 
-    /// Whether the focus satisfies `clauses`, all but the one at `anchor` (which the index
-    /// already found satisfied).
-    fn focus_matches(&mut self, clauses: &[Clause], anchor: u32) -> bool {
+    /// Whether the focus satisfies `clauses` (the anchor's already known to hold).
+    fn focus_matches(&mut self, clauses: &[Clause], rest: &Residual<'_>) -> bool {
         if clauses.is_empty() {
             return true;
         }
         self.focus()
-            .is_some_and(|entries| matches_except(clauses, anchor, entries))
+            .is_some_and(|entries| rest.matches(clauses, entries))
     }
 
-    fn classic_matches(&mut self, clauses: &[Clause], anchor: u32) -> bool {
+    fn classic_matches(&mut self, clauses: &[Clause], rest: &Residual<'_>) -> bool {
         if !matches!(
             self.event.interaction,
             Interaction::Create | Interaction::Update
@@ -780,7 +860,7 @@ impl<'a> EventContext<'a> {
             return false;
         }
         self.current()
-            .is_some_and(|entries| matches_except(clauses, anchor, entries))
+            .is_some_and(|entries| rest.matches(clauses, entries))
     }
 
     fn noop(&mut self) -> bool {
@@ -853,12 +933,26 @@ impl<'a> EventContext<'a> {
     }
 }
 
-/// `flare_search::matches` on every clause but the one at `anchor`.
-fn matches_except(clauses: &[Clause], anchor: u32, entries: &[IndexEntry]) -> bool {
-    clauses.iter().enumerate().all(|(position, clause)| {
-        u32::try_from(position).is_ok_and(|position| position == anchor)
-            || flare_search::matches(std::slice::from_ref(clause), entries)
-    })
+/// What is left to check of a candidate once the index found it: its other exact-key
+/// clauses against the keys the event carries, the rest with `flare_search::matches`.
+struct Residual<'a> {
+    placement: &'a Placement,
+    /// Keys of the event's focus (the version the clauses are evaluated on).
+    event_keys: &'a [KeyId],
+}
+
+impl Residual<'_> {
+    fn matches(&self, clauses: &[Clause], entries: &[IndexEntry]) -> bool {
+        self.placement
+            .residual_keys
+            .iter()
+            .all(|keys| keys.iter().any(|key| self.event_keys.contains(key)))
+            && self.placement.residual_clauses.iter().all(|&position| {
+                clauses.get(position).is_some_and(|clause| {
+                    flare_search::matches(std::slice::from_ref(clause), entries)
+                })
+            })
+    }
 }
 
 /// Index entries plus `_id` and `_lastUpdated`, which the store serves from its resource
@@ -1302,7 +1396,7 @@ mod tests {
         };
         let bucket = &index.by_type["Observation"];
         let mut context = EventContext::new(&bucket.extractor, &event);
-        bucket.candidates(&mut context).len()
+        bucket.candidates(&mut context).0.len()
     }
 
     fn classic_index(criteria: impl Iterator<Item = (String, String)>) -> SubscriptionIndex {
@@ -1382,7 +1476,13 @@ mod tests {
             assert!(index.remove(&format!("s{number}")));
         }
         let bucket = &index.by_type["Observation"];
-        assert!(bucket.keyed.is_empty() && bucket.key_params.is_empty());
+        assert!(bucket.key_ids.is_empty() && bucket.key_params.is_empty());
+        assert!(
+            bucket
+                .keys
+                .iter()
+                .all(|slot| slot.key.is_none() && slot.postings.is_empty())
+        );
         assert_eq!(bucket.multi_key_anchors, 0);
         assert!(bucket.unkeyed.is_empty());
         assert_eq!(candidates_for(&index, &observation("c1", "p1")), 0);
