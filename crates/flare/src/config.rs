@@ -49,6 +49,8 @@ pub struct FlareConfig {
     pub processors: ProcessorsConfig,
     /// FHIR Subscriptions: delivery of notifications to the endpoints subscriptions name.
     pub subscriptions: SubscriptionsConfig,
+    /// Commands (`CreatePatient`, ...) consumed from a log topic, `[commands]`.
+    pub commands: flare_commands::CommandsConfig,
 }
 
 /// `[subscriptions]`: notification delivery.
@@ -98,6 +100,7 @@ impl Default for FlareConfig {
             kafka: flare_kafka::KafkaConfig::default(),
             processors: ProcessorsConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
+            commands: flare_commands::CommandsConfig::default(),
         }
     }
 }

@@ -34,8 +34,9 @@ pub enum DlqCommand {
     },
     /// Hand a dead letter back to the processor that parked it (via `<topic>.retry`).
     ///
-    /// Appending needs the log's writer: stop `flare serve` / `flare process` on this data
-    /// directory first; the processor takes the replay when it starts again.
+    /// On the embedded log, appending needs the log's writer: stop `flare serve` /
+    /// `flare process` on this data directory first; the processor takes the replay when it
+    /// starts again. On Kafka (`--log kafka://...`) replay while they run.
     ///
     /// Example: flare dlq replay fhir.Observation.dlq/0/12
     Replay {
@@ -64,6 +65,15 @@ pub enum DlqCommand {
 
 async fn open(common: &CommonArgs, write: bool) -> anyhow::Result<Arc<dyn EventLog>> {
     let config = common.load()?;
+    // On Kafka every client may append: a replay needs no stopped writer.
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = crate::config::kafka_config(&config)? {
+        let brokers = kafka.brokers.join(",");
+        let log = flare_kafka::KafkaLog::connect(kafka)
+            .await
+            .with_context(|| format!("cannot reach the Kafka brokers {brokers}"))?;
+        return Ok(Arc::new(log));
+    }
     let log_config = log_config(&config)?;
     let dir = log_config.data_dir.clone();
     if write {

@@ -1,6 +1,6 @@
 //! `flare events`: read the log like a console consumer.
 
-use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use flare_log::{EmbeddedLog, EventLog, LogError, StartFrom};
@@ -9,7 +9,8 @@ use crate::config::{CommonArgs, log_config};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum EventsCommand {
-    /// Follow a topic: print each record as one JSON line (Ctrl-C stops).
+    /// Follow a topic: print each record as one JSON line (Ctrl-C stops). Reads the embedded
+    /// log of the data directory, or Kafka with `--log kafka://host:port`.
     ///
     /// Without `--group` nothing is committed; with it, the group's committed offsets are
     /// used and advanced, so a second run continues where the first stopped.
@@ -42,8 +43,18 @@ pub enum EventsCommand {
     },
 }
 
-async fn open_reader(common: &CommonArgs) -> anyhow::Result<(EmbeddedLog, PathBuf)> {
+/// The log the config names, for reading: a read-only view of the embedded log (works while
+/// `flare serve` writes it), or a client of the Kafka brokers. Also says where it is.
+async fn open_reader(common: &CommonArgs) -> anyhow::Result<(Arc<dyn EventLog>, String)> {
     let config = common.load()?;
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = crate::config::kafka_config(&config)? {
+        let brokers = kafka.brokers.join(",");
+        let log = flare_kafka::KafkaLog::connect(kafka)
+            .await
+            .with_context(|| format!("cannot reach the Kafka brokers {brokers}"))?;
+        return Ok((Arc::new(log), format!("the Kafka brokers {brokers}")));
+    }
     let dir = log_config(&config)?.data_dir;
     let log = EmbeddedLog::open_reader(dir.clone())
         .await
@@ -53,16 +64,21 @@ async fn open_reader(common: &CommonArgs) -> anyhow::Result<(EmbeddedLog, PathBu
                 dir.display()
             )
         })?;
-    Ok((log, dir))
+    Ok((Arc::new(log), dir.display().to_string()))
+}
+
+/// Whether `topic` exists, without creating it (a Kafka consumer would).
+async fn topic_exists(log: &dyn EventLog, topic: &str) -> anyhow::Result<bool> {
+    Ok(log.topics().await?.iter().any(|t| t.name == topic))
 }
 
 pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
     match command {
         EventsCommand::Topics { common } => {
-            let (log, dir) = open_reader(&common).await?;
+            let (log, location) = open_reader(&common).await?;
             let topics = log.topics().await?;
             if topics.is_empty() {
-                println!("no topics yet in {}", dir.display());
+                println!("no topics yet in {location}");
             }
             for topic in topics {
                 let records: u64 = topic
@@ -98,10 +114,13 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
             // Like a console consumer, wait for a topic that does not exist yet.
             let waiting_since = std::time::Instant::now();
             let mut consumer = loop {
-                match log
-                    .consumer(&group, std::slice::from_ref(&topic), start)
-                    .await
-                {
+                let opened = if topic_exists(log.as_ref(), &topic).await? {
+                    log.consumer(&group, std::slice::from_ref(&topic), start)
+                        .await
+                } else {
+                    Err(LogError::UnknownTopic(topic.clone()))
+                };
+                match opened {
                     Ok(consumer) => break consumer,
                     Err(LogError::UnknownTopic(_)) => {
                         if idle.is_some_and(|idle| waiting_since.elapsed() >= idle) {

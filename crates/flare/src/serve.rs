@@ -3,6 +3,7 @@
 use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context;
+use flare_commands::{CommandExecutor, CommandRunner, ExecutedRequests};
 use flare_server::{AppState, Metrics};
 use tokio::net::TcpListener;
 
@@ -88,12 +89,15 @@ pub async fn serve_config(
         })?;
     let address = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
+    let relay_stats = app.relay_stats.clone();
+    metrics.add_source(Arc::new(move || relay_stats.render_prometheus(now_ms())));
     let public_base = config
         .server
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}/fhir"));
     let components = Components::start(&config, &app, &metrics, &public_base).await?;
+    let commands = start_commands(&config, &app, &metrics)?;
     let state = AppState {
         fhir: app.fhir.clone(),
         log: app.log.clone(),
@@ -118,6 +122,12 @@ pub async fn serve_config(
     for line in &components.banner {
         println!("  {line}");
     }
+    if commands.is_some() {
+        println!(
+            "  commands      {} (rejections on {})",
+            config.commands.topic, config.commands.rejected_topic
+        );
+    }
     println!("Press Ctrl-C to stop.");
     // Optional components merge their routes here.
     let routes = flare_server::router(state).merge(components.routes.clone());
@@ -128,9 +138,44 @@ pub async fn serve_config(
         .await
         .context("the HTTP server failed")?;
     eprintln!("stopping: checkpointing processors, relaying the last events…");
+    if let Some(commands) = commands {
+        commands.shutdown().await;
+    }
     components.shutdown().await;
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The command runner over `commands.topic`, unless disabled. Executed request ids are kept
+/// beside the store (in memory when the store is).
+fn start_commands(
+    config: &FlareConfig,
+    app: &App,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<CommandRunner>> {
+    if !config.commands.enabled {
+        return Ok(None);
+    }
+    let file = crate::config::sqlite_config(config)?
+        .path
+        .map(|_| config.data_dir.join("commands.sqlite"));
+    let executed = ExecutedRequests::open(file.as_deref()).with_context(|| {
+        format!(
+            "cannot open the executed-commands database in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let executor = CommandExecutor::new(app.fhir.clone(), executed, config.commands.clone());
+    let runner = CommandRunner::spawn(executor, app.log.clone());
+    let stats = runner.stats();
+    metrics.add_source(Arc::new(move || stats.render_prometheus()));
+    Ok(Some(runner))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -129,9 +129,8 @@ impl TestBroker {
         let url = format!("tcp://{}", self.address);
         let storage = match self.engine {
             StorageEngine::Memory => "memory://nisshi/".to_owned(),
-            StorageEngine::Sqlite => {
-                format!("sqlite://{}", self.dir.path().join("broker.db").display())
-            }
+            // Relative to the broker's working directory, its temp folder.
+            StorageEngine::Sqlite => "sqlite://broker.db".to_owned(),
         };
         let script = r#"
             "$@" >>"$FLARE_BROKER_LOG" 2>&1 &
