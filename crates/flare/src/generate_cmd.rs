@@ -155,12 +155,33 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     )
     .await;
     progress.finish_and_clear();
-    let summary = outcome?;
-    sink.finish().await?;
+    // `flare generate --stdout | head` ends when the reader does: not an error.
+    let summary = match outcome {
+        Err(error) if args.stdout && is_broken_pipe(&error) => return Ok(ExitCode::SUCCESS),
+        outcome => outcome?,
+    };
+    match sink.finish().await {
+        Err(error) if args.stdout && is_broken_pipe(&error) => return Ok(ExitCode::SUCCESS),
+        finished => finished?,
+    }
     if !args.stdout {
         eprintln!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether writing failed because the reading end of a pipe went away.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(BrokenPipe)
+    })
 }
 
 /// What was written, for the closing summary.

@@ -101,3 +101,25 @@ fn bad_settings_are_refused_with_the_fix() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--url"));
 }
+
+#[test]
+fn an_endless_population_on_stdout_stops_quietly_when_the_reader_goes_away() {
+    use std::io::{BufRead, BufReader};
+    let mut child = flare()
+        .args(["generate", "--stdout"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .take(5)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first.len(), 5);
+    // The reader is gone (like `| head -5`): the generator ends successfully, saying nothing.
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
