@@ -184,9 +184,21 @@ async fn websocket(
         )
             .into_response();
     }
-    upgrade.on_upgrade(move |socket| run_socket(state.hub, endpoint, socket, state.ping_interval))
+    upgrade
+        // tungstenite's defaults (128 KiB read and write buffers per socket) cost ~130 KiB
+        // per subscriber; a hub socket reads small acknowledgements and writes events that
+        // are flushed in batches.
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(SOCKET_WRITE_BUFFER)
+        .max_message_size(MAX_SUBSCRIBER_MESSAGE)
+        .on_upgrade(move |socket| run_socket(state.hub, endpoint, socket, state.ping_interval))
 }
 
+/// Per-socket buffers (see `websocket`).
+const SOCKET_READ_BUFFER: usize = 4 * 1024;
+const SOCKET_WRITE_BUFFER: usize = 16 * 1024;
+/// Subscribers send acknowledgements, endpoint echoes and SyncErrors, never large frames.
+const MAX_SUBSCRIBER_MESSAGE: usize = 1024 * 1024;
 /// Pings in a row a socket may leave unanswered before it counts as dropped.
 const MAX_MISSED_PONGS: u32 = 2;
 /// Frames written to a socket between two flushes when several are queued.
