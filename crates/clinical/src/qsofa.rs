@@ -36,10 +36,14 @@
 //! [`ResolveReason::Merged`]; input that splits one keeps the id for the first part.
 
 use crate::time::{Timestamp, minutes};
-use crate::vitals::{self, Criterion, Measurement, Rejection, StatusEffect, VitalReading};
+use crate::vitals::{self, BorrowedReading, Criterion, Measurement, Rejection, StatusEffect};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
+
+/// Patient and Observation ids are hashed on every observation: foldhash is several times
+/// faster than the standard SipHash on short keys and still seeded per process.
+type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 /// qSOFA engine settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +333,30 @@ impl PatientQsofa {
 
     /// Applies one change and returns the alert events it causes.
     pub fn apply(&mut self, config: &QsofaConfig, change: EvidenceChange) -> Applied {
+        match change {
+            EvidenceChange::Measured {
+                observation_id,
+                measurement,
+                effective,
+            } => self.apply_change(
+                config,
+                Cow::Owned(observation_id),
+                Some((measurement, effective)),
+            ),
+            EvidenceChange::Cleared { observation_id } => {
+                self.apply_change(config, Cow::Owned(observation_id), None)
+            }
+        }
+    }
+
+    /// [`apply`](Self::apply) with the Observation id borrowed when it need not be kept: a
+    /// measurement that meets no criterion, or a retraction, only looks it up.
+    fn apply_change(
+        &mut self,
+        config: &QsofaConfig,
+        observation_id: Cow<'_, str>,
+        measured: Option<(Measurement, Timestamp)>,
+    ) -> Applied {
         let frozen_before = self.frozen_before;
         let too_late = |effective: Timestamp| frozen_before.is_some_and(|f| effective < f);
         let existing = |this: &Self, id: &str| {
@@ -336,12 +364,8 @@ impl PatientQsofa {
                 .iter()
                 .position(|evidence| evidence.observation_id == id)
         };
-        let (disposition, changed, new_watermark) = match change {
-            EvidenceChange::Measured {
-                observation_id,
-                measurement,
-                effective,
-            } => {
+        let (disposition, changed, new_watermark) = match measured {
+            Some((measurement, effective)) => {
                 let previous = existing(self, &observation_id);
                 let previous_time = previous.map(|index| self.evidence[index].effective);
                 if let Some(late) = [Some(effective), previous_time]
@@ -359,7 +383,7 @@ impl PatientQsofa {
                 let meets = measurement.criterion.is_met(measurement.value);
                 if meets {
                     self.insert_evidence(EvidenceRef {
-                        observation_id,
+                        observation_id: observation_id.into_owned(),
                         criterion: measurement.criterion,
                         effective,
                         value: measurement.value,
@@ -374,7 +398,7 @@ impl PatientQsofa {
                 };
                 (disposition, changed, watermark)
             }
-            EvidenceChange::Cleared { observation_id } => {
+            None => {
                 let Some(index) = existing(self, &observation_id) else {
                     return Applied {
                         disposition: Disposition::Ignored(IgnoreReason::NoEvidence),
@@ -817,8 +841,8 @@ pub struct Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct QsofaEngine {
     config: QsofaConfig,
-    patients: HashMap<String, PatientQsofa>,
-    observation_patient: HashMap<String, String>,
+    patients: IdMap<PatientQsofa>,
+    observation_patient: IdMap<String>,
 }
 
 impl QsofaEngine {
@@ -826,8 +850,8 @@ impl QsofaEngine {
         config.validate()?;
         Ok(Self {
             config,
-            patients: HashMap::new(),
-            observation_patient: HashMap::new(),
+            patients: IdMap::default(),
+            observation_patient: IdMap::default(),
         })
     }
 
@@ -837,29 +861,36 @@ impl QsofaEngine {
 
     /// An Observation created or updated (the resource of the change event).
     pub fn observe(&mut self, observation: &Value) -> Outcome {
-        let reading = vitals::read_observation(observation);
-        match reading {
-            VitalReading::Measured {
+        match vitals::read_borrowed(observation) {
+            BorrowedReading::Measured {
                 observation_id,
                 patient_id,
                 measurement,
                 effective,
             } => {
-                let mut outcome = self.clear_if_moved(&observation_id, &patient_id);
+                // One index lookup serves both the move check and the index update.
+                let mut indexed = self
+                    .observation_patient
+                    .get(observation_id)
+                    .map(|owner| owner == patient_id);
+                let mut outcome = Outcome::nothing(IgnoreReason::NoEvidence);
+                if indexed == Some(false) {
+                    // Moved to another subject: withdraw it from the previous one.
+                    outcome = self.observe_deleted(observation_id);
+                    indexed = None;
+                }
                 let applied = self.apply_to(
-                    &patient_id,
-                    EvidenceChange::Measured {
-                        observation_id,
-                        measurement,
-                        effective,
-                    },
+                    patient_id,
+                    observation_id,
+                    indexed.is_some(),
+                    Some((measurement, effective)),
                 );
                 outcome.disposition = applied.disposition;
                 outcome.alerts.extend(applied.alerts);
-                outcome.touched.push(patient_id);
+                outcome.touched.push(patient_id.to_owned());
                 outcome
             }
-            VitalReading::Withdrawn {
+            BorrowedReading::Withdrawn {
                 observation_id,
                 status,
                 ..
@@ -868,15 +899,15 @@ impl QsofaEngine {
                     StatusEffect::DoesNotCount => IgnoreReason::NotCounted,
                     _ => IgnoreReason::NoEvidence,
                 };
-                let mut outcome = self.observe_deleted(&observation_id);
+                let mut outcome = self.observe_deleted(observation_id);
                 if outcome.disposition == Disposition::Ignored(IgnoreReason::NoEvidence) {
                     outcome.disposition = Disposition::Ignored(fallback);
                 }
                 outcome
             }
-            VitalReading::Unrelated { observation_id } => {
+            BorrowedReading::Unrelated { observation_id } => {
                 let mut outcome = match observation_id {
-                    Some(id) => self.observe_deleted(&id),
+                    Some(id) => self.observe_deleted(id),
                     None => Outcome::nothing(IgnoreReason::Unrelated),
                 };
                 if outcome.disposition == Disposition::Ignored(IgnoreReason::NoEvidence) {
@@ -884,13 +915,13 @@ impl QsofaEngine {
                 }
                 outcome
             }
-            VitalReading::Rejected {
+            BorrowedReading::Rejected {
                 observation_id,
                 reason,
                 ..
             } => {
                 let mut outcome = match observation_id {
-                    Some(id) => self.observe_deleted(&id),
+                    Some(id) => self.observe_deleted(id),
                     None => Outcome::nothing(IgnoreReason::NoEvidence),
                 };
                 if !matches!(outcome.disposition, Disposition::TooLate { .. }) {
@@ -906,12 +937,7 @@ impl QsofaEngine {
         let Some(patient_id) = self.observation_patient.get(observation_id).cloned() else {
             return Outcome::nothing(IgnoreReason::NoEvidence);
         };
-        let applied = self.apply_to(
-            &patient_id,
-            EvidenceChange::Cleared {
-                observation_id: observation_id.to_owned(),
-            },
-        );
+        let applied = self.apply_to(&patient_id, observation_id, true, None);
         Outcome {
             disposition: applied.disposition,
             alerts: applied.alerts,
@@ -959,38 +985,37 @@ impl QsofaEngine {
         self.patients.insert(state.patient_id().to_owned(), state);
     }
 
-    fn clear_if_moved(&mut self, observation_id: &str, patient_id: &str) -> Outcome {
-        match self.observation_patient.get(observation_id) {
-            Some(owner) if owner != patient_id => self.observe_deleted(observation_id),
-            _ => Outcome::nothing(IgnoreReason::NoEvidence),
-        }
-    }
-
-    fn apply_to(&mut self, patient_id: &str, change: EvidenceChange) -> Applied {
-        let observation_id = match &change {
-            EvidenceChange::Measured { observation_id, .. }
-            | EvidenceChange::Cleared { observation_id } => observation_id.clone(),
-        };
+    /// Applies a measurement (`Some`) or a withdrawal (`None`) of `observation_id` to the
+    /// patient, and keeps the index in step; `indexed` says whether the index holds the
+    /// Observation for this patient (saves a lookup on the common path).
+    fn apply_to(
+        &mut self,
+        patient_id: &str,
+        observation_id: &str,
+        indexed: bool,
+        measured: Option<(Measurement, Timestamp)>,
+    ) -> Applied {
+        let observation = Cow::Borrowed(observation_id);
         // `get_mut` first: `entry` would allocate the key on every observation.
         let applied = match self.patients.get_mut(patient_id) {
-            Some(state) => state.apply(&self.config, change),
+            Some(state) => state.apply_change(&self.config, observation, measured),
             None => {
                 let mut state = PatientQsofa::new(patient_id);
-                let applied = state.apply(&self.config, change);
+                let applied = state.apply_change(&self.config, observation, measured);
                 self.patients.insert(patient_id.to_owned(), state);
                 applied
             }
         };
         match applied.disposition {
-            Disposition::Recorded => {
+            Disposition::Recorded if !indexed => {
                 self.observation_patient
-                    .insert(observation_id, patient_id.to_owned());
+                    .insert(observation_id.to_owned(), patient_id.to_owned());
             }
             // Only these remove evidence; anything else left the index as it was.
-            Disposition::Normal | Disposition::Cleared | Disposition::Rejected(_) => {
-                self.observation_patient.remove(&observation_id);
+            Disposition::Normal | Disposition::Cleared | Disposition::Rejected(_) if indexed => {
+                self.observation_patient.remove(observation_id);
             }
-            Disposition::Ignored(_) | Disposition::TooLate { .. } => {}
+            _ => {}
         }
         for released in &applied.released {
             self.observation_patient.remove(released);

@@ -179,22 +179,89 @@ fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
 
 /// Reads the qSOFA evidence of one Observation version as it appears in a change event.
 pub fn read_observation(resource: &Value) -> VitalReading {
-    let observation_id = field(resource, "id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    read_borrowed(resource).into_owned()
+}
+
+/// [`VitalReading`] with the ids borrowed from the resource: the engine only copies the ids
+/// it keeps (evidence), not those of every normal measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BorrowedReading<'a> {
+    Measured {
+        observation_id: &'a str,
+        patient_id: &'a str,
+        measurement: Measurement,
+        effective: Timestamp,
+    },
+    Withdrawn {
+        observation_id: &'a str,
+        patient_id: Option<&'a str>,
+        status: StatusEffect,
+    },
+    Unrelated {
+        observation_id: Option<&'a str>,
+    },
+    Rejected {
+        observation_id: Option<&'a str>,
+        patient_id: Option<&'a str>,
+        reason: Rejection,
+    },
+}
+
+impl BorrowedReading<'_> {
+    pub(crate) fn into_owned(self) -> VitalReading {
+        let owned = |id: Option<&str>| id.map(str::to_owned);
+        match self {
+            BorrowedReading::Measured {
+                observation_id,
+                patient_id,
+                measurement,
+                effective,
+            } => VitalReading::Measured {
+                observation_id: observation_id.to_owned(),
+                patient_id: patient_id.to_owned(),
+                measurement,
+                effective,
+            },
+            BorrowedReading::Withdrawn {
+                observation_id,
+                patient_id,
+                status,
+            } => VitalReading::Withdrawn {
+                observation_id: observation_id.to_owned(),
+                patient_id: owned(patient_id),
+                status,
+            },
+            BorrowedReading::Unrelated { observation_id } => VitalReading::Unrelated {
+                observation_id: owned(observation_id),
+            },
+            BorrowedReading::Rejected {
+                observation_id,
+                patient_id,
+                reason,
+            } => VitalReading::Rejected {
+                observation_id: owned(observation_id),
+                patient_id: owned(patient_id),
+                reason,
+            },
+        }
+    }
+}
+
+pub(crate) fn read_borrowed(resource: &Value) -> BorrowedReading<'_> {
+    let observation_id = field(resource, "id").and_then(Value::as_str);
     if field(resource, "resourceType").and_then(Value::as_str) != Some("Observation") {
-        return VitalReading::Rejected {
+        return BorrowedReading::Rejected {
             observation_id,
             patient_id: None,
             reason: Rejection::NotAnObservation,
         };
     }
     let Some((criterion, quantity)) = find_vital(resource) else {
-        return VitalReading::Unrelated { observation_id };
+        return BorrowedReading::Unrelated { observation_id };
     };
-    let patient_id = patient_id(resource);
+    let patient_id = patient_ref(resource);
     let Some(observation_id) = observation_id else {
-        return VitalReading::Rejected {
+        return BorrowedReading::Rejected {
             observation_id: None,
             patient_id,
             reason: Rejection::MissingId,
@@ -202,33 +269,32 @@ pub fn read_observation(resource: &Value) -> VitalReading {
     };
     let status = status_effect(field(resource, "status").and_then(Value::as_str));
     if status != StatusEffect::Counts {
-        return VitalReading::Withdrawn {
+        return BorrowedReading::Withdrawn {
             observation_id,
             patient_id,
             status,
         };
     }
-    let reject =
-        |observation_id: String, patient_id: Option<String>, reason| VitalReading::Rejected {
-            observation_id: Some(observation_id),
-            patient_id,
-            reason,
-        };
+    let reject = |patient_id, reason| BorrowedReading::Rejected {
+        observation_id: Some(observation_id),
+        patient_id,
+        reason,
+    };
     let Some(patient) = patient_id else {
-        return reject(observation_id, None, Rejection::NoPatient);
+        return reject(None, Rejection::NoPatient);
     };
     let effective = match effective_time(resource) {
         Ok(effective) => effective,
-        Err(reason) => return reject(observation_id, Some(patient), reason),
+        Err(reason) => return reject(Some(patient), reason),
     };
     match measure(criterion, quantity) {
-        Ok(measurement) => VitalReading::Measured {
+        Ok(measurement) => BorrowedReading::Measured {
             observation_id,
             patient_id: patient,
             measurement,
             effective,
         },
-        Err(reason) => reject(observation_id, Some(patient), reason),
+        Err(reason) => reject(Some(patient), reason),
     }
 }
 
@@ -344,14 +410,18 @@ fn measure(criterion: Criterion, slot: ValueSlot<'_>) -> Result<Measurement, Rej
 /// The id of the Patient an Observation is about (`subject` = `Patient/x`, relative or
 /// absolute, with or without `_history`).
 pub fn patient_id(resource: &Value) -> Option<String> {
-    patient_from_reference(field(resource, "subject")?)
+    patient_ref(resource).map(str::to_owned)
 }
 
-pub(crate) fn patient_from_reference(reference: &Value) -> Option<String> {
+fn patient_ref(resource: &Value) -> Option<&str> {
+    patient_in_reference(field(resource, "subject")?)
+}
+
+fn patient_in_reference(reference: &Value) -> Option<&str> {
     let text = field(reference, "reference")?.as_str()?;
     let (_, tail) = text.rsplit_once("Patient/")?;
     let id = tail.split('/').next()?;
-    (!id.is_empty()).then(|| id.to_owned())
+    (!id.is_empty()).then_some(id)
 }
 
 /// `effectiveDateTime`, `effectivePeriod.start` or `effectiveInstant`, as a UTC instant.

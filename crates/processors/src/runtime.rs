@@ -18,6 +18,10 @@
 //!   resource); records published with [`Context::publish`] carry a caller-chosen, deterministic
 //!   `eventId` header so consumers can drop duplicates. Effects run inside `process`, before
 //!   the checkpoint that covers their record, so an effect is never lost.
+//! - Published records are readable at once but made durable by one log sync just before the
+//!   next checkpoint ([`EventLog::append_unsynced`]), not one sync each: until that checkpoint
+//!   the input record is the durable copy, and a replay after a power loss publishes the same
+//!   records (same `eventId`s) again. This keeps an alert's latency to its store writes.
 //! - A failing attempt leaves the state untouched (the runtime restores a copy, see
 //!   [`Processor::ROLLBACK`]). It is retried in place with exponential backoff ([`RetryPolicy`]); a non-retryable error, or the last
 //!   attempt, parks the record in `<topic>.dlq` (see [`crate::dlq`]) and processing continues.
@@ -157,6 +161,8 @@ pub struct Context<'a> {
     metrics: &'a ProcessorMetrics,
     attempt: u32,
     allowed_lateness: Duration,
+    /// Whether this attempt appended records the next checkpoint must sync.
+    published: bool,
 }
 
 impl Context<'_> {
@@ -173,7 +179,8 @@ impl Context<'_> {
         record
             .headers
             .push(Header::new(dlq::header::EVENT_ID, event_id.as_bytes()));
-        self.log.append(topic, vec![record]).await?;
+        self.published = true;
+        self.log.append_unsynced(topic, vec![record]).await?;
         ProcessorMetrics::add(&self.metrics.records_out, 1);
         Ok(())
     }
@@ -300,6 +307,8 @@ pub fn spawn<P: Processor>(
         positions: BTreeMap::new(),
         checkpointed: BTreeMap::new(),
         inputs: Vec::new(),
+        unsynced: false,
+        group_offsets: watch::channel(BTreeMap::new()).0,
     };
     let task = tokio::spawn(runner.run());
     ProcessorHandle {
@@ -330,6 +339,10 @@ struct Runner<P: Processor> {
     checkpointed: BTreeMap<PartitionId, u64>,
     /// Every consumed topic (inputs and their retry topics).
     inputs: Vec<String>,
+    /// Records were published since the last log sync.
+    unsynced: bool,
+    /// The checkpointed offsets, for the task that commits them as the log's group offsets.
+    group_offsets: watch::Sender<BTreeMap<PartitionId, u64>>,
 }
 
 /// How one record ended.
@@ -356,6 +369,22 @@ impl<P: Processor> Runner<P> {
 
     async fn run(mut self) -> Result<(), RuntimeError> {
         let mut consumer = self.start().await?;
+        let committer = tokio::spawn(commit_group_offsets(
+            self.log.clone(),
+            self.group.clone(),
+            self.group_offsets.subscribe(),
+        ));
+        let result = self.consume(consumer.as_mut()).await;
+        // Closing the channel lets the committer write the last offsets and stop.
+        drop(self);
+        let _ = committer.await;
+        result
+    }
+
+    async fn consume(
+        &mut self,
+        consumer: &mut dyn flare_log::Consumer,
+    ) -> Result<(), RuntimeError> {
         let interval = self.options.checkpoint.interval();
         let mut deadline = Instant::now() + interval;
         let mut pending: u64 = 0;
@@ -503,12 +532,15 @@ impl<P: Processor> Runner<P> {
                 metrics: &self.metrics,
                 attempt,
                 allowed_lateness: self.options.allowed_lateness,
+                published: false,
             };
             let started = std::time::Instant::now();
             let result = self
                 .processor
                 .process(&key, &mut state, &input, &mut ctx)
                 .await;
+            // Even a failed attempt may have published before failing.
+            self.unsynced |= ctx.published;
             let error = match result {
                 Ok(outcome) => {
                     self.metrics.record_latency(started.elapsed());
@@ -635,6 +667,11 @@ impl<P: Processor> Runner<P> {
         if checkpoint.states.is_empty() && checkpoint.offsets.is_empty() {
             return Ok(());
         }
+        // What the checkpoint's records published must be durable before they count as done.
+        if self.unsynced {
+            self.log.sync().await.map_err(|e| self.log_error(e))?;
+            self.unsynced = false;
+        }
         self.store
             .checkpoint(&self.group, &checkpoint)
             .await
@@ -644,21 +681,11 @@ impl<P: Processor> Runner<P> {
         for offset in &checkpoint.offsets {
             self.checkpointed
                 .insert((offset.topic.clone(), offset.partition), offset.next_offset);
-            // The store holds the truth; the group offset only informs lag tools, so a failed
-            // commit is reported and retried with the next checkpoint.
-            if let Err(e) = self
-                .log
-                .commit(
-                    &self.group,
-                    &offset.topic,
-                    offset.partition,
-                    offset.next_offset,
-                )
-                .await
-            {
-                tracing::warn!(processor = %self.group, error = %e, "cannot commit the group offset");
-            }
         }
+        // The store holds the truth; the group offsets only inform lag tools. Committing them
+        // costs the embedded log two fsyncs per partition, so a task of their own does it,
+        // coalescing checkpoints that come faster than that.
+        self.group_offsets.send_replace(self.checkpointed.clone());
         if self.cache.len() > self.options.max_cached_keys {
             self.cache.clear();
         }
@@ -688,5 +715,36 @@ impl<P: Processor> Runner<P> {
         self.metrics
             .lag
             .store(lag, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Commits the checkpointed offsets as the log's group offsets, the latest each time, until
+/// the runner closes the channel (after its final checkpoint).
+async fn commit_group_offsets(
+    log: Arc<dyn EventLog>,
+    group: String,
+    mut offsets: watch::Receiver<BTreeMap<PartitionId, u64>>,
+) {
+    let mut committed: BTreeMap<PartitionId, u64> = BTreeMap::new();
+    loop {
+        let closed = offsets.changed().await.is_err();
+        let latest = offsets.borrow_and_update().clone();
+        for (id, next) in latest {
+            if committed.get(&id) == Some(&next) {
+                continue;
+            }
+            match log.commit(&group, &id.0, id.1, next).await {
+                Ok(()) => {
+                    committed.insert(id, next);
+                }
+                // Retried with the next checkpoint's offsets.
+                Err(e) => {
+                    tracing::warn!(processor = %group, error = %e, "cannot commit the group offset")
+                }
+            }
+        }
+        if closed {
+            return;
+        }
     }
 }

@@ -117,7 +117,9 @@ async fn the_event_time_clock_resolves_the_episode_of_an_idle_patient() {
     let flag: Value = serde_json::from_str(flag.body.as_deref().unwrap()).unwrap();
     assert_eq!(flag["status"], "inactive");
 
-    // The watermark p1 was moved to: 06:00 (newest vital) minus the 2 h lateness.
+    // The watermark p1 was moved to: the newest vital seen when the clock ticked past p1's
+    // episode, minus the 2 h lateness. Which vital that was depends on how far the processor
+    // had got (the clock ticks beside it): p3's 03:00 or 03:30, or p2's 06:00.
     let mut watermarks = Vec::new();
     for partition in 0..2 {
         for record in log
@@ -131,13 +133,15 @@ async fn the_event_time_clock_resolves_the_episode_of_an_idle_patient() {
             ));
         }
     }
-    assert_eq!(
-        watermarks,
-        [(
-            "Patient/p1".to_owned(),
-            Timestamp::parse_fhir("2024-03-02T04:00:00Z").unwrap()
-        )]
-    );
+    assert_eq!(watermarks.len(), 1, "{watermarks:?}");
+    assert_eq!(watermarks[0].0, "Patient/p1");
+    let possible = [
+        "2024-03-02T01:00:00Z",
+        "2024-03-02T01:30:00Z",
+        "2024-03-02T04:00:00Z",
+    ]
+    .map(|text| Timestamp::parse_fhir(text).unwrap());
+    assert!(possible.contains(&watermarks[0].1), "{watermarks:?}");
 
     let messages = alert_messages(&log).await;
     let p3: Vec<&Value> = messages

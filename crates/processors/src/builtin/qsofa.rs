@@ -3,7 +3,8 @@
 //! State per patient (the partition key `Patient/<id>`) is `flare_clinical::PatientQsofa`.
 //! Each alert event of the clinical engine becomes, in this order:
 //! 1. `RiskAssessment/<episode id>` and `Flag/<episode id>` written with PUT through the commit
-//!    path (the ids are the deterministic episode id, so a replay rewrites the same resources);
+//!    path, concurrently (the ids are the deterministic episode id, so a replay rewrites the
+//!    same resources);
 //! 2. a message on `fhir.alerts.sepsis`, keyed by patient, whose `eventId` is derived from the
 //!    episode, the alert kind and the input record's position (a replay repeats the same id).
 //!
@@ -148,9 +149,11 @@ impl QsofaProcessor {
     ) -> Result<(), ProcessError> {
         let mut request = RequestContext::new("");
         request.correlation_id = correlation_id.to_owned();
-        self.write(&request, "RiskAssessment", alerts::risk_assessment(alert))
-            .await?;
-        self.write(&request, "Flag", alerts::flag(alert)).await?;
+        // Two commits at once share one store transaction (group commit): one fsync, not two.
+        tokio::try_join!(
+            self.write(&request, "RiskAssessment", alerts::risk_assessment(alert)),
+            self.write(&request, "Flag", alerts::flag(alert)),
+        )?;
         let message = alerts::alert_message(alert);
         let kind = message
             .get("action")
