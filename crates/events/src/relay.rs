@@ -25,6 +25,12 @@ use crate::header;
 /// How many outbox entries the relay moves per round.
 const BATCH: usize = 2_000;
 
+/// Shortest time between two syncs of the log (and acknowledgements of the outbox) while the
+/// relay runs: each is an fsync of the log's files and a store commit, competing for the disk
+/// with the writes; the outbox keeps what waits meanwhile, so nothing depends on it but the
+/// outbox's size.
+const ACK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// How often the backlog is measured while a round is stuck (a broker outage, say).
 const LAG_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -214,8 +220,8 @@ impl Relay {
     /// committing to the outbox, and the backlog is measured for [`RelayStats::lag`].
     ///
     /// Appends reach consumers without waiting for a log sync; syncing the log and
-    /// acknowledging the outbox run alongside, one sync covering every round appended
-    /// meanwhile.
+    /// acknowledging the outbox run alongside, at most every 50 ms, one sync covering every
+    /// round appended meanwhile.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let (relayed, relayed_seen) = watch::channel(0);
         tokio::join!(
@@ -232,7 +238,10 @@ impl Relay {
             let seq = *relayed.borrow_and_update();
             if seq > acked {
                 match self.sync_and_ack(seq).await {
-                    Ok(()) => acked = seq,
+                    Ok(()) => {
+                        acked = seq;
+                        tokio::time::sleep(ACK_INTERVAL).await;
+                    }
                     Err(err) => {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %err, "syncing the log or acknowledging the outbox failed; retrying");

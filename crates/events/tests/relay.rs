@@ -150,4 +150,8 @@ async fn the_relay_moves_commits_as_they_happen_and_drains_on_shutdown() {
         3,
         "what was committed before shutdown is relayed"
     );
+    assert!(
+        store.outbox_after(0, 10).await.unwrap().is_empty(),
+        "the outbox is acknowledged once the log synced, before the relay stops"
+    );
 }
