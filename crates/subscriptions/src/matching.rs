@@ -93,6 +93,22 @@ type KeyId = u32;
 struct Posting {
     slot: u32,
     placement: u32,
+    /// Up to two single-key clauses of the group besides the anchor ([`NO_KEY`] when
+    /// unused): checked against the event's keys straight from the posting list, so that
+    /// most candidates that fail are dropped without reading the group (at 100k
+    /// subscriptions, reading a group is a cache miss or several).
+    required: [KeyId; 2],
+}
+
+/// An unused [`Posting::required`] entry.
+const NO_KEY: KeyId = KeyId::MAX;
+
+impl Posting {
+    fn may_match(&self, event_keys: &[KeyId]) -> bool {
+        self.required
+            .iter()
+            .all(|key| *key == NO_KEY || event_keys.contains(key))
+    }
 }
 
 /// Subscriptions with identical criteria share one group: it is evaluated once per event and
@@ -172,6 +188,8 @@ struct Placement {
     residual_keys: Vec<Vec<KeyId>>,
     /// Positions of the clauses only the matcher can judge.
     residual_clauses: Vec<usize>,
+    /// Keys of the `:not` clauses: the event must carry none of them.
+    forbidden: Vec<KeyId>,
     /// Every key this placement uses (with repeats), to release them on removal.
     interned: Vec<KeyId>,
 }
@@ -396,7 +414,10 @@ impl SubscriptionIndex {
         let (candidates, event_keys) = bucket.candidates(&mut context);
         let mut topic_results: Vec<(*const Topic, bool)> = Vec::new();
         let mut matched = Vec::new();
-        for Posting { slot, placement } in candidates {
+        for Posting {
+            slot, placement, ..
+        } in candidates
+        {
             let Some(Some(group)) = self.slots.get(slot as usize) else {
                 continue;
             };
@@ -466,10 +487,13 @@ impl TypeBucket {
         clauses: &[Clause],
         use_keys: bool,
     ) -> Placement {
+        let mut negated = vec![false; clauses.len()];
         let keyed: Vec<Option<Vec<Key>>> = clauses
             .iter()
-            .map(|clause| {
-                let values = clause_keys(clause).filter(|_| use_keys)?;
+            .zip(negated.iter_mut())
+            .map(|(clause, negated)| {
+                let (not, values) = clause_keys(clause).filter(|_| use_keys)?;
+                *negated = not;
                 let param = self.param_name(&clause.param);
                 Some(
                     values
@@ -479,15 +503,21 @@ impl TypeBucket {
                 )
             })
             .collect();
-        let anchor = self.choose_anchor(&keyed);
+        // A `:not` clause cannot anchor: the events it accepts are those without its keys.
+        let anchorable: Vec<Option<Vec<Key>>> = keyed
+            .iter()
+            .zip(&negated)
+            .map(|(keys, negated)| keys.clone().filter(|_| !negated))
+            .collect();
+        let anchor = self.choose_anchor(&anchorable);
         let mut placed = Placement {
             resource_type,
             posted: Vec::new(),
             residual_keys: Vec::new(),
             residual_clauses: Vec::new(),
+            forbidden: Vec::new(),
             interned: Vec::new(),
         };
-        let posting = Posting { slot, placement };
         for (position, keys) in keyed.into_iter().enumerate() {
             let Some(keys) = keys else {
                 placed.residual_clauses.push(position);
@@ -495,22 +525,40 @@ impl TypeBucket {
             };
             let ids: Vec<KeyId> = keys.into_iter().map(|key| self.intern(key)).collect();
             placed.interned.extend_from_slice(&ids);
-            if anchor == Some(position) {
-                for &id in &ids {
-                    if let Some(key) = self.keys.get_mut(id as usize) {
-                        key.postings.push(posting);
-                    }
-                }
-                if ids.len() > 1 {
-                    self.multi_key_anchors += 1;
-                }
+            if negated.get(position).copied().unwrap_or(false) {
+                placed.forbidden.extend_from_slice(&ids);
+            } else if anchor == Some(position) {
                 placed.posted = ids;
             } else {
                 placed.residual_keys.push(ids);
             }
         }
-        if anchor.is_none() {
+        let mut required = [NO_KEY; 2];
+        for (place, keys) in required.iter_mut().zip(
+            placed
+                .residual_keys
+                .iter()
+                .filter(|keys| keys.len() == 1)
+                .filter_map(|keys| keys.first()),
+        ) {
+            *place = *keys;
+        }
+        let posting = Posting {
+            slot,
+            placement,
+            required,
+        };
+        if placed.posted.is_empty() {
             self.unkeyed.push(posting);
+        } else {
+            for &id in &placed.posted {
+                if let Some(key) = self.keys.get_mut(id as usize) {
+                    key.postings.push(posting);
+                }
+            }
+            if placed.posted.len() > 1 {
+                self.multi_key_anchors += 1;
+            }
         }
         placed
     }
@@ -649,7 +697,11 @@ impl TypeBucket {
             if let Some(slot) = self.keys.get(id as usize)
                 && !slot.postings.is_empty()
             {
-                candidates.extend_from_slice(&slot.postings);
+                candidates.extend(
+                    slot.postings
+                        .iter()
+                        .filter(|posting| posting.may_match(&event_keys)),
+                );
                 lists += 1;
             }
         }
@@ -699,20 +751,38 @@ fn narrow_registry(resource_type: &str, params: &[String]) -> Option<Registry> {
     Some(Registry::from_definitions(definitions))
 }
 
-/// The keys of a clause whose every value is an exact key, or `None`. Such a clause is
-/// satisfied exactly when the event carries one of its keys under its parameter.
-fn clause_keys(clause: &Clause) -> Option<Vec<KeyValue>> {
+/// The keys of a clause whose every value is an exact key, or `None`. A plain clause is
+/// satisfied exactly when the event carries one of its keys under its parameter; a `:not`
+/// clause (`negated`, all its values negated tokens, as the matcher requires) exactly when
+/// it carries none of them.
+fn clause_keys(clause: &Clause) -> Option<(bool, Vec<KeyValue>)> {
     if clause.chain.is_some() || clause.predicates.is_empty() {
         return None;
     }
+    let negated = clause
+        .predicates
+        .iter()
+        .all(|predicate| matches!(predicate, Predicate::Token { negate: true, .. }));
     let mut keys: Vec<KeyValue> = Vec::with_capacity(clause.predicates.len());
     for predicate in &clause.predicates {
-        let key = predicate_key(predicate)?;
+        let key = match predicate {
+            // A negated value compares like a plain one; the clause negates the result.
+            Predicate::Token {
+                negate: true,
+                system,
+                code,
+            } if negated => predicate_key(&Predicate::Token {
+                negate: false,
+                system: system.clone(),
+                code: code.clone(),
+            })?,
+            _ => predicate_key(predicate)?,
+        };
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
-    Some(keys)
+    Some((negated, keys))
 }
 
 /// The key a predicate is satisfied by, when it compares one exact value. `:not` (clause-wide
@@ -947,6 +1017,11 @@ impl Residual<'_> {
             .residual_keys
             .iter()
             .all(|keys| keys.iter().any(|key| self.event_keys.contains(key)))
+            && !self
+                .placement
+                .forbidden
+                .iter()
+                .any(|key| self.event_keys.contains(key))
             && self.placement.residual_clauses.iter().all(|&position| {
                 clauses.get(position).is_some_and(|clause| {
                     flare_search::matches(std::slice::from_ref(clause), entries)
@@ -1452,9 +1527,9 @@ mod tests {
         let event = observation("c42", "p7");
         assert_eq!(notified(&index, &event), vec!["s42-7".to_owned()]);
         // One anchor per subscription over 201 keys: about 50 per code and per patient (the
-        // greedy choice depends on insertion order, hence the slack), so an event meets a
-        // hundred or so of the 10,000, where anchoring on the first clause (`status=final`)
-        // would make it meet all of them.
+        // greedy choice depends on insertion order, hence the slack), so an event reads a
+        // hundred or so postings of the 10,000 and keeps those whose other keys it carries,
+        // where anchoring on the first clause (`status=final`) would make it meet all.
         let candidates = candidates_for(&index, &event);
         assert!(candidates <= 200, "{candidates} candidates");
     }
