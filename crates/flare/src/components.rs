@@ -14,7 +14,9 @@ use flare_processors::{
 use flare_server::{DashboardState, Metrics};
 use flare_subscriptions::{
     TopicRegistry,
-    delivery::{Dependencies, SubscriptionCheck, SubscriptionRuntime},
+    delivery::{
+        Dependencies, MailTransport, SubscriptionCheck, SubscriptionRedaction, SubscriptionRuntime,
+    },
 };
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -105,6 +107,21 @@ impl Components {
                 "Subscription",
                 Arc::new(SubscriptionCheck::new(registry.clone(), topics.clone())),
             );
+            // Channel secrets never appear in answers; the store and deliveries keep them.
+            app.fhir
+                .add_read_transform("Subscription", Arc::new(SubscriptionRedaction));
+            let mailer: Option<Arc<dyn MailTransport>> = match &config.subscriptions.smtp {
+                Some(smtp) => Some(Arc::new(
+                    flare_outbound::Mailer::new(smtp)
+                        .context("invalid [subscriptions.smtp] settings")?,
+                )),
+                None => None,
+            };
+            let channels = if mailer.is_some() {
+                "rest-hook, websocket, message, email and kafka"
+            } else {
+                "rest-hook, websocket, message and kafka (email needs [subscriptions.smtp])"
+            };
             let policy =
                 flare_outbound::EndpointPolicy::from_config(&config.subscriptions.endpoints);
             let deliverer =
@@ -119,7 +136,7 @@ impl Components {
                 config.data_dir.join(&delivery.cursor_file)
             };
             delivery.base_url = public_base.to_string();
-            let runtime = SubscriptionRuntime::start(
+            let runtime = SubscriptionRuntime::start_with_mailer(
                 Dependencies {
                     fhir: app.fhir.clone(),
                     log: app.log.clone(),
@@ -127,13 +144,16 @@ impl Components {
                     transport: Arc::new(deliverer),
                 },
                 delivery,
+                mailer,
             )
             .await
             .context("cannot start subscription delivery")?;
             routes = routes.merge(flare_server::subscriptions_http::routes(runtime.clone()));
+            app.fhir
+                .add_capability_extensions(flare_server::subscriptions_http::capability_extensions);
             let allowed = config.subscriptions.endpoints.allow.to_string();
             banner.push(format!(
-                "subscriptions rest-hook and websocket delivery (non-public endpoints allowed: {})",
+                "subscriptions {channels} (non-public endpoints allowed: {})",
                 if allowed.is_empty() {
                     "none".to_string()
                 } else {

@@ -62,6 +62,12 @@ pub struct FlareConfig {
 /// allow = ["127.0.0.0/8"]      # also plain http to these; env FLARE_SUBSCRIPTION_ALLOW
 /// [subscriptions.delivery]
 /// max_attempts = 5
+/// [subscriptions.smtp]           # for `email` channels (mailto: endpoints)
+/// host = "smtp.example.org"
+/// security = "starttls"          # starttls | tls | none
+/// username = "flare"
+/// password = "..."
+/// from = "Flare <flare@example.org>"
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,6 +79,9 @@ pub struct SubscriptionsConfig {
     /// Retries, batches, timeouts; `cursor_file` defaults to `subscriptions.sqlite` in the
     /// data directory.
     pub delivery: flare_subscriptions::delivery::DeliveryConfig,
+    /// The SMTP server of `email` channel notifications. Default: none (email subscriptions
+    /// turn `error`, naming this section).
+    pub smtp: Option<flare_outbound::SmtpConfig>,
 }
 
 impl Default for SubscriptionsConfig {
@@ -81,6 +90,7 @@ impl Default for SubscriptionsConfig {
             enabled: true,
             endpoints: flare_outbound::EndpointPolicyConfig::default(),
             delivery: flare_subscriptions::delivery::DeliveryConfig::default(),
+            smtp: None,
         }
     }
 }

@@ -32,6 +32,28 @@ use tokio::sync::mpsc;
 /// Where websocket clients connect.
 pub const WEBSOCKET_PATH: &str = "/fhir/Subscription/$websocket";
 
+/// The R4 extension on `CapabilityStatement.rest` that names the websocket endpoint.
+pub const CAPABILITY_WEBSOCKET: &str =
+    "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket";
+
+/// The CapabilityStatement's `rest` extensions while subscriptions run: the websocket URL
+/// (`ws://` or `wss://` on the FHIR base's host), for
+/// `fhir.add_capability_extensions(capability_extensions)`.
+pub fn capability_extensions(fhir_base: &str) -> Vec<Value> {
+    let (scheme, rest) = match fhir_base.split_once("://") {
+        Some(("https", rest)) => ("wss", rest),
+        Some((_, rest)) => ("ws", rest),
+        None => ("ws", fhir_base),
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    if host.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        json!({"url": CAPABILITY_WEBSOCKET, "valueUri": format!("{scheme}://{host}{WEBSOCKET_PATH}")}),
+    ]
+}
+
 /// The operation routes, with the runtime as their state.
 pub fn routes(runtime: SubscriptionRuntime) -> Router {
     Router::new()
@@ -340,4 +362,25 @@ async fn serve_socket(
         }
     }
     writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_websocket_url_follows_the_fhir_base() {
+        let plain = capability_extensions("http://127.0.0.1:8080/fhir");
+        assert_eq!(plain[0]["url"], CAPABILITY_WEBSOCKET);
+        assert_eq!(
+            plain[0]["valueUri"],
+            "ws://127.0.0.1:8080/fhir/Subscription/$websocket"
+        );
+        let secure = capability_extensions("https://fhir.example.org/fhir");
+        assert_eq!(
+            secure[0]["valueUri"],
+            "wss://fhir.example.org/fhir/Subscription/$websocket"
+        );
+        assert!(capability_extensions("").is_empty());
+    }
 }
