@@ -206,6 +206,8 @@ enum LogChange {
     },
     Ended {
         endpoint: String,
+        #[serde(default)]
+        topic: String,
         reason: String,
     },
 }
@@ -222,7 +224,15 @@ impl From<Replicated> for LogChange {
                 notification,
                 except,
             },
-            Replicated::Ended { endpoint, reason } => Self::Ended { endpoint, reason },
+            Replicated::Ended {
+                endpoint,
+                topic,
+                reason,
+            } => Self::Ended {
+                endpoint,
+                topic,
+                reason,
+            },
         }
     }
 }
@@ -239,8 +249,7 @@ impl LogChange {
                     .ok()
                     .and_then(|event| event["event"]["hub.topic"].as_str().map(str::to_string))
             }),
-            Self::SyncError { topic, .. } => Some(topic.clone()),
-            Self::Ended { .. } => None,
+            Self::SyncError { topic, .. } | Self::Ended { topic, .. } => Some(topic.clone()),
         }
     }
 }
@@ -438,7 +447,9 @@ impl Core {
             ),
             // This node ended it already.
             LogChange::Ended { .. } if own => (None, Vec::new()),
-            LogChange::Ended { endpoint, reason } => (None, hub.apply_ended(endpoint, reason)),
+            LogChange::Ended {
+                endpoint, reason, ..
+            } => (None, hub.apply_ended(endpoint, reason)),
         });
         if !own {
             // Webhook subscribers are called by the node that accepted them.

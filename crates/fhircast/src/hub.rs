@@ -99,7 +99,12 @@ pub enum Replicated {
         except: Option<String>,
     },
     /// A subscription ended on the node holding its socket (closed, unresponsive).
-    Ended { endpoint: String, reason: String },
+    Ended {
+        endpoint: String,
+        /// The subscription's topic, so the record stays in order with the topic's others.
+        topic: String,
+        reason: String,
+    },
 }
 
 /// The query of a webhook intent verification or denial.
@@ -354,10 +359,11 @@ impl Hub {
     }
 
     /// In a clustered hub, tells the other nodes that a subscription ended here.
-    fn replicate_end(&self, endpoint: &str, reason: &str) -> Option<Output> {
+    fn replicate_end(&self, endpoint: &str, topic: &str, reason: &str) -> Option<Output> {
         self.clustered.then(|| {
             Output::Replicate(Replicated::Ended {
                 endpoint: endpoint.to_string(),
+                topic: topic.to_string(),
                 reason: reason.to_string(),
             })
         })
@@ -923,9 +929,14 @@ impl Hub {
         now: OffsetDateTime,
     ) -> Vec<Output> {
         if !confirmed {
+            let topic = self
+                .subscriptions
+                .get(subscription)
+                .map(|found| found.topic.clone())
+                .unwrap_or_default();
             self.forget(subscription);
             return self
-                .replicate_end(subscription, "intent not verified")
+                .replicate_end(subscription, &topic, "intent not verified")
                 .into_iter()
                 .collect();
         }
@@ -974,7 +985,7 @@ impl Hub {
         );
         if unresponsive {
             outputs.extend(self.end_subscription(subscription, "subscriber unresponsive"));
-            outputs.extend(self.replicate_end(subscription, "subscriber unresponsive"));
+            outputs.extend(self.replicate_end(subscription, &topic, "subscriber unresponsive"));
         }
         outputs
     }
@@ -997,7 +1008,7 @@ impl Hub {
         if let Some(topic) = self.topics.get_mut(&subscription.topic) {
             topic.subscribers.retain(|other| *other != endpoint);
         }
-        let ended = self.replicate_end(&endpoint, "connection closed");
+        let ended = self.replicate_end(&endpoint, &subscription.topic, "connection closed");
         if code.is_some_and(|code| NORMAL_CLOSE_CODES.contains(&code)) {
             return ended.into_iter().collect();
         }
@@ -1060,7 +1071,7 @@ impl Hub {
         );
         let reason = "subscriber unresponsive: send queue full";
         outputs.extend(self.end_subscription(&endpoint, reason));
-        outputs.extend(self.replicate_end(&endpoint, reason));
+        outputs.extend(self.replicate_end(&endpoint, &topic, reason));
         outputs
     }
 
@@ -1164,7 +1175,7 @@ impl Hub {
             }
             if unresponsive {
                 outputs.extend(self.end_subscription(&endpoint, "subscriber unresponsive"));
-                outputs.extend(self.replicate_end(&endpoint, "subscriber unresponsive"));
+                outputs.extend(self.replicate_end(&endpoint, &topic, "subscriber unresponsive"));
             }
         }
         outputs
