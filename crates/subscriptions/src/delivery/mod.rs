@@ -3,7 +3,7 @@
 //! ```text
 //! log (resource topics) ──► manager ──► cursor file (event rows + input offsets, one txn)
 //!                                            │
-//!                               per-subscription worker ──► endpoint (rest-hook)
+//!                               per-subscription worker ──► rest-hook, message, email, kafka
 //!                                            │
 //!                  per-connection, per-binding task ──► websocket client ([`websocket`])
 //! ```
@@ -15,9 +15,11 @@
 //!   ([`cursor`]), so after SIGKILL the manager resumes exactly where the file says: no gap,
 //!   no double number. The subscription set is persisted in the same file, so a restart needs
 //!   neither a store search nor a replay.
-//! - One **worker** per active rest-hook subscription ([`worker`]) reads its numbered events
-//!   from the cursor file in order, builds the notification (reading the change event back
-//!   from the log for `full-resource`), sends it with a timeout and retries with exponential
+//! - One **worker** per active push subscription ([`worker`]: rest-hook, message, email,
+//!   Kafka) reads its numbered events from the cursor file in order, builds the notification
+//!   with the core's [`crate::notification`] builders in the version the payload asks for
+//!   (reading the change event back from the log for `full-resource`), turns it into what the
+//!   channel carries ([`channels`]), sends it with a timeout and retries with exponential
 //!   backoff and jitter, and records the delivery position. A hanging or dead endpoint holds
 //!   only its own worker. Status changes (`active`, `error`) are written back through
 //!   [`flare_service::Fhir`], so they are visible on read and travel the log like any change.

@@ -262,10 +262,11 @@ async fn kafka_channel_appends_notifications_to_the_named_topic_in_order() {
     let second = env.create(encounter("p1")).await;
     let mut records = Vec::new();
     for _ in 0..2000 {
-        records = match env.log.read("admissions.notify", 0, 0, 10).await {
-            Ok(records) => records,
-            Err(_) => Vec::new(),
-        };
+        records = env
+            .log
+            .read("admissions.notify", 0, 0, 10)
+            .await
+            .unwrap_or_default();
         let partitions = env
             .log
             .topics()
