@@ -10,8 +10,8 @@
 //!   sepsis alert over HTTP (seconds).
 //!
 //! `cargo bench -p flare --bench demo` runs them all; name sections to pick some
-//! (`cargo bench -p flare --bench demo -- fanout`), and `--clients 1000,5000` or
-//! `--patients N` to change sizes.
+//! (`cargo bench -p flare --bench demo -- fanout`), and `--clients 1000,5000`,
+//! `--rate 2` (fan-out deltas per second, default 10) or `--patients N` to change sizes.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -29,9 +29,8 @@ use tokio::sync::Semaphore;
 /// Set in the child process that serves the dashboard routes for `fanout`.
 const ROLE_ENV: &str = "FLARE_BENCH_ROLE";
 const FANOUT_SERVER: &str = "fanout-server";
-/// Deltas published per fan-out round, and how far apart.
+/// Deltas published per fan-out round.
 const DELTAS: usize = 30;
-const DELTA_EVERY: Duration = Duration::from_millis(100);
 
 fn main() -> anyhow::Result<()> {
     if std::env::var(ROLE_ENV).as_deref() == Ok(FANOUT_SERVER) {
@@ -40,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     let mut sections = Vec::new();
     let mut clients = vec![1_000, 5_000, 10_000];
     let mut patients = 200;
+    let mut deltas_per_second = 10.0_f64;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -54,6 +54,14 @@ fn main() -> anyhow::Result<()> {
                     .collect::<Result<_, _>>()
                     .with_context(|| format!("--clients {list}: not a list of numbers"))?;
             }
+            "--rate" => {
+                let rate = args.next().context("--rate needs deltas per second")?;
+                deltas_per_second = rate
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| *r > 0.0 && *r <= 1000.0)
+                    .with_context(|| format!("--rate {rate}: deltas per second, 0 to 1000"))?;
+            }
             "--patients" => {
                 let count = args.next().context("--patients needs a number")?;
                 patients = count
@@ -62,7 +70,9 @@ fn main() -> anyhow::Result<()> {
             }
             "generate" | "fanout" | "demo" => sections.push(arg),
             other => {
-                bail!("unknown argument {other}: use generate, fanout, demo, --clients, --patients")
+                bail!(
+                    "unknown argument {other}: use generate, fanout, demo, --clients, --rate, --patients"
+                )
             }
         }
     }
@@ -74,7 +84,10 @@ fn main() -> anyhow::Result<()> {
     for section in sections {
         match section.as_str() {
             "generate" => runtime.block_on(generate_bench(patients))?,
-            "fanout" => runtime.block_on(fanout_bench(&clients))?,
+            "fanout" => runtime.block_on(fanout_bench(
+                &clients,
+                Duration::from_secs_f64(1.0 / deltas_per_second),
+            ))?,
             "demo" => runtime.block_on(demo_bench())?,
             _ => unreachable!("sections are checked above"),
         }
@@ -238,9 +251,10 @@ fn fanout_server() -> anyhow::Result<()> {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["rss"] => println!("rss {}", rss_kib(std::process::id())),
-                ["publish", count] => {
+                ["publish", count, every_us] => {
                     let count: usize = count.parse()?;
-                    let mut ticker = tokio::time::interval(DELTA_EVERY);
+                    let every = Duration::from_micros(every_us.parse()?);
+                    let mut ticker = tokio::time::interval(every);
                     for _ in 0..count {
                         ticker.tick().await;
                         // The alert id carries the publish time, so clients measure latency
@@ -350,11 +364,11 @@ struct ClientReport {
     last_receive: Option<Instant>,
 }
 
-async fn fanout_bench(clients: &[usize]) -> anyhow::Result<()> {
+async fn fanout_bench(clients: &[usize], every: Duration) -> anyhow::Result<()> {
     println!();
     println!(
         "## Dashboard WebSocket fan-out: {DELTAS} alert deltas at {} ms intervals to every client, loopback; open files {}",
-        DELTA_EVERY.as_millis(),
+        every.as_millis(),
         open_file_limit()
     );
     println!();
@@ -363,7 +377,7 @@ async fn fanout_bench(clients: &[usize]) -> anyhow::Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &count in clients {
-        match fanout_round(count).await {
+        match fanout_round(count, every).await {
             Ok(row) => println!("{row}"),
             Err(error) => println!("| {count} | failed: {error:#} | | | | | | | | |"),
         }
@@ -371,7 +385,7 @@ async fn fanout_bench(clients: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fanout_round(count: usize) -> anyhow::Result<String> {
+async fn fanout_round(count: usize, every: Duration) -> anyhow::Result<String> {
     let mut server = tokio::task::block_in_place(FanoutServer::start)?;
     let url = format!("ws://{}/api/live", server.address);
     let rss_before: u64 = tokio::task::block_in_place(|| server.ask("rss"))?
@@ -443,7 +457,7 @@ async fn fanout_round(count: usize) -> anyhow::Result<String> {
         .parse()?;
 
     let publishing = Instant::now();
-    tokio::task::block_in_place(|| server.ask(&format!("publish {DELTAS}")))?;
+    tokio::task::block_in_place(|| server.ask(&format!("publish {DELTAS} {}", every.as_micros())))?;
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
     let mut deliveries = 0u64;
     let mut last = publishing;
