@@ -1967,6 +1967,18 @@ fn validate_updates(
             .collect(),
         _ => Vec::new(),
     };
+    // The context's resources as opened, whose study UID and accession updates may not change.
+    let context_resources: HashMap<String, Value> = match open.context() {
+        Value::Array(entries) => entries
+            .iter()
+            .filter(|entry| matches!(entry["key"].as_str(), Some("patient" | "study" | "report")))
+            .filter_map(|entry| {
+                let (kind, id) = entry.as_object().and_then(resource_key)?;
+                Some((format!("{kind}/{id}"), entry.get("resource")?.clone()))
+            })
+            .collect(),
+        _ => HashMap::new(),
+    };
     let mut seen = HashSet::new();
     let mut changes = Vec::new();
     for (position, entry) in entries.iter().enumerate() {
@@ -2031,7 +2043,47 @@ fn validate_updates(
                 }
             }
         }
+        if ira
+            && let ContentChange::Put(key, resource) = &change
+            && let Some(opened) = context_resources.get(key)
+        {
+            for (label, kind) in [
+                ("study instance UID", IdentifierKind::DicomUid),
+                ("accession number", IdentifierKind::Accession),
+            ] {
+                let before = identifier_values(opened, kind);
+                if !before.is_empty() && before != identifier_values(resource, kind) {
+                    return Err(bad_request(format!(
+                        "entry {position}: updates may not change the {label} of the context's {key}"
+                    )));
+                }
+            }
+        }
         changes.push(change);
     }
     Ok(changes)
+}
+
+#[derive(Clone, Copy)]
+enum IdentifierKind {
+    /// `system` `urn:dicom:uid` (an ImagingStudy's study instance UID).
+    DicomUid,
+    /// `type` coded `ACSN` (v2-0203 accession number).
+    Accession,
+}
+
+/// The values of a resource's identifiers of one kind.
+fn identifier_values(resource: &Value, kind: IdentifierKind) -> std::collections::BTreeSet<String> {
+    resource["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|identifier| match kind {
+            IdentifierKind::DicomUid => identifier["system"] == "urn:dicom:uid",
+            IdentifierKind::Accession => identifier["type"]["coding"]
+                .as_array()
+                .is_some_and(|codings| codings.iter().any(|coding| coding["code"] == "ACSN")),
+        })
+        .filter_map(|identifier| identifier["value"].as_str().map(str::to_string))
+        .collect()
 }

@@ -1348,3 +1348,48 @@ async fn p48_derived_patient_open_for_subscribers_of_patient_open_only() {
     let replayed = late.next_json().await;
     assert_eq!(replayed["event"]["context"][0]["resource"]["id"], "p2");
 }
+
+#[tokio::test]
+async fn p64_updates_may_not_change_the_study_uid_or_accession_in_ira_profile() {
+    let hub = Hub::start(HubConfig {
+        profile: Profile::Ira,
+        ..HubConfig::default()
+    })
+    .await;
+    let mut socket = hub.subscriber("t", "DiagnosticReport-open", "A").await;
+    let accession = json!({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}, "value": "A-100"});
+    let study = |uid: &str, accession: &Value| {
+        json!({"resourceType": "ImagingStudy", "id": "s1", "status": "available",
+            "identifier": [{"system": "urn:dicom:uid", "value": uid}, accession]})
+    };
+    let mut open = report_open("t", "o1", "r1");
+    open["event"]["context"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"key": "study", "resource": study("urn:oid:1.2.3", &accession)}));
+    assert_eq!(hub.publish(&open).await.status(), 202);
+    let v1 = socket.next_json().await["event"]["context.versionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let put = |resource: Value| json!([{"request": {"method": "PUT"}, "resource": resource}]);
+    let other_accession = json!({"type": {"coding": [{"code": "ACSN"}]}, "value": "A-999"});
+    for (id, changed) in [
+        ("u1", study("urn:oid:9.9.9", &accession)),
+        ("u2", study("urn:oid:1.2.3", &other_accession)),
+    ] {
+        let response = hub
+            .publish(&report_update("t", id, "r1", &v1, put(changed)))
+            .await;
+        assert_eq!(response.status(), 400);
+    }
+    // The same identifiers with another status is an ordinary update.
+    let mut same = study("urn:oid:1.2.3", &accession);
+    same["status"] = json!("registered");
+    assert_eq!(
+        hub.publish(&report_update("t", "u3", "r1", &v1, put(same)))
+            .await
+            .status(),
+        202
+    );
+}
