@@ -8,9 +8,11 @@
 //! when every subscription's criteria differ (`code=X&patient=P` lands under whichever of `X`
 //! and `P` is rarer). An event looks up the keys its own index entries produce; a subscription
 //! found under its anchor satisfies the anchor clause by construction (the keys compare exactly
-//! what the matcher compares), so only its other clauses are evaluated, with
-//! `flare_search::matcher::matches` (the store's own semantics). Subscriptions without an
-//! anchorable clause are evaluated for every event of their type.
+//! what the matcher compares), so only its other clauses are checked: other exact-key
+//! clauses against the keys the event carries (a `:not` clause of exact keys holds when the
+//! event carries none of them), the rest with `flare_search::matcher::matches` (the store's
+//! own semantics). Subscriptions without an anchorable clause are evaluated for every event
+//! of their type.
 //!
 //! Semantics:
 //! - **Classic** criteria: create and update only, evaluated on the new version; an update
