@@ -306,8 +306,15 @@ async fn run_against(
             plan.shape.bundles(),
             plan.in_flight
         );
-        let loaded =
-            ingest::load(&client, base, plan.shape, plan.in_flight, plan.load_budget).await?;
+        let loaded = ingest::load(
+            &client,
+            base,
+            plan.shape,
+            plan.in_flight,
+            plan.load_budget,
+            ingest::Return::Representation,
+        )
+        .await?;
         results.stored += loaded.outcome.resources;
         if selected(Measurement::Ingest) {
             let name = if loaded.outcome.cut_short {
@@ -324,10 +331,43 @@ async fn run_against(
             let outcomes = search::run(&client, base, &loaded.patient_ids, plan.step).await?;
             results.search = Some((outcomes, loaded.patient_ids.len(), loaded.observations));
         }
+        if selected(Measurement::Ingest) {
+            // The same Bundles as a bulk loader sends them, to show what the response costs.
+            let budget = plan.step * 3;
+            eprintln!(
+                "loading Bundles for {} s with Prefer: return=minimal",
+                budget.as_secs()
+            );
+            let minimal = ingest::load(
+                &client,
+                base,
+                plan.shape,
+                plan.in_flight,
+                budget,
+                ingest::Return::Minimal,
+            )
+            .await?;
+            results.stored += minimal.outcome.resources;
+            results.ingest.push((
+                format!(
+                    "{label}, Prefer: return=minimal, same dataset again (at most {} s)",
+                    budget.as_secs()
+                ),
+                minimal.outcome,
+            ));
+        }
     } else if !full && selected(Measurement::Ingest) {
         let budget = plan.step * 3;
         eprintln!("loading Bundles for {} s without fsync", budget.as_secs());
-        let loaded = ingest::load(&client, base, plan.shape, plan.in_flight, budget).await?;
+        let loaded = ingest::load(
+            &client,
+            base,
+            plan.shape,
+            plan.in_flight,
+            budget,
+            ingest::Return::Representation,
+        )
+        .await?;
         results.ingest.push((
             format!(
                 "{label}, same dataset again (at most {} s)",

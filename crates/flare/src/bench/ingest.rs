@@ -42,6 +42,15 @@ impl IngestOutcome {
     }
 }
 
+/// What the ingest client asks back for each entry (`Prefer: return=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    /// No `Prefer` header: every created resource comes back in the response.
+    Representation,
+    /// `Prefer: return=minimal`, as bulk loaders send it: status, location and etag only.
+    Minimal,
+}
+
 /// Loads the dataset of `shape` through `POST /fhir` transactions, `in_flight` at a time. No
 /// Bundle is started after `budget`: the patients loaded are then a prefix of the dataset.
 pub async fn load(
@@ -50,6 +59,7 @@ pub async fn load(
     shape: Shape,
     in_flight: usize,
     budget: Duration,
+    wanted: Return,
 ) -> anyhow::Result<Loaded> {
     let progress = ProgressBar::new(shape.resources() as u64);
     progress.set_style(
@@ -73,9 +83,13 @@ pub async fn load(
             async move {
                 let body = serde_json::to_vec(&body)?;
                 let sent = Instant::now();
-                let response = client
+                let mut request = client
                     .post(fhir_base)
-                    .header("content-type", "application/fhir+json")
+                    .header("content-type", "application/fhir+json");
+                if wanted == Return::Minimal {
+                    request = request.header("prefer", "return=minimal");
+                }
+                let response = request
                     .body(body)
                     .send()
                     .await
