@@ -65,6 +65,8 @@ impl ImmunizationView {
 pub struct ImmunizationsProcessor {
     view: Arc<ImmunizationView>,
     topics: Vec<String>,
+    /// Reads the resources of events that carry a `dataRef` instead of `data`.
+    fhir: Option<flare_service::Fhir>,
 }
 
 impl ImmunizationsProcessor {
@@ -78,7 +80,15 @@ impl ImmunizationsProcessor {
         Ok(Self {
             view: Arc::new(ImmunizationView::new(counts)),
             topics: DEFAULT_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
+            fhir: None,
         })
+    }
+
+    /// Resolves `dataRef` events (resources too large for a log record) through `fhir`;
+    /// without it they go to the dead-letter topic.
+    pub fn with_fhir(mut self, fhir: flare_service::Fhir) -> Self {
+        self.fhir = Some(fhir);
+        self
     }
 
     pub fn with_topics(mut self, topics: Vec<String>) -> Self {
@@ -123,7 +133,11 @@ impl Processor for ImmunizationsProcessor {
             return Ok(Outcome::Unchanged);
         }
         let id = &event.metadata.resource_id;
-        let outcome = match (event.metadata.action, &event.data) {
+        let resource = match event.metadata.action {
+            Action::Deleted => None,
+            _ => super::event_resource(self.fhir.as_ref(), &event).await?,
+        };
+        let outcome = match (event.metadata.action, &resource) {
             (Action::Deleted, _) => {
                 let outcome = counts.observe_deleted(id);
                 self.view.counts.write().observe_deleted(id);
@@ -131,7 +145,7 @@ impl Processor for ImmunizationsProcessor {
             }
             (_, None) => {
                 return Err(ProcessError::permanent(format!(
-                    "the event of Immunization/{id} carries no resource (too large)"
+                    "the event of Immunization/{id} carries neither data nor dataRef"
                 )));
             }
             (_, Some(resource)) => {

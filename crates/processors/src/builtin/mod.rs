@@ -12,13 +12,62 @@ pub mod pager;
 pub mod qsofa;
 pub mod watermark;
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use flare_clinical::QsofaConfig;
+use flare_events::ChangeEvent;
 use flare_log::EventLog;
 use flare_service::Fhir;
+use serde_json::Value;
 
-use crate::{ProcessorHandle, RuntimeOptions, StateError, StateStore, spawn};
+use crate::{ProcessError, ProcessorHandle, RuntimeOptions, StateError, StateStore, spawn};
+
+/// The resource of a created or updated change event: inline `data`, or, for a resource too
+/// large for a log record, the version its `dataRef` (`Type/id/_history/n`) names, read
+/// through the service (the claim check). Reading one named version is not polling the store
+/// for changes: the log still says what changed. `Ok(None)` for a delete.
+pub async fn event_resource<'a>(
+    fhir: Option<&Fhir>,
+    event: &'a ChangeEvent,
+) -> Result<Option<Cow<'a, Value>>, ProcessError> {
+    if let Some(data) = &event.data {
+        return Ok(Some(Cow::Borrowed(data)));
+    }
+    let Some(reference) = event.data_ref.as_deref() else {
+        return Ok(None);
+    };
+    let Some(fhir) = fhir else {
+        return Err(ProcessError::permanent(format!(
+            "the event carries no resource, only dataRef {reference}, and this processor has no              FHIR service to read it through"
+        )));
+    };
+    let parts: Vec<&str> = reference.split('/').collect();
+    let [resource_type, id, "_history", version] = parts[..] else {
+        return Err(ProcessError::permanent(format!(
+            "dataRef {reference} is not Type/id/_history/version"
+        )));
+    };
+    let stored = fhir
+        .vread(resource_type, id, version)
+        .await
+        .map_err(|error| {
+            let message = format!("cannot read dataRef {reference}: {error}");
+            // A missing version will not appear later; a failing store may recover.
+            if error.status >= 500 {
+                ProcessError::retryable(message)
+            } else {
+                ProcessError::permanent(message)
+            }
+        })?;
+    let Some(body) = stored.body else {
+        return Err(ProcessError::permanent(format!(
+            "dataRef {reference} names a deleted version"
+        )));
+    };
+    serde_json::from_str(&body)
+        .map(|resource| Some(Cow::Owned(resource)))
+        .map_err(|e| ProcessError::permanent(format!("dataRef {reference}: stored JSON: {e}")))
+}
 
 /// Names [`spawn_builtin`] knows.
 pub const BUILTIN_PROCESSORS: &[&str] = &["qsofa", "qsofa-pager", "immunizations"];
@@ -121,7 +170,8 @@ pub async fn spawn_builtin(name: &str, deps: &BuiltinDeps) -> Result<SpawnedBuil
                 .map_err(|source| BuiltinError::State {
                     name: name.to_owned(),
                     source,
-                })?;
+                })?
+                .with_fhir(deps.fhir.clone());
             let view = processor.view();
             Ok(SpawnedBuiltin {
                 handle: spawn(

@@ -221,12 +221,15 @@ impl Processor for QsofaProcessor {
             return Ok(Outcome::Unchanged);
         }
         let observation_id = event.metadata.resource_id.clone();
-        let change = match (event.metadata.action, &event.data) {
+        let resource = match event.metadata.action {
+            Action::Deleted => None,
+            _ => super::event_resource(Some(&self.fhir), &event).await?,
+        };
+        let change = match (event.metadata.action, &resource) {
             (Action::Deleted, _) => EvidenceChange::Cleared { observation_id },
             (_, None) => {
                 return Err(ProcessError::permanent(format!(
-                    "the event of Observation/{observation_id} carries no resource (too large: {})",
-                    event.data_ref.as_deref().unwrap_or("no dataRef")
+                    "the event of Observation/{observation_id} carries neither data nor dataRef"
                 )));
             }
             (_, Some(resource)) => match read_observation(resource) {

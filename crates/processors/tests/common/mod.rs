@@ -110,6 +110,14 @@ pub struct CommitPath {
 
 impl CommitPath {
     pub async fn start(dir: &Path, partitions: u32) -> Self {
+        Self::start_with(dir, partitions, flare_service::FhirConfig::default()).await
+    }
+
+    pub async fn start_with(
+        dir: &Path,
+        partitions: u32,
+        config: flare_service::FhirConfig,
+    ) -> Self {
         use flare_store::{
             Store,
             sqlite::{SqliteConfig, SqliteStore},
@@ -118,7 +126,7 @@ impl CommitPath {
         let fhir = flare_service::Fhir::new(
             store.clone(),
             Arc::new(flare_search::Registry::r4()),
-            flare_service::FhirConfig::default(),
+            config,
         );
         let log = open_log(dir, partitions).await;
         let relay = flare_events::Relay::new(store, log.clone());
