@@ -11,7 +11,7 @@ use flare_log::{EventLog, NewRecord, Record};
 use serde_json::{Value, json};
 
 mod common;
-use common::Served;
+use common::{Served, flare};
 
 async fn serve(url: &str, data_dir: &str) -> Served {
     let args: Vec<String> = [
@@ -181,4 +181,47 @@ async fn a_command_on_kafka_is_answered_once_across_a_restart() {
     let found = blocking(|| served.count("Patient?family=ViaKafka"));
     assert_eq!(found, 1);
     drop(served);
+
+    // The console tools read the same brokers.
+    let url = broker.url();
+    let tail = blocking(|| {
+        flare()
+            .args([
+                "events",
+                "tail",
+                "fhir.commands.rejected",
+                "--from-beginning",
+            ])
+            .args(["--max", "1", "--idle-exit-ms", "20000", "--log", &url])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        tail.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    let line: Value = serde_json::from_slice(&tail.stdout).unwrap();
+    assert_eq!(line["value"]["type"], "CommandRejected");
+    assert_eq!(line["headers"]["correlationId"], "req-bad-1");
+    let topics = blocking(|| {
+        flare()
+            .args(["events", "topics", "--log", &url])
+            .output()
+            .unwrap()
+    });
+    let listed = String::from_utf8_lossy(&topics.stdout);
+    assert!(listed.contains("fhir.commands "), "{listed}");
+    let dlq = blocking(|| {
+        flare()
+            .args(["dlq", "list", "--log", &url])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        dlq.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dlq.stderr)
+    );
+    assert!(String::from_utf8_lossy(&dlq.stdout).contains("no dead letters"));
 }
