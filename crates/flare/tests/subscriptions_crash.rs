@@ -240,8 +240,7 @@ impl Writers {
             thread.join().expect("a writer panicked");
         }
         assert!(self.attempts.load(Ordering::Relaxed) > 0);
-        let acknowledged = self.acknowledged.lock().clone();
-        acknowledged
+        self.acknowledged.lock().clone()
     }
 }
 
