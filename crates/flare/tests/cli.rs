@@ -79,9 +79,10 @@ fn a_killed_server_loses_no_event_and_duplicates_none() {
     let dir = tempfile::tempdir().unwrap();
     let mut served = Served::start(dir.path());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let (base, stop) = (served.base.clone(), stop.clone());
+            let (base, stop, written) = (served.base.clone(), stop.clone(), written.clone());
             std::thread::spawn(move || {
                 let http = client();
                 let mut acknowledged = Vec::new();
@@ -91,7 +92,10 @@ fn a_killed_server_loses_no_event_and_duplicates_none() {
                     }
                     let body = json!({"resourceType": "Patient", "id": format!("w{w}-{i}"), "gender": "other"});
                     match http.put(format!("{base}/Patient/w{w}-{i}")).header("content-type", "application/fhir+json").body(body.to_string()).send() {
-                        Ok(r) if r.status().as_u16() == 201 => acknowledged.push(format!("w{w}-{i}")),
+                        Ok(r) if r.status().as_u16() == 201 => {
+                            acknowledged.push(format!("w{w}-{i}"));
+                            written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Ok(r) => panic!("unexpected {}", r.status()),
                         Err(_) => break, // the server is gone
                     }
@@ -100,7 +104,14 @@ fn a_killed_server_loses_no_event_and_duplicates_none() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill once writes are flowing, however slow the machine is (a fixed sleep
+    // saw no write at all on a loaded CI machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while written.load(std::sync::atomic::Ordering::Relaxed) < 200
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SIGKILL while writes are in flight.
     served.kill();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
