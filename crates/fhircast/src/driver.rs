@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::config::{FanOut, HubConfig};
 use crate::hub::{
@@ -36,6 +36,8 @@ pub enum HubError {
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a starting node reads the hub's history before serving anyway.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+/// How long a clustered node may wait to learn of a subscription before refusing its socket.
+const CONNECT_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// What the web layer must do on one socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +173,8 @@ struct Cluster {
     node: String,
     /// Changes decided on this node ([`Output::Replicate`]), appended in order by one task.
     replicate: mpsc::UnboundedSender<Replicated>,
+    /// The next offset to apply, per partition of the hub topic: what `catch_up` waits on.
+    applied: watch::Sender<HashMap<u32, u64>>,
 }
 
 /// One record of the hub's log topic.
@@ -409,6 +413,17 @@ impl Core {
     }
 
     /// A record of the hub's log topic, from any node (this one included).
+    /// Applies a record of the hub topic and notes that this node has read up to it.
+    fn apply_and_mark(self: &Arc<Self>, record: &Record) {
+        self.apply_log_record(record);
+        if let Some(cluster) = &self.cluster {
+            cluster.applied.send_modify(|applied| {
+                let next = applied.entry(record.partition).or_default();
+                *next = (*next).max(record.offset + 1);
+            });
+        }
+    }
+
     fn apply_log_record(self: &Arc<Self>, record: &Record) {
         let Some(cluster) = &self.cluster else {
             return;
@@ -574,6 +589,7 @@ impl HubHandle {
                 topic: topic.clone(),
                 node: node.clone(),
                 replicate,
+                applied: watch::Sender::new(HashMap::new()),
             }),
         );
         let caught_up_by = tokio::time::Instant::now() + CATCH_UP_LIMIT;
@@ -585,7 +601,7 @@ impl HubHandle {
                 {
                     behind.remove(&record.partition);
                 }
-                handle.core.apply_log_record(&record);
+                handle.core.apply_and_mark(&record);
             }
         }
         if !behind.is_empty() {
@@ -660,6 +676,36 @@ impl HubHandle {
 
     pub fn current_context(&self, topic: &str, shape: ContextShape) -> HttpReply {
         self.core.shared.lock().hub.current_context(topic, shape)
+    }
+
+    /// On a clustered hub, waits (at most `CONNECT_CATCH_UP`) until this node has applied
+    /// everything the hub topic held when called: a subscription accepted by another node
+    /// a moment ago is then known here. Returns at once on a single node.
+    pub async fn catch_up(&self) {
+        let Some(cluster) = &self.core.cluster else {
+            return;
+        };
+        let Ok(topics) = cluster.log.topics().await else {
+            return;
+        };
+        let ends: Vec<(u32, u64)> = topics
+            .into_iter()
+            .filter(|info| info.name == cluster.topic)
+            .flat_map(|info| {
+                info.end_offsets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(partition, end)| (partition as u32, end))
+            })
+            .filter(|(_, end)| *end > 0)
+            .collect();
+        let mut applied = cluster.applied.subscribe();
+        let caught_up = applied.wait_for(|applied| {
+            ends.iter()
+                .all(|(partition, end)| applied.get(partition).is_some_and(|next| next >= end))
+        });
+        // A node that cannot catch up in time answers from what it has.
+        let _ = tokio::time::timeout(CONNECT_CATCH_UP, caught_up).await;
     }
 
     pub fn endpoint_is_live(&self, endpoint: &str) -> bool {
@@ -869,7 +915,7 @@ async fn run_applier(core: Weak<Core>, mut consumer: Box<dyn flare_log::Consumer
         match records {
             Ok(records) => {
                 for record in &records {
-                    core.apply_log_record(record);
+                    core.apply_and_mark(record);
                 }
             }
             Err(error) => {

@@ -176,7 +176,11 @@ async fn websocket(
     Path(endpoint): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    // Refuse before upgrading so an unknown endpoint is a plain 404.
+    // Refuse before upgrading so an unknown endpoint is a plain 404; a clustered node first
+    // reads the hub's log up to its end, as the subscribe may have gone to another node.
+    if !state.hub.endpoint_is_live(&endpoint) {
+        state.hub.catch_up().await;
+    }
     if !state.hub.endpoint_is_live(&endpoint) {
         return (
             StatusCode::NOT_FOUND,
