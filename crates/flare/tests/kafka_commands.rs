@@ -13,26 +13,6 @@ use serde_json::{Value, json};
 mod common;
 use common::{Served, flare};
 
-async fn serve(url: &str, data_dir: &str) -> Served {
-    let args: Vec<String> = [
-        "--log",
-        url,
-        "--data-dir",
-        data_dir,
-        "--processors",
-        "none",
-        "--no-subscriptions",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Served::start_args(&args)
-    })
-    .await
-    .unwrap()
-}
-
 /// The blocking HTTP client of `Served`, from this async test.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
@@ -99,7 +79,7 @@ async fn a_command_on_kafka_is_answered_once_across_a_restart() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap().to_owned();
-    let mut served = serve(&broker.url(), &data_dir).await;
+    let mut served = Served::on_kafka(&broker.url(), &data_dir, &[]).await;
     let producer = KafkaLog::connect(broker.config()).await.unwrap();
 
     let create = json!({
@@ -134,7 +114,7 @@ async fn a_command_on_kafka_is_answered_once_across_a_restart() {
 
     // A crash, a restart on the same data directory, and the same request again.
     served.kill();
-    let served = serve(&broker.url(), &data_dir).await;
+    let served = Served::on_kafka(&broker.url(), &data_dir, &[]).await;
     send(&producer, &create).await;
     let marker = json!({
         "type": "CreatePatient",

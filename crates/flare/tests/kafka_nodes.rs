@@ -18,26 +18,6 @@ use serde_json::{Value, json};
 mod common;
 use common::Served;
 
-async fn serve(url: &str, data_dir: &str) -> Served {
-    let args: Vec<String> = [
-        "--log",
-        url,
-        "--data-dir",
-        data_dir,
-        "--processors",
-        "none",
-        "--no-subscriptions",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Served::start_args(&args)
-    })
-    .await
-    .unwrap()
-}
-
 /// Commands this node executed, from its `/metrics`.
 async fn executed_by(served: &Served) -> u64 {
     let url = format!("{}/metrics", served.base.trim_end_matches("/fhir"));
@@ -134,8 +114,8 @@ async fn a_killed_node_s_command_partitions_move_to_the_other_and_nothing_is_los
     let producer = KafkaLog::connect(broker.config()).await.unwrap();
     producer.ensure_topic("fhir.commands", 4).await.unwrap();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut node_a = serve(&broker.url(), dir_a.path().to_str().unwrap()).await;
-    let node_b = serve(&broker.url(), dir_b.path().to_str().unwrap()).await;
+    let mut node_a = Served::on_kafka(&broker.url(), dir_a.path().to_str().unwrap(), &[]).await;
+    let node_b = Served::on_kafka(&broker.url(), dir_b.path().to_str().unwrap(), &[]).await;
 
     // Both nodes join the group `flare-commands`: once the group has rebalanced, the 4
     // partitions are split between them. Commands go out in rounds until both took part.

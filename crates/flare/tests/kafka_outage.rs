@@ -79,27 +79,12 @@ async fn writes_continue_through_a_broker_outage_and_every_event_arrives_once() 
     // Short request timeouts so that /metrics (which lists topics) answers during the outage.
     let config = dir.path().join("flare.toml");
     std::fs::write(&config, "[kafka]\nrequest_timeout_ms = 2000\n").unwrap();
-    let served = {
-        let args: Vec<String> = [
-            "--log",
-            &broker.url(),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--processors",
-            "none",
-            "--no-subscriptions",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Served::start_args(&args)
-        })
-        .await
-        .unwrap()
-    };
+    let served = Served::on_kafka(
+        &broker.url(),
+        dir.path().to_str().unwrap(),
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
     let base = served.base.clone();
 
     // Sustained writes from another thread, ~50 per second, each of which must succeed.

@@ -84,6 +84,34 @@ impl Served {
         }
     }
 
+    /// `start_args` from an async test: starting blocks until the server says where it
+    /// listens, which must not hold up the test's runtime.
+    pub async fn start_args_async(args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Self::start_args(&args)
+        })
+        .await
+        .expect("flare serve starts")
+    }
+
+    /// A Kafka-backed `flare serve` with processors and subscriptions off: the node the Kafka
+    /// tests start.
+    pub async fn on_kafka(broker_url: &str, data_dir: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--log",
+            broker_url,
+            "--data-dir",
+            data_dir,
+            "--processors",
+            "none",
+            "--no-subscriptions",
+        ];
+        args.extend_from_slice(extra);
+        Self::start_args_async(&args).await
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
