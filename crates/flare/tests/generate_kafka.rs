@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flare_generator::{Generator, GeneratorConfig};
 use flare_kafka::{KafkaLog, test_broker::TestBroker};
-use flare_log::{EventLog, Record};
 mod common;
 use common::{Served, flare};
 
@@ -34,29 +33,6 @@ fn expected(seed: u64) -> (u64, BTreeMap<String, BTreeSet<String>>) {
             .insert(item.resource["id"].as_str().unwrap().to_owned());
     }
     (messages, resources)
-}
-
-fn read_all(runtime: &tokio::runtime::Runtime, log: &KafkaLog, topic: &str) -> Vec<Record> {
-    runtime.block_on(async {
-        let info = log
-            .topics()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|info| info.name == topic)
-            .unwrap_or_else(|| panic!("no topic {topic}"));
-        let mut records = Vec::new();
-        for partition in 0..info.partitions {
-            let mut offset = 0;
-            loop {
-                let batch = log.read(topic, partition, offset, 1000).await.unwrap();
-                let Some(last) = batch.last() else { break };
-                offset = last.offset + 1;
-                records.extend(batch);
-            }
-        }
-        records
-    })
 }
 
 fn generate_to_kafka(broker: &TestBroker, topic: &str, format: &str, seed: u64) {
@@ -114,7 +90,7 @@ fn check_round_trip(
     generate_to_kafka(broker, &topic, format, seed);
     let (messages, resources) = expected(seed);
 
-    let records = read_all(runtime, log, &topic);
+    let records = runtime.block_on(common::read_all(log, &topic));
     assert_eq!(
         records.len() as u64,
         messages,

@@ -13,7 +13,7 @@ use std::{
 };
 
 use flare_kafka::{KafkaLog, test_broker::TestBroker};
-use flare_log::{EventLog, Header, NewRecord, Position, Record};
+use flare_log::{EventLog, Header, NewRecord, Position};
 mod common;
 use common::{Served, flare, sample_patients};
 
@@ -45,22 +45,6 @@ fn ingest_kafka(broker: &TestBroker, topic: &str, data_dir: &Path) -> Output {
         .arg(data_dir)
         .output()
         .unwrap()
-}
-
-/// Every record of a topic, all partitions.
-async fn read_all(log: &KafkaLog, topic: &str) -> Vec<Record> {
-    let info = log
-        .topics()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|info| info.name == topic)
-        .unwrap_or_else(|| panic!("no topic {topic}"));
-    let mut records = Vec::new();
-    for partition in 0..info.partitions {
-        records.extend(log.read(topic, partition, 0, 1000).await.unwrap());
-    }
-    records
 }
 
 const MALFORMED: &str =
@@ -132,7 +116,7 @@ fn dstu2_xml_messages_load_with_the_readme_counts_and_a_malformed_one_is_dead_le
     assert!(refusals[0].contains("not well-formed"), "{refusals:#?}");
 
     // The dead letter: the original message with the reason and where it came from.
-    let dead_letters = runtime.block_on(read_all(&log, "sample-patients-dstu2.dlq"));
+    let dead_letters = runtime.block_on(common::read_all(&log, "sample-patients-dstu2.dlq"));
     assert_eq!(dead_letters.len(), 1, "{dead_letters:#?}");
     let letter = &dead_letters[0];
     assert_eq!(letter.payload, MALFORMED.as_bytes());
@@ -239,7 +223,7 @@ fn messages_go_to_a_running_server_and_its_refusals_are_dead_lettered() {
         1
     );
 
-    let dead_letters = runtime.block_on(read_all(&log, "fhir-to-server.dlq"));
+    let dead_letters = runtime.block_on(common::read_all(&log, "fhir-to-server.dlq"));
     assert_eq!(dead_letters.len(), 1, "{dead_letters:#?}");
     let letter = &dead_letters[0];
     assert!(

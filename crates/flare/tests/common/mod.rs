@@ -169,3 +169,25 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// Every record of a topic, all partitions, in partition then offset order.
+pub async fn read_all(log: &dyn flare_log::EventLog, topic: &str) -> Vec<flare_log::Record> {
+    let info = log
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|info| info.name == topic)
+        .unwrap_or_else(|| panic!("no topic {topic}"));
+    let mut records = Vec::new();
+    for partition in 0..info.partitions {
+        let mut offset = 0;
+        loop {
+            let batch = log.read(topic, partition, offset, 1000).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            offset = last.offset + 1;
+            records.extend(batch);
+        }
+    }
+    records
+}
